@@ -1,0 +1,140 @@
+//! `wsus-reset`: the binary. It parses the command line, calls the library crates, prints, and maps
+//! every outcome to a documented exit code. It is the only place that writes to the terminal.
+
+mod cli;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use topology::{LoadError, Topology};
+use workflows::Plan;
+
+use cli::{Cli, Command, GraphFormat, PlanFormat};
+
+/// Exit codes, documented in the README.
+mod exit {
+    pub const OK: u8 = 0;
+    pub const BAD_INPUT: u8 = 2;
+}
+
+/// A failure of a command, and the exit code it maps to.
+#[derive(Debug)]
+enum Failure {
+    /// Bad input or usage (exit 2), with the full text to print.
+    BadInput(String),
+}
+
+impl From<LoadError> for Failure {
+    fn from(error: LoadError) -> Self {
+        match error {
+            LoadError::Invalid(invalid) => {
+                Failure::BadInput(format!("{}{}", invalid.render(), invalid.summary()))
+            }
+            other => Failure::BadInput(format!("error: {other}")),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut stdout = std::io::stdout().lock();
+    match run(cli, &mut stdout) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::BadInput(text)) => {
+            let _ = writeln!(std::io::stderr(), "{}", text.trim_end());
+            ExitCode::from(exit::BAD_INPUT)
+        }
+    }
+}
+
+fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Validate { file } => {
+            let topology = Topology::load(&file)?;
+            let s = topology.stats();
+            emit(
+                out,
+                &format!(
+                    "ok: {} servers, {} levels, {} replicas, {} top servers\n",
+                    s.servers, s.levels, s.replicas, s.tops
+                ),
+            )?;
+        }
+        Command::Graph { file, format } => {
+            let topology = Topology::load(&file)?;
+            let text = match format {
+                GraphFormat::Tree => topology.render_tree(),
+                GraphFormat::Dot => topology.render_dot(),
+                GraphFormat::Mermaid => topology.render_mermaid(),
+            };
+            emit(out, &text)?;
+        }
+        Command::Plan {
+            file,
+            format,
+            out: plan_file,
+            select,
+        } => {
+            let topology = Topology::load(&file)?;
+            let selection = topology
+                .select(&select.into())
+                .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            let plan = Plan::offline(&topology, &selection);
+            if let Some(path) = plan_file {
+                write_atomically(&path, &plan_json(&plan)?)?;
+            }
+            let text = match format {
+                PlanFormat::Text => plan.render_text(),
+                PlanFormat::Json => plan_json(&plan)?,
+                PlanFormat::Markdown => plan.render_markdown(),
+            };
+            emit(out, &text)?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn plan_json(plan: &Plan) -> Result<String, Failure> {
+    let mut text = serde_json::to_string_pretty(plan)
+        .map_err(|e| Failure::BadInput(format!("error: cannot encode the plan: {e}")))?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// Writes stdout; a closed pipe (`| head`) is not an error worth a message.
+fn emit(out: &mut impl Write, text: &str) -> Result<(), Failure> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::BadInput(format!(
+            "error: cannot write output: {e}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Writes a file whole or not at all: a temporary file beside it, then a rename.
+fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
+    let fail = |e: std::io::Error| {
+        Failure::BadInput(format!("error: cannot write {}: {e}", path.display()))
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        Failure::BadInput(format!("error: {} is not a file path", path.display()))
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(fail)
+}

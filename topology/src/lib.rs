@@ -1,0 +1,172 @@
+//! The WSUS hierarchy: from the operator's YAML file to a validated graph.
+//!
+//! A tour, in the order data flows:
+//! - [`yaml`] reads the text into a tree whose nodes remember their byte span;
+//! - [`schema`] reads that tree into raw fields, reporting unknown fields, wrong types, bad values;
+//! - [`validate`] checks what holds across servers (names, upstreams, cycles, required values);
+//! - [`Topology`] is the result: a petgraph graph in execution order, with selection
+//!   ([`Topology::select`]) and drawings ([`Topology::render_tree`] and friends).
+//!
+//! Every problem in the file becomes a [`Diagnostic`] pointing at its spot; all of a file's problems
+//! are reported together. This crate does no network I/O and reads only the file it is given.
+
+mod diagnostic;
+mod graph;
+mod model;
+mod render;
+pub mod schema;
+mod select;
+pub mod validate;
+pub mod yaml;
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+pub use diagnostic::{Diagnostic, redact_passwords};
+pub use graph::{Stats, Topology};
+pub use model::{
+    Auth, Encrypt, KB954960_UPDATE_ID, Mode, SecretSource, Server, ServerId, SqlTarget,
+};
+pub use select::{SelectError, SelectOptions, Selection};
+
+/// Why a topology could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read topology file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not text: save it as UTF-8 (or UTF-16 with a byte order mark)")]
+    NotText { path: String },
+    #[error("{}", .0.summary())]
+    Invalid(InvalidTopology),
+}
+
+/// A file that was read but holds mistakes.
+#[derive(Debug)]
+pub struct InvalidTopology {
+    pub file: String,
+    /// The text with inline password values masked: safe to print.
+    pub redacted_source: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl InvalidTopology {
+    pub fn summary(&self) -> String {
+        match self.diagnostics.len() {
+            1 => format!("1 error in {}", self.file),
+            n => format!("{n} errors in {}", self.file),
+        }
+    }
+
+    /// Every diagnostic with its source line and caret.
+    pub fn render(&self) -> String {
+        diagnostic::render(&self.file, &self.redacted_source, &self.diagnostics)
+    }
+}
+
+impl Topology {
+    /// Reads and validates a topology file.
+    pub fn load(path: &Path) -> Result<Topology, LoadError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Topology::from_bytes(&shown, &bytes)
+    }
+
+    /// Validates a topology given as bytes; `file` is the name used in messages and the plan.
+    pub fn from_bytes(file: &str, bytes: &[u8]) -> Result<Topology, LoadError> {
+        let text = decode(bytes).ok_or_else(|| LoadError::NotText {
+            path: file.to_string(),
+        })?;
+        let fingerprint = fingerprint(bytes);
+        let invalid = |diagnostics| {
+            LoadError::Invalid(InvalidTopology {
+                file: file.to_string(),
+                redacted_source: redact_passwords(&text),
+                diagnostics,
+            })
+        };
+        let root = match yaml::parse(&text) {
+            Ok(Some(root)) => root,
+            Ok(None) => {
+                return Err(invalid(vec![
+                    Diagnostic::new("the file is empty", yaml::Span::default(), "").help(
+                        "describe the hierarchy: `version: 1` and a `servers:` list (see the README)",
+                    ),
+                ]));
+            }
+            Err(e) => {
+                let mut d = Diagnostic::new(e.message, e.span, "");
+                d.help = e.help;
+                return Err(invalid(vec![d]));
+            }
+        };
+        let mut diagnostics = Vec::new();
+        let raw = schema::read(&root, &mut diagnostics);
+        let checked = validate::check(raw, &mut diagnostics);
+        match checked {
+            Some(checked) if diagnostics.is_empty() => {
+                let line_starts = line_starts(&text);
+                let line_of = |byte: usize| line_starts.partition_point(|&s| s <= byte);
+                Ok(Topology::build(
+                    file.to_string(),
+                    fingerprint,
+                    checked,
+                    line_of,
+                ))
+            }
+            _ => {
+                diagnostics.sort_by_key(|d| d.span.start);
+                Err(invalid(diagnostics))
+            }
+        }
+    }
+}
+
+/// `sha256:<hex>` of the exact bytes.
+pub fn fingerprint(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for byte in digest.iter() {
+        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
+/// UTF-8 (with or without a BOM) or UTF-16 with a BOM, as Windows editors save.
+fn decode(bytes: &[u8]) -> Option<String> {
+    let utf16 = |bom_le: bool| {
+        let units: Vec<u16> = bytes[2..]
+            .chunks(2)
+            .map(|c| {
+                let pair = [c[0], c.get(1).copied().unwrap_or(0)];
+                if bom_le {
+                    u16::from_le_bytes(pair)
+                } else {
+                    u16::from_be_bytes(pair)
+                }
+            })
+            .collect();
+        String::from_utf16(&units).ok()
+    };
+    match bytes {
+        [0xEF, 0xBB, 0xBF, rest @ ..] => String::from_utf8(rest.to_vec()).ok(),
+        [0xFF, 0xFE, ..] => utf16(true),
+        [0xFE, 0xFF, ..] => utf16(false),
+        _ => String::from_utf8(bytes.to_vec()).ok(),
+    }
+}
+
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}

@@ -1,0 +1,110 @@
+//! The validated hierarchy: what every other crate works from.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The Office 2003 Service Pack 1 update of KB 954960: the default `update` of a topology file.
+pub const KB954960_UPDATE_ID: &str = "D359F493-0AAD-43FA-AF5C-6763326CD98F";
+
+/// How a WSUS server takes its approvals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Copies approvals from its upstream; refuses approval changes until switched to autonomous.
+    Replica,
+    /// Keeps its own approvals.
+    Autonomous,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Replica => "replica",
+            Mode::Autonomous => "autonomous",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// TLS towards SQL Server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encrypt {
+    /// TLS after PRELOGIN, certificate validated (the default).
+    Required,
+    /// TDS 8.0: TLS before anything else.
+    Strict,
+    /// Only the login packet is encrypted.
+    Off,
+    /// No TLS at all: for a lab on loopback only.
+    DangerPlaintext,
+}
+
+/// Where a password is read from at run time. The topology never holds the password itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretSource {
+    /// The name of an environment variable.
+    Env(String),
+    /// A file whose content (less a trailing newline) is the password.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Auth {
+    /// A SQL Server login.
+    Sql {
+        user: String,
+        password: SecretSource,
+    },
+    /// NTLM with a Windows account (`DOMAIN\user`).
+    Windows {
+        user: String,
+        password: SecretSource,
+    },
+    /// The Windows identity of the process (Windows only).
+    Integrated,
+}
+
+/// How to reach one server's SUSDB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SqlTarget {
+    /// The SQL Server host; absent only when `pipe` is given.
+    pub host: Option<String>,
+    /// A local named pipe (WID or SSEE on Windows).
+    pub pipe: Option<String>,
+    /// A named instance, resolved through SQL Browser.
+    pub instance: Option<String>,
+    pub port: Option<u16>,
+    pub database: String,
+    pub encrypt: Encrypt,
+    pub trust_cert: bool,
+    pub ca_file: Option<PathBuf>,
+    pub auth: Auth,
+}
+
+/// One WSUS server of the hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub name: String,
+    /// The upstream server's name as written in the file; `None` for a top server.
+    pub upstream: Option<String>,
+    pub mode: Mode,
+    /// Distance from the top server of its tree (0 for a top server).
+    pub depth: u32,
+    pub sql: SqlTarget,
+    /// The 1-based line of the server's entry in the file, for messages about it.
+    pub line: usize,
+}
+
+/// Index of a server in [`crate::Topology::servers`], which is the execution order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId(pub usize);

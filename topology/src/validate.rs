@@ -1,0 +1,444 @@
+//! Checks that hold across fields and servers, after the schema: required values after the
+//! `defaults` merge, unique names, upstreams that exist, no cycles, replicas that have an upstream.
+
+use std::collections::HashMap;
+
+use crate::diagnostic::Diagnostic;
+use crate::model::{Auth, KB954960_UPDATE_ID, Mode, SqlTarget};
+use crate::schema::{AuthMethod, RawAuth, RawServer, RawSql, RawTopology, Spanned, suggest};
+use crate::yaml::Span;
+
+/// A server whose fields are all valid, before the graph is built.
+#[derive(Debug)]
+pub struct Checked {
+    pub name: String,
+    pub upstream: Option<usize>,
+    pub mode: Mode,
+    pub sql: SqlTarget,
+    pub span: Span,
+}
+
+#[derive(Debug)]
+pub struct CheckedTopology {
+    pub update: String,
+    /// In file order; `upstream` indexes this list.
+    pub servers: Vec<Checked>,
+}
+
+/// Validates a raw topology. Returns `None` when anything was pushed onto `diagnostics`.
+pub fn check(raw: RawTopology, diagnostics: &mut Vec<Diagnostic>) -> Option<CheckedTopology> {
+    let errors_before = diagnostics.len();
+    let doc_start = Span::new(0, 0);
+    match &raw.version {
+        None => diagnostics.push(
+            Diagnostic::new("missing `version`", doc_start, "version")
+                .help("add `version: 1` as the first line"),
+        ),
+        Some(v) if v.value != 1 => diagnostics.push(
+            Diagnostic::new(
+                format!("unsupported topology version {}", v.value),
+                v.span,
+                "version",
+            )
+            .help("this wsus-reset reads `version: 1`"),
+        ),
+        Some(_) => {}
+    }
+    let update = match &raw.update {
+        None => Some(KB954960_UPDATE_ID.to_string()),
+        Some(u) => {
+            let guid = normalize_guid(&u.value);
+            if guid.is_none() {
+                diagnostics.push(
+                    Diagnostic::new(format!("`{}` is not a GUID", u.value), u.span, "update").help(
+                        format!(
+                            "write an UpdateID like {KB954960_UPDATE_ID} (the KB 954960 update), \
+                             or remove `update` to use that one"
+                        ),
+                    ),
+                );
+            }
+            guid
+        }
+    };
+    let servers = match raw.servers {
+        None => {
+            diagnostics.push(
+                Diagnostic::new("no `servers` list", doc_start, "servers")
+                    .help("add `servers:` with one `- name: …` entry per WSUS server"),
+            );
+            Vec::new()
+        }
+        Some(list) if list.value.is_empty() => {
+            diagnostics.push(
+                Diagnostic::new("the `servers` list is empty", list.span, "servers")
+                    .help("add one `- name: …` entry per WSUS server"),
+            );
+            Vec::new()
+        }
+        Some(list) => list.value,
+    };
+
+    let checked = check_servers(&servers, &raw.defaults, diagnostics);
+    (diagnostics.len() == errors_before).then(|| CheckedTopology {
+        update: update.unwrap_or_default(),
+        servers: checked,
+    })
+}
+
+fn check_servers(
+    servers: &[RawServer],
+    defaults: &RawSql,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<Checked> {
+    // Names first: everything after refers to servers by name.
+    let mut by_name: HashMap<String, usize> = HashMap::with_capacity(servers.len());
+    for (i, server) in servers.iter().enumerate() {
+        let path = format!("servers[{i}]");
+        let Some(name) = &server.name else {
+            diagnostics.push(
+                Diagnostic::new("server has no `name`", server.span, format!("{path}.name"))
+                    .help("add `name: <the WSUS server's DNS name>`"),
+            );
+            continue;
+        };
+        if !is_server_name(&name.value) {
+            diagnostics.push(
+                Diagnostic::new(
+                    format!("`{}` is not a valid server name", name.value),
+                    name.span,
+                    format!("{path}.name"),
+                )
+                .help(
+                    "a server name is a DNS name: letters, digits, `-`, `.` and `_`, \
+                     starting with a letter or digit, at most 253 characters",
+                ),
+            );
+        }
+        match by_name.get(&name.value.to_ascii_lowercase()) {
+            Some(&first) => {
+                let first_span = servers[first]
+                    .name
+                    .as_ref()
+                    .map_or(Span::default(), |n| n.span);
+                diagnostics.push(
+                    Diagnostic::new(
+                        format!("duplicate server name `{}`", name.value),
+                        name.span,
+                        format!("{path}.name"),
+                    )
+                    .related(first_span, "first defined here")
+                    .help("server names are DNS names, unique ignoring case: rename or remove one"),
+                );
+            }
+            None => {
+                by_name.insert(name.value.to_ascii_lowercase(), i);
+            }
+        }
+    }
+
+    let mut checked = Vec::with_capacity(servers.len());
+    let mut upstream_of: Vec<Option<usize>> = vec![None; servers.len()];
+    for (i, server) in servers.iter().enumerate() {
+        let path = format!("servers[{i}]");
+        let upstream = server
+            .upstream
+            .as_ref()
+            .and_then(|up| resolve_upstream(i, up, servers, &by_name, &path, diagnostics));
+        upstream_of[i] = upstream;
+        let mode = server.mode.as_ref().map_or(Mode::Autonomous, |m| m.value);
+        if let (Some(m), None, None) = (&server.mode, &server.upstream, upstream) {
+            if m.value == Mode::Replica {
+                diagnostics.push(
+                    Diagnostic::new(
+                        "a top server cannot be a replica",
+                        m.span,
+                        format!("{path}.mode"),
+                    )
+                    .help(
+                        "a replica copies approvals from its upstream: add `upstream: <server>` \
+                         or set `mode: autonomous`",
+                    ),
+                );
+            }
+        }
+        let sql = check_sql(
+            server.sql.clone().merged_over(defaults),
+            server.span,
+            &path,
+            diagnostics,
+        );
+        if let (Some(name), Some(sql)) = (&server.name, sql) {
+            checked.push(Checked {
+                name: name.value.clone(),
+                upstream,
+                mode,
+                sql,
+                span: server.span,
+            });
+        }
+    }
+    report_cycles(servers, &upstream_of, diagnostics);
+    checked
+}
+
+fn resolve_upstream(
+    i: usize,
+    up: &Spanned<String>,
+    servers: &[RawServer],
+    by_name: &HashMap<String, usize>,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<usize> {
+    let field = format!("{path}.upstream");
+    match by_name.get(&up.value.to_ascii_lowercase()) {
+        Some(&j) if j == i => {
+            diagnostics.push(
+                Diagnostic::new(
+                    format!("server `{}` is its own upstream", up.value),
+                    up.span,
+                    field,
+                )
+                .help(
+                    "name the server it synchronizes from, or remove `upstream` for a top server",
+                ),
+            );
+            None
+        }
+        Some(&j) => Some(j),
+        None => {
+            let names = servers
+                .iter()
+                .filter_map(|s| s.name.as_ref().map(|n| n.value.as_str()));
+            let help = match suggest(&up.value, names) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => "add that server to `servers`, or fix the name".to_string(),
+            };
+            diagnostics.push(
+                Diagnostic::new(
+                    format!("upstream `{}` is not a server in this file", up.value),
+                    up.span,
+                    field,
+                )
+                .help(help),
+            );
+            None
+        }
+    }
+}
+
+fn check_sql(
+    sql: RawSql,
+    server_span: Span,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<SqlTarget> {
+    let at = sql.span.unwrap_or(server_span);
+    let mut ok = true;
+    match (&sql.host, &sql.pipe) {
+        (None, None) => {
+            diagnostics.push(
+                Diagnostic::new("missing `sql.host`", at, format!("{path}.sql.host")).help(
+                    "add `sql: { host: <SQL Server of this WSUS server> }`, \
+                     or a `host` under `defaults.sql`",
+                ),
+            );
+            ok = false;
+        }
+        (Some(_), Some(pipe)) => {
+            diagnostics.push(
+                Diagnostic::new("both `host` and `pipe` are given", pipe.span, format!("{path}.sql.pipe"))
+                    .help("a server is reached either over TCP (`host`) or through a local named pipe (`pipe`)"),
+            );
+            ok = false;
+        }
+        _ => {}
+    }
+    let auth = match sql.auth {
+        None => Some(Auth::Integrated),
+        Some(auth) => check_auth(auth, &format!("{path}.sql.auth"), diagnostics),
+    };
+    let auth = auth.filter(|_| ok)?;
+    Some(SqlTarget {
+        host: sql.host.map(|h| h.value),
+        pipe: sql.pipe.map(|p| p.value),
+        instance: sql.instance.map(|v| v.value),
+        port: sql.port.map(|p| p.value),
+        database: sql
+            .database
+            .map_or_else(|| "SUSDB".to_string(), |d| d.value),
+        encrypt: sql
+            .encrypt
+            .map_or(crate::model::Encrypt::Required, |e| e.value),
+        trust_cert: sql.trust_cert.is_some_and(|t| t.value),
+        ca_file: sql.ca_file.map(|c| c.value),
+        auth,
+    })
+}
+
+fn check_auth(
+    auth: Spanned<RawAuth>,
+    path: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Auth> {
+    let RawAuth {
+        method,
+        user,
+        password,
+    } = auth.value;
+    // A missing or bad `method` was reported by the schema.
+    let method = method?;
+    match method.value {
+        AuthMethod::Sql | AuthMethod::Windows => {
+            let what = if method.value == AuthMethod::Sql {
+                "a SQL login"
+            } else {
+                "a Windows account"
+            };
+            if user.is_none() {
+                diagnostics.push(
+                    Diagnostic::new("missing `user`", auth.span, format!("{path}.user"))
+                        .help(format!("add `user: <{what}>`")),
+                );
+            }
+            if password.is_none() {
+                diagnostics.push(
+                    Diagnostic::new(
+                        "missing password source",
+                        auth.span,
+                        format!("{path}.password_env"),
+                    )
+                    .help("add `password_env: VARIABLE` or `password_file: PATH`"),
+                );
+            }
+            let (user, password) = (user?.value, password?.value);
+            Some(if method.value == AuthMethod::Sql {
+                Auth::Sql { user, password }
+            } else {
+                Auth::Windows { user, password }
+            })
+        }
+        AuthMethod::Integrated => {
+            let extra = user
+                .map(|u| ("user", u.span))
+                .or(password.map(|p| ("password", p.span)));
+            if let Some((what, span)) = extra {
+                diagnostics.push(
+                    Diagnostic::new(
+                        format!("`method: integrated` takes no {what}"),
+                        span,
+                        path.to_string(),
+                    )
+                    .help("integrated authentication uses the identity of the process: remove the line, or use `method: windows`"),
+                );
+                return None;
+            }
+            Some(Auth::Integrated)
+        }
+    }
+}
+
+/// Reports each cycle once, as `a -> b -> c -> a` in upstream-to-downstream direction.
+fn report_cycles(
+    servers: &[RawServer],
+    upstream_of: &[Option<usize>],
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    const UNSEEN: usize = usize::MAX;
+    // The walk that first reached each server; the walk is iterative so a long chain cannot
+    // overflow the stack.
+    let mut walk_of = vec![UNSEEN; servers.len()];
+    for start in 0..servers.len() {
+        let mut at = start;
+        while walk_of[at] == UNSEEN {
+            walk_of[at] = start;
+            match upstream_of[at] {
+                Some(up) => at = up,
+                None => break,
+            }
+        }
+        if walk_of[at] != start || upstream_of[at].is_none() {
+            continue;
+        }
+        // `at` is on a cycle met for the first time: collect it by following upstreams.
+        let mut cycle = vec![at];
+        let mut next = upstream_of[at];
+        while let Some(n) = next.filter(|&n| n != at) {
+            cycle.push(n);
+            next = upstream_of[n];
+        }
+        let name = |i: usize| servers[i].name.as_ref().map_or("?", |n| n.value.as_str());
+        // Upstream-to-downstream is the reverse of the upstream chain; start from the least name.
+        cycle.reverse();
+        let first = (0..cycle.len())
+            .min_by_key(|&k| name(cycle[k]))
+            .unwrap_or(0);
+        cycle.rotate_left(first);
+        let mut text: Vec<&str> = cycle.iter().map(|&i| name(i)).collect();
+        text.push(name(cycle[0]));
+        let anchor = cycle[0];
+        let span = servers[anchor]
+            .upstream
+            .as_ref()
+            .map_or(servers[anchor].span, |u| u.span);
+        diagnostics.push(
+            Diagnostic::new(
+                format!("upstream cycle: {}", text.join(" -> ")),
+                span,
+                format!("servers[{anchor}].upstream"),
+            )
+            .help("every chain of upstreams must end at a top server (one without `upstream`): break the cycle"),
+        );
+    }
+}
+
+/// `{d359f493-…}` or `d359f493-…` to the canonical upper-case form; `None` if not a GUID.
+pub fn normalize_guid(text: &str) -> Option<String> {
+    let bare = text.trim();
+    let bare = bare
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or(bare);
+    let groups: Vec<&str> = bare.split('-').collect();
+    let lengths = groups.iter().map(|g| g.len()).collect::<Vec<_>>();
+    let hex = groups
+        .iter()
+        .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+    (lengths == [8, 4, 4, 4, 12] && hex).then(|| bare.to_ascii_uppercase())
+}
+
+fn is_server_name(name: &str) -> bool {
+    name.len() <= 253
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guids_are_normalized_to_upper_case() {
+        assert_eq!(
+            normalize_guid("{d359f493-0aad-43fa-af5c-6763326cd98f}").as_deref(),
+            Some(KB954960_UPDATE_ID)
+        );
+        assert_eq!(normalize_guid("D359F493-0AAD-43FA-AF5C-6763326CD98"), None);
+        assert_eq!(normalize_guid("not-a-guid"), None);
+        assert_eq!(normalize_guid("g359f493-0aad-43fa-af5c-6763326cd98f"), None);
+    }
+
+    #[test]
+    fn server_names_are_dns_names() {
+        assert!(is_server_name("wsus-hq.corp.example"));
+        assert!(is_server_name("WSUS_01"));
+        assert!(!is_server_name("-wsus"));
+        assert!(!is_server_name("wsus hq"));
+        assert!(!is_server_name("wsus\"hq"));
+    }
+}

@@ -1,0 +1,145 @@
+//! The steps of the KB 954960 repair on one server, and what each changes in SUSDB.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use topology::Mode;
+
+/// Title of the update the repair is about, when the topology names the default UpdateID.
+pub const KB954960_UPDATE_TITLE: &str = "Office 2003 Service Pack 1";
+
+/// One step of the repair on one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Probe,
+    SwitchToAutonomous,
+    Decline,
+    Approve,
+    RestoreReplica,
+    Verify,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Probe => "probe",
+            Step::SwitchToAutonomous => "switch-to-autonomous",
+            Step::Decline => "decline",
+            Step::Approve => "approve",
+            Step::RestoreReplica => "restore-replica",
+            Step::Verify => "verify",
+        }
+    }
+
+    /// Whether the step writes to SUSDB.
+    pub fn mutates(self) -> bool {
+        !matches!(self, Step::Probe | Step::Verify)
+    }
+
+    /// A compensation runs whenever the step it undoes ran, even after a failure.
+    pub fn compensates(self) -> Option<Step> {
+        (self == Step::RestoreReplica).then_some(Step::SwitchToAutonomous)
+    }
+
+    /// What the step does to the database, for plans and change-board documents.
+    pub fn effect(self) -> &'static str {
+        match self {
+            Step::Probe => {
+                "read-only: SQL Server and SUSDB versions, ReplicaMode, upstream server name, the \
+                 update's revisions, approvals and declined state; stops the server if they \
+                 disagree with the topology"
+            }
+            Step::SwitchToAutonomous => {
+                "records the original mode in the journal, then sets tbConfigurationC.ReplicaMode \
+                 = 0 and reads it back (the running WSUS service keeps its cached setting)"
+            }
+            Step::Decline => {
+                "spDeclineUpdate @failIfReplica = 1: every live approval of every revision \
+                 (tbDeployment) moves to tbDeadDeployment"
+            }
+            Step::Approve => {
+                "spDeployUpdate @actionID = 2 (detect only), All Computers, latest revision, \
+                 @isAssigned = 1, @failIfReplica = 1: writes one tbDeployment row"
+            }
+            Step::RestoreReplica => {
+                "sets tbConfigurationC.ReplicaMode = 1 and reads it back; runs whenever \
+                 switch-to-autonomous ran, even after a failure"
+            }
+            Step::Verify => {
+                "read-only: the update is declined, no stale or duplicate approvals remain, and \
+                 the mode equals the original"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The ordered steps for a server in `mode`: decline -> approve -> decline, wrapped in the switch to
+/// autonomous and back for a replica (which refuses approval changes otherwise).
+pub fn steps_for(mode: Mode) -> Vec<Step> {
+    match mode {
+        Mode::Autonomous => vec![
+            Step::Probe,
+            Step::Decline,
+            Step::Approve,
+            Step::Decline,
+            Step::Verify,
+        ],
+        Mode::Replica => vec![
+            Step::Probe,
+            Step::SwitchToAutonomous,
+            Step::Decline,
+            Step::Approve,
+            Step::Decline,
+            Step::RestoreReplica,
+            Step::Verify,
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_is_switched_to_autonomous_and_back_around_the_approval_changes() {
+        let names: Vec<&str> = steps_for(Mode::Replica)
+            .into_iter()
+            .map(Step::as_str)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "probe",
+                "switch-to-autonomous",
+                "decline",
+                "approve",
+                "decline",
+                "restore-replica",
+                "verify"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_autonomous_server_keeps_its_mode() {
+        let steps = steps_for(Mode::Autonomous);
+        assert!(!steps.contains(&Step::SwitchToAutonomous));
+        assert!(!steps.contains(&Step::RestoreReplica));
+        assert_eq!(steps.iter().filter(|s| **s == Step::Decline).count(), 2);
+    }
+
+    #[test]
+    fn only_restore_replica_is_a_compensation() {
+        for step in steps_for(Mode::Replica) {
+            let expected = (step == Step::RestoreReplica).then_some(Step::SwitchToAutonomous);
+            assert_eq!(step.compensates(), expected);
+        }
+    }
+}

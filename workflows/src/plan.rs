@@ -1,0 +1,250 @@
+//! The repair plan: per server, in execution order, the steps that will run. It is what a change
+//! board reviews and what `apply` may be given back, so its JSON form is a stable contract
+//! (`plan_version`).
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use topology::{KB954960_UPDATE_ID, Mode, Selection, Topology};
+
+use crate::kb954960::{KB954960_UPDATE_TITLE, Step, steps_for};
+
+pub const PLAN_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub plan_version: u32,
+    /// The topology file's path as given.
+    pub topology: String,
+    /// `sha256:<hex>` of the topology file's bytes.
+    pub fingerprint: String,
+    pub update: String,
+    /// In execution order.
+    pub servers: Vec<PlannedServer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedServer {
+    pub name: String,
+    pub upstream: Option<String>,
+    pub mode: Mode,
+    pub depth: u32,
+    pub steps: Vec<Step>,
+    /// Selected without its upstream (`--allow-partial`): the top-down guarantee does not hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upstream_not_selected: bool,
+}
+
+impl Plan {
+    /// The plan made from the topology alone, before anything is asked of a server.
+    pub fn offline(topology: &Topology, selection: &Selection) -> Plan {
+        let servers = selection
+            .servers
+            .iter()
+            .map(|&id| {
+                let server = topology.server(id);
+                PlannedServer {
+                    name: server.name.clone(),
+                    upstream: server.upstream.clone(),
+                    mode: server.mode,
+                    depth: server.depth,
+                    steps: steps_for(server.mode),
+                    upstream_not_selected: selection.is_partial(id),
+                }
+            })
+            .collect();
+        Plan {
+            plan_version: PLAN_VERSION,
+            topology: topology.source().to_string(),
+            fingerprint: topology.fingerprint().to_string(),
+            update: topology.update().to_string(),
+            servers,
+        }
+    }
+
+    fn update_title(&self) -> &'static str {
+        if self.update == KB954960_UPDATE_ID {
+            KB954960_UPDATE_TITLE
+        } else {
+            "title not known offline"
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for s in &self.servers {
+            c.servers += 1;
+            c.replicas += usize::from(s.mode == Mode::Replica);
+            c.tops += usize::from(s.upstream.is_none());
+            c.levels = c.levels.max(s.depth + 1);
+            c.mutations += s.steps.iter().filter(|step| step.mutates()).count();
+        }
+        c
+    }
+
+    fn partial_warning(&self) -> Option<String> {
+        let partial: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|s| s.upstream_not_selected)
+            .map(|s| {
+                format!(
+                    "{} (upstream {})",
+                    s.name,
+                    s.upstream.as_deref().unwrap_or("-")
+                )
+            })
+            .collect();
+        (!partial.is_empty()).then(|| {
+            format!(
+                "WARNING: THE TOP-DOWN ORDER IS NOT GUARANTEED for {} server(s) selected without \
+                 their upstream (--allow-partial): {}. Repair their upstream servers first, or \
+                 their approvals may be copied back broken.",
+                partial.len(),
+                partial.join(", ")
+            )
+        })
+    }
+
+    /// The plan for a terminal.
+    pub fn render_text(&self) -> String {
+        let c = self.counts();
+        let mut out = String::new();
+        let _ = writeln!(out, "Plan for {} ({})", self.topology, self.fingerprint);
+        let _ = writeln!(out, "Update {} ({})", self.update, self.update_title());
+        let _ = writeln!(
+            out,
+            "{} servers, {} levels, {} replicas, {} top servers; {} changes in all. Each server \
+             starts only after its upstream succeeded.",
+            c.servers, c.levels, c.replicas, c.tops, c.mutations
+        );
+        if let Some(warning) = self.partial_warning() {
+            let _ = writeln!(out, "\n{warning}");
+        }
+        out.push('\n');
+        let width = self.servers.iter().map(|s| s.name.len()).max().unwrap_or(0);
+        for (i, s) in self.servers.iter().enumerate() {
+            let upstream = match &s.upstream {
+                None => "top server".to_string(),
+                Some(up) => format!("upstream {up}"),
+            };
+            let flag = if s.upstream_not_selected {
+                "  ! upstream not selected"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "{:>4}. {:<width$}  depth {}  {:<10}  {upstream}{flag}",
+                i + 1,
+                s.name,
+                s.depth,
+                s.mode.as_str(),
+            );
+            let steps: Vec<&str> = s.steps.iter().map(|step| step.as_str()).collect();
+            let _ = writeln!(out, "      {}", steps.join(" -> "));
+        }
+        if c.replicas > 0 {
+            let _ = writeln!(
+                out,
+                "\nrestore-replica runs whenever switch-to-autonomous ran, even after a failure."
+            );
+        }
+        out
+    }
+
+    /// A review document for a change board.
+    pub fn render_markdown(&self) -> String {
+        let c = self.counts();
+        let mut out = String::new();
+        let _ = writeln!(out, "# KB 954960 repair plan\n");
+        if let Some(warning) = self.partial_warning() {
+            let _ = writeln!(out, "> **{warning}**\n");
+        }
+        let _ = writeln!(out, "| | |\n|---|---|");
+        let _ = writeln!(out, "| Topology | `{}` |", self.topology);
+        let _ = writeln!(out, "| Fingerprint | `{}` |", self.fingerprint);
+        let _ = writeln!(
+            out,
+            "| Update | `{}` ({}) |",
+            self.update,
+            self.update_title()
+        );
+        let _ = writeln!(out, "| Servers | {} |", c.servers);
+        let _ = writeln!(out, "| Levels | {} |", c.levels);
+        let _ = writeln!(out, "| Replicas | {} |", c.replicas);
+        let _ = writeln!(out, "| Top servers | {} |", c.tops);
+        let _ = writeln!(out, "| Database changes | {} |\n", c.mutations);
+
+        let _ = writeln!(out, "## Order\n");
+        let _ = writeln!(
+            out,
+            "Servers run top-down: a server starts only after its upstream finished successfully, \
+             because a replica copies its approvals from its upstream. Within a level, servers \
+             run in parallel.\n"
+        );
+        let mut level_start = 0;
+        while level_start < self.servers.len() {
+            let depth = self.servers[level_start].depth;
+            let level_end = self.servers[level_start..]
+                .iter()
+                .position(|s| s.depth != depth)
+                .map_or(self.servers.len(), |k| level_start + k);
+            let _ = writeln!(out, "### Level {depth}\n");
+            let _ = writeln!(
+                out,
+                "| # | Server | Upstream | Mode | Steps |\n|---|---|---|---|---|"
+            );
+            for (k, s) in self.servers[level_start..level_end].iter().enumerate() {
+                let steps: Vec<&str> = s.steps.iter().map(|step| step.as_str()).collect();
+                let upstream = match (&s.upstream, s.upstream_not_selected) {
+                    (None, _) => "(top server)".to_string(),
+                    (Some(up), false) => up.clone(),
+                    (Some(up), true) => format!("{up} **(not selected)**"),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {upstream} | {} | {} |",
+                    level_start + k + 1,
+                    s.name,
+                    s.mode,
+                    steps.join(" → ")
+                );
+            }
+            out.push('\n');
+            level_start = level_end;
+        }
+
+        let _ = writeln!(out, "## What each step changes in SUSDB\n");
+        let _ = writeln!(out, "| Step | Effect |\n|---|---|");
+        let mut listed = Vec::new();
+        for step in steps_for(Mode::Replica) {
+            if !listed.contains(&step) {
+                listed.push(step);
+                let _ = writeln!(out, "| `{step}` | {} |", step.effect());
+            }
+        }
+        out.push('\n');
+
+        let _ = writeln!(out, "## How a failure is contained and undone\n");
+        for line in [
+            "A step that fails with a transient error (lost connection, timeout, deadlock) is retried with capped exponential backoff; a permanent error fails the server.",
+            "A failed server's `restore-replica` still runs if it was switched to autonomous, so no replica is left autonomous.",
+            "The failed server's whole downstream subtree is skipped and reported `skipped: upstream <name> failed`; other branches go on.",
+            "Every change is written to a write-ahead journal (intent before, outcome after, flushed to disk) before it is sent; after a crash or Ctrl-C, `wsus-reset resume` observes each unfinished server and completes its steps or its compensation.",
+            "The end state of every server is declined with no approvals, which is where the manual KB 954960 workaround also ends; nothing else is changed.",
+        ] {
+            let _ = writeln!(out, "- {line}");
+        }
+        out
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    servers: usize,
+    levels: u32,
+    replicas: usize,
+    tops: usize,
+    mutations: usize,
+}
