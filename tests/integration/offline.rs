@@ -1,1 +1,289 @@
+//! The offline commands as an operator uses them: validate, graph, plan.
 
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const CONTOSO: &str = "examples/contoso.yaml";
+
+/// Runs the binary from the workspace root, so paths in messages are stable.
+fn wsus_reset(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wsus-reset"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the wsus-reset binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).expect("stderr is UTF-8")
+}
+
+#[test]
+fn validate_summarizes_a_good_file() {
+    let out = wsus_reset(&["validate", CONTOSO]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "ok: 13 servers, 4 levels, 8 replicas, 1 top servers\n"
+    );
+}
+
+/// Each `tests/fixtures/invalid/*.yaml` is refused with exit 2 and exactly the messages in its
+/// snapshot: position, field path, caret and fix for every mistake in the file.
+#[test]
+fn invalid_files_are_refused_with_every_error_located() {
+    insta::glob!(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
+        "invalid/*.yaml",
+        |path| {
+            let relative = path
+                .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                .expect("fixture under the workspace")
+                .to_str()
+                .expect("UTF-8 path");
+            let out = wsus_reset(&["validate", relative]);
+            assert_eq!(out.status.code(), Some(2), "{relative} must be refused");
+            assert!(stdout(&out).is_empty());
+            insta::assert_snapshot!(stderr(&out));
+        }
+    );
+}
+
+#[test]
+fn an_inline_password_is_never_echoed() {
+    let out = wsus_reset(&["validate", "tests/fixtures/invalid/inline-password.yaml"]);
+    let text = stderr(&out);
+    assert!(text.contains("inline passwords are refused"), "{text}");
+    assert!(!text.contains("Winter2008"), "the password leaked: {text}");
+}
+
+#[test]
+fn a_missing_file_is_bad_input() {
+    let out = wsus_reset(&["validate", "no/such/file.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read topology file no/such/file.yaml"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(wsus_reset(&["validate"]).status.code(), Some(2));
+    assert_eq!(wsus_reset(&["frobnicate"]).status.code(), Some(2));
+    let out = wsus_reset(&["graph", CONTOSO, "--format", "png"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("tree, dot, mermaid"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn graph_tree_marks_replicas() {
+    let out = wsus_reset(&["graph", CONTOSO]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(stdout(&out));
+}
+
+#[test]
+fn graph_mermaid() {
+    let out = wsus_reset(&["graph", CONTOSO, "--format", "mermaid"]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(stdout(&out));
+}
+
+/// The DOT output is accepted by Graphviz itself (installed by the README's test command).
+#[test]
+fn graph_dot_is_valid_graphviz() {
+    let out = wsus_reset(&["graph", CONTOSO, "--format", "dot"]);
+    assert_eq!(out.status.code(), Some(0));
+    let dot = stdout(&out);
+    insta::assert_snapshot!(dot);
+    let mut child = Command::new("dot")
+        .args(["-Tsvg", "-o", "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("Graphviz `dot` is installed (run the README's test command)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dot.as_bytes())
+        .expect("write to dot");
+    let result = child.wait_with_output().expect("dot finishes");
+    assert!(
+        result.status.success(),
+        "dot rejected the graph: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+fn plan_json(args: &[&str]) -> Value {
+    let out = wsus_reset(args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).expect("the plan is JSON")
+}
+
+fn names(plan: &Value) -> Vec<&str> {
+    plan["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| s["name"].as_str().expect("name"))
+        .collect()
+}
+
+#[test]
+fn plan_json_lists_servers_top_down_with_their_steps() {
+    let plan = plan_json(&["plan", CONTOSO, "--format", "json"]);
+    assert_eq!(plan["plan_version"], 1);
+    assert_eq!(plan["topology"], CONTOSO);
+    assert_eq!(plan["update"], "D359F493-0AAD-43FA-AF5C-6763326CD98F");
+    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(CONTOSO)).unwrap();
+    assert_eq!(plan["fingerprint"], topology::fingerprint(&bytes));
+
+    let servers = plan["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 13);
+    // Every server after its upstream; depth never decreases (ties by depth, then name).
+    for (i, s) in servers.iter().enumerate() {
+        if let Some(up) = s["upstream"].as_str() {
+            let at = servers.iter().position(|o| o["name"] == up).unwrap();
+            assert!(at < i, "{} planned before its upstream {up}", s["name"]);
+        }
+    }
+    let depths: Vec<u64> = servers
+        .iter()
+        .map(|s| s["depth"].as_u64().unwrap())
+        .collect();
+    assert!(depths.windows(2).all(|w| w[0] <= w[1]), "{depths:?}");
+
+    let hq = &servers[0];
+    assert_eq!(hq["name"], "wsus-hq");
+    assert_eq!(hq["upstream"], Value::Null);
+    assert_eq!(
+        hq["steps"],
+        serde_json::json!(["probe", "decline", "approve", "decline", "verify"])
+    );
+    let apac = servers.iter().find(|s| s["name"] == "wsus-apac").unwrap();
+    assert_eq!(apac["mode"], "replica");
+    assert_eq!(
+        apac["steps"],
+        serde_json::json!([
+            "probe",
+            "switch-to-autonomous",
+            "decline",
+            "approve",
+            "decline",
+            "restore-replica",
+            "verify"
+        ])
+    );
+}
+
+#[test]
+fn plan_out_writes_the_json_plan_to_a_file() {
+    let dir = std::env::temp_dir().join(format!("wsus-reset-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("plan.json");
+    let out = wsus_reset(&["plan", CONTOSO, "--out", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("Plan for examples/contoso.yaml"));
+    let written: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(written, plan_json(&["plan", CONTOSO, "--format", "json"]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn plan_text_shows_every_server_in_order() {
+    let out = wsus_reset(&["plan", CONTOSO]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(stdout(&out));
+}
+
+#[test]
+fn plan_markdown_is_a_review_document() {
+    let out = wsus_reset(&["plan", CONTOSO, "--format", "markdown"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    for needle in [
+        "# KB 954960 repair plan",
+        "D359F493-0AAD-43FA-AF5C-6763326CD98F",
+        "Office 2003 Service Pack 1",
+        "### Level 0",
+        "### Level 3",
+        "| `approve` | spDeployUpdate @actionID = 2",
+        "## How a failure is contained and undone",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn only_selects_one_server_and_with_downstream_adds_its_subtree() {
+    let plan = plan_json(&["plan", CONTOSO, "--format", "json", "--only", "wsus-hq"]);
+    assert_eq!(names(&plan), ["wsus-hq"]);
+
+    let plan = plan_json(&[
+        "plan",
+        CONTOSO,
+        "--format",
+        "json",
+        "--only",
+        "WSUS-EMEA",
+        "--only",
+        "wsus-hq",
+        "--with-downstream",
+    ]);
+    assert_eq!(names(&plan).len(), 13, "wsus-hq's subtree is everything");
+
+    let plan = plan_json(&[
+        "plan",
+        CONTOSO,
+        "--format",
+        "json",
+        "--only",
+        "wsus-oslo",
+        "--with-downstream",
+        "--allow-partial",
+    ]);
+    assert_eq!(names(&plan), ["wsus-oslo", "wsus-bergen"]);
+    assert_eq!(plan["servers"][0]["upstream_not_selected"], true);
+    assert_eq!(plan["servers"][1].get("upstream_not_selected"), None);
+}
+
+#[test]
+fn selecting_a_server_without_its_upstream_is_refused_unless_allowed() {
+    let out = wsus_reset(&["plan", CONTOSO, "--only", "wsus-lyon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = stderr(&out);
+    assert!(text.contains("wsus-lyon (upstream wsus-paris)"), "{text}");
+    assert!(text.contains("--allow-partial"), "{text}");
+
+    let out = wsus_reset(&["plan", CONTOSO, "--only", "wsus-lyon", "--allow-partial"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("WARNING: THE TOP-DOWN ORDER IS NOT GUARANTEED"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn an_unknown_server_name_suggests_the_closest() {
+    let out = wsus_reset(&["plan", CONTOSO, "--only", "wsus-londn"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("no server named `wsus-londn` in the topology: did you mean `wsus-london`?"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -60,7 +60,12 @@ pub fn render(file_name: &str, source: &str, diagnostics: &[Diagnostic]) -> Stri
             let end = floor_char_boundary(source, span.end.clamp(start, source.len()));
             start..end
         };
-        let mut labels = vec![Label::primary((), clamp(diagnostic.span))];
+        // A caret under one line reads better than a bracket around a whole mapping.
+        let primary = clamp(diagnostic.span);
+        let first_line_end = source[primary.clone()]
+            .find('\n')
+            .map_or(primary.end, |k| primary.start + k);
+        let mut labels = vec![Label::primary((), primary.start..first_line_end)];
         labels.extend(
             diagnostic
                 .related

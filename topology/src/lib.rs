@@ -104,6 +104,9 @@ impl Topology {
             Err(e) => {
                 let mut d = Diagnostic::new(e.message, e.span, "");
                 d.help = e.help;
+                if let Some(first) = e.first {
+                    d = d.related(first, "first set here");
+                }
                 return Err(invalid(vec![d]));
             }
         };

@@ -19,6 +19,9 @@ pub struct Spanned<T> {
 
 #[derive(Debug, Default)]
 pub struct RawTopology {
+    /// Whether the key was written at all (a bad value is reported once, not also as missing).
+    pub has_version: bool,
+    pub has_servers: bool,
     pub version: Option<Spanned<u64>>,
     pub update: Option<Spanned<String>>,
     pub defaults: RawSql,
@@ -76,6 +79,8 @@ pub enum AuthMethod {
 
 #[derive(Debug, Clone)]
 pub struct RawAuth {
+    /// A `password:` key was written (and refused): do not also report the password as missing.
+    pub inline_password: bool,
     pub method: Option<Spanned<AuthMethod>>,
     pub user: Option<Spanned<String>>,
     pub password: Option<Spanned<SecretSource>>,
@@ -297,6 +302,8 @@ impl Reader<'_> {
         let Some(fields) = self.fields(root, "", TOP_FIELDS) else {
             return raw;
         };
+        raw.has_version = fields.get("version").is_some();
+        raw.has_servers = fields.get("servers").is_some();
         raw.version = self.unsigned(&fields, "version", "");
         raw.update = self.string(&fields, "update", "");
         if let Some(defaults) = fields.get("defaults")
@@ -431,7 +438,10 @@ impl Reader<'_> {
                     .related(env.span, "`password_env` is here")
                     .help("keep only one source for the password"),
                 );
-                None
+                Some(Spanned {
+                    value: SecretSource::Env(env.value),
+                    span: env.span,
+                })
             }
             (Some(env), None) => {
                 if !is_env_name(&env.value) {
@@ -462,11 +472,18 @@ impl Reader<'_> {
             );
         }
         Some(RawAuth {
+            inline_password: node_has_key(node, "password"),
             method,
             user,
             password,
         })
     }
+}
+
+fn node_has_key(node: &Node, key: &str) -> bool {
+    matches!(&node.kind, NodeKind::Map(entries) if entries.iter().any(|(k, _)| {
+        matches!(&k.kind, NodeKind::Scalar { value, .. } if value.eq_ignore_ascii_case(key))
+    }))
 }
 
 fn is_env_name(name: &str) -> bool {

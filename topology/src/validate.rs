@@ -30,6 +30,7 @@ pub fn check(raw: RawTopology, diagnostics: &mut Vec<Diagnostic>) -> Option<Chec
     let errors_before = diagnostics.len();
     let doc_start = Span::new(0, 0);
     match &raw.version {
+        None if raw.has_version => {}
         None => diagnostics.push(
             Diagnostic::new("missing `version`", doc_start, "version")
                 .help("add `version: 1` as the first line"),
@@ -62,6 +63,7 @@ pub fn check(raw: RawTopology, diagnostics: &mut Vec<Diagnostic>) -> Option<Chec
         }
     };
     let servers = match raw.servers {
+        None if raw.has_servers => Vec::new(),
         None => {
             diagnostics.push(
                 Diagnostic::new("no `servers` list", doc_start, "servers")
@@ -282,6 +284,7 @@ fn check_auth(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Auth> {
     let RawAuth {
+        inline_password,
         method,
         user,
         password,
@@ -301,7 +304,7 @@ fn check_auth(
                         .help(format!("add `user: <{what}>`")),
                 );
             }
-            if password.is_none() {
+            if password.is_none() && !inline_password {
                 diagnostics.push(
                     Diagnostic::new(
                         "missing password source",

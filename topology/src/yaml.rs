@@ -48,12 +48,16 @@ impl Node {
     }
 
     /// What the node is, for "expected X, found Y" messages.
-    pub fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> String {
         match &self.kind {
-            _ if self.is_null() => "nothing (null)",
-            NodeKind::Scalar { .. } => "a scalar",
-            NodeKind::Seq(_) => "a list",
-            NodeKind::Map(_) => "a mapping",
+            _ if self.is_null() => "nothing (null)".into(),
+            NodeKind::Scalar { value, plain: true } => format!("`{value}`"),
+            NodeKind::Scalar {
+                value,
+                plain: false,
+            } => format!("the quoted string \"{value}\""),
+            NodeKind::Seq(_) => "a list".into(),
+            NodeKind::Map(_) => "a mapping".into(),
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct YamlError {
     pub message: String,
     pub span: Span,
     pub help: Option<String>,
+    /// Where the first of two duplicate keys stands.
+    pub first: Option<Span>,
 }
 
 /// Converts the parser's character positions into byte offsets.
@@ -107,6 +113,7 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
             message: format!("invalid YAML: {}", e.info()),
             span: Span::new(at, at),
             help: Some("check the indentation and quoting around this spot".into()),
+            first: None,
         }
     };
     let mut stack: Vec<Frame> = Vec::new();
@@ -127,6 +134,7 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                             "a topology file holds exactly one document: remove the extra `---`"
                                 .into(),
                         ),
+                        first: None,
                     });
                 }
                 continue;
@@ -180,10 +188,8 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                         return Err(YamlError {
                             message: format!("duplicate key `{value}`"),
                             span: node.span,
-                            help: Some(format!(
-                                "`{value}` is already set at byte {}: keep only one of them",
-                                first.span.start
-                            )),
+                            help: Some("keep only one of them".into()),
+                            first: Some(first.span),
                         });
                     }
                     *pending = Some(node);
@@ -200,6 +206,7 @@ fn anchor_error(span: Span) -> YamlError {
         message: "YAML anchors and aliases are not supported".into(),
         span,
         help: Some("write the value out, or put shared SQL settings under `defaults.sql`".into()),
+        first: None,
     }
 }
 
