@@ -92,8 +92,9 @@ impl Topology {
                 diagnostics,
             })
         };
-        let root = match yaml::parse(&text) {
-            Ok(Some(root)) => root,
+        let mut diagnostics = Vec::new();
+        let raw = match schema::parse(&text, &mut diagnostics) {
+            Ok(Some(raw)) => raw,
             Ok(None) => {
                 return Err(invalid(vec![
                     Diagnostic::new("the file is empty", yaml::Span::default(), "").help(
@@ -110,8 +111,6 @@ impl Topology {
                 return Err(invalid(vec![d]));
             }
         };
-        let mut diagnostics = Vec::new();
-        let raw = schema::read(&root, &mut diagnostics);
         let checked = validate::check(raw, &mut diagnostics);
         match checked {
             Some(checked) if diagnostics.is_empty() => {

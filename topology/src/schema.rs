@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::diagnostic::Diagnostic;
 use crate::model::{Encrypt, Mode, SecretSource};
-use crate::yaml::{Node, NodeKind, Span};
+use crate::yaml::{self, Node, NodeKind, Span, YamlError};
 
 /// A value and where it was written.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,10 +102,23 @@ const SQL_FIELDS: &[&str] = &[
 ];
 const AUTH_FIELDS: &[&str] = &["method", "user", "password_env", "password_file"];
 
-/// Reads a document into [`RawTopology`], pushing every problem found onto `diagnostics`.
-pub fn read(root: &Node, diagnostics: &mut Vec<Diagnostic>) -> RawTopology {
+/// Parses the text of a topology file into [`RawTopology`], pushing every problem in the
+/// values onto `diagnostics`. `Ok(None)`: the file holds no document. `Err`: it is not YAML.
+///
+/// Servers are read one by one as the parser completes them (see [`yaml::parse_streaming`]):
+/// the file is never held as a whole tree.
+pub fn parse(
+    text: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<Option<RawTopology>, YamlError> {
     let mut r = Reader { diagnostics };
-    r.topology(root)
+    let mut streamed = Vec::new();
+    let root = yaml::parse_streaming(text, "servers", |i, node| {
+        if let Some(server) = r.server(&node, &format!("servers[{i}]")) {
+            streamed.push(server);
+        }
+    })?;
+    Ok(root.map(|root| r.topology(&root, streamed)))
 }
 
 struct Reader<'d> {
@@ -297,7 +310,8 @@ impl Reader<'_> {
         None
     }
 
-    fn topology(&mut self, root: &Node) -> RawTopology {
+    /// `streamed`: the servers already read while parsing (the `servers` list is empty in the tree).
+    fn topology(&mut self, root: &Node, streamed: Vec<RawServer>) -> RawTopology {
         let mut raw = RawTopology::default();
         let Some(fields) = self.fields(root, "", TOP_FIELDS) else {
             return raw;
@@ -314,13 +328,10 @@ impl Reader<'_> {
         }
         if let Some(servers) = fields.get("servers") {
             if let NodeKind::Seq(items) = &servers.kind {
-                let list = items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, item)| self.server(item, &format!("servers[{i}]")))
-                    .collect();
+                // Items are streamed unless the list was empty; a nested list is never streamed.
+                debug_assert!(items.is_empty());
                 raw.servers = Some(Spanned {
-                    value: list,
+                    value: streamed,
                     span: servers.span,
                 });
             } else {

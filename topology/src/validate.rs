@@ -2,6 +2,7 @@
 //! `defaults` merge, unique names, upstreams that exist, no cycles, replicas that have an upstream.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use crate::diagnostic::Diagnostic;
 use crate::model::{Auth, KB954960_UPDATE_ID, Mode, SqlTarget};
@@ -81,7 +82,7 @@ pub fn check(raw: RawTopology, diagnostics: &mut Vec<Diagnostic>) -> Option<Chec
         Some(list) => list.value,
     };
 
-    let checked = check_servers(&servers, &raw.defaults, diagnostics);
+    let checked = check_servers(servers, &raw.defaults, diagnostics);
     (diagnostics.len() == errors_before).then(|| CheckedTopology {
         update: update.unwrap_or_default(),
         servers: checked,
@@ -89,17 +90,18 @@ pub fn check(raw: RawTopology, diagnostics: &mut Vec<Diagnostic>) -> Option<Chec
 }
 
 fn check_servers(
-    servers: &[RawServer],
+    servers: Vec<RawServer>,
     defaults: &RawSql,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Vec<Checked> {
+    // Paths are formatted only for an error: a valid 100,000-server file formats none.
+    let path = |i: usize, field: &str| format!("servers[{i}].{field}");
     // Names first: everything after refers to servers by name.
     let mut by_name: HashMap<String, usize> = HashMap::with_capacity(servers.len());
     for (i, server) in servers.iter().enumerate() {
-        let path = format!("servers[{i}]");
         let Some(name) = &server.name else {
             diagnostics.push(
-                Diagnostic::new("server has no `name`", server.span, format!("{path}.name"))
+                Diagnostic::new("server has no `name`", server.span, path(i, "name"))
                     .help("add `name: <the WSUS server's DNS name>`"),
             );
             continue;
@@ -109,7 +111,7 @@ fn check_servers(
                 Diagnostic::new(
                     format!("`{}` is not a valid server name", name.value),
                     name.span,
-                    format!("{path}.name"),
+                    path(i, "name"),
                 )
                 .help(
                     "a server name is a DNS name: letters, digits, `-`, `.` and `_`, \
@@ -117,9 +119,9 @@ fn check_servers(
                 ),
             );
         }
-        match by_name.get(&name.value.to_ascii_lowercase()) {
-            Some(&first) => {
-                let first_span = servers[first]
+        match by_name.entry(name.value.to_ascii_lowercase()) {
+            Entry::Occupied(first) => {
+                let first_span = servers[*first.get()]
                     .name
                     .as_ref()
                     .map_or(Span::default(), |n| n.span);
@@ -127,60 +129,61 @@ fn check_servers(
                     Diagnostic::new(
                         format!("duplicate server name `{}`", name.value),
                         name.span,
-                        format!("{path}.name"),
+                        path(i, "name"),
                     )
                     .related(first_span, "first defined here")
                     .help("server names are DNS names, unique ignoring case: rename or remove one"),
                 );
             }
-            None => {
-                by_name.insert(name.value.to_ascii_lowercase(), i);
+            Entry::Vacant(slot) => {
+                slot.insert(i);
             }
         }
     }
 
-    let mut checked = Vec::with_capacity(servers.len());
     let mut upstream_of: Vec<Option<usize>> = vec![None; servers.len()];
     for (i, server) in servers.iter().enumerate() {
-        let path = format!("servers[{i}]");
         let upstream = server
             .upstream
             .as_ref()
-            .and_then(|up| resolve_upstream(i, up, servers, &by_name, &path, diagnostics));
+            .and_then(|up| resolve_upstream(i, up, &servers, &by_name, diagnostics));
         upstream_of[i] = upstream;
-        let mode = server.mode.as_ref().map_or(Mode::Autonomous, |m| m.value);
-        if let (Some(m), None, None) = (&server.mode, &server.upstream, upstream) {
-            if m.value == Mode::Replica {
-                diagnostics.push(
-                    Diagnostic::new(
-                        "a top server cannot be a replica",
-                        m.span,
-                        format!("{path}.mode"),
-                    )
-                    .help(
-                        "a replica copies approvals from its upstream: add `upstream: <server>` \
+        if let (Some(mode), None) = (&server.mode, &server.upstream)
+            && mode.value == Mode::Replica
+        {
+            diagnostics.push(
+                Diagnostic::new(
+                    "a top server cannot be a replica",
+                    mode.span,
+                    path(i, "mode"),
+                )
+                .help(
+                    "a replica copies approvals from its upstream: add `upstream: <server>` \
                          or set `mode: autonomous`",
-                    ),
-                );
-            }
+                ),
+            );
         }
+    }
+    report_cycles(&servers, &upstream_of, diagnostics);
+
+    let mut checked = Vec::with_capacity(servers.len());
+    for ((i, server), upstream) in servers.into_iter().enumerate().zip(upstream_of) {
         let sql = check_sql(
-            server.sql.clone().merged_over(defaults),
+            server.sql.merged_over(defaults),
             server.span,
-            &path,
+            i,
             diagnostics,
         );
-        if let (Some(name), Some(sql)) = (&server.name, sql) {
+        if let (Some(name), Some(sql)) = (server.name, sql) {
             checked.push(Checked {
-                name: name.value.clone(),
+                name: name.value,
                 upstream,
-                mode,
+                mode: server.mode.map_or(Mode::Autonomous, |m| m.value),
                 sql,
                 span: server.span,
             });
         }
     }
-    report_cycles(servers, &upstream_of, diagnostics);
     checked
 }
 
@@ -189,17 +192,16 @@ fn resolve_upstream(
     up: &Spanned<String>,
     servers: &[RawServer],
     by_name: &HashMap<String, usize>,
-    path: &str,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<usize> {
-    let field = format!("{path}.upstream");
+    let field = || format!("servers[{i}].upstream");
     match by_name.get(&up.value.to_ascii_lowercase()) {
         Some(&j) if j == i => {
             diagnostics.push(
                 Diagnostic::new(
                     format!("server `{}` is its own upstream", up.value),
                     up.span,
-                    field,
+                    field(),
                 )
                 .help(
                     "name the server it synchronizes from, or remove `upstream` for a top server",
@@ -220,7 +222,7 @@ fn resolve_upstream(
                 Diagnostic::new(
                     format!("upstream `{}` is not a server in this file", up.value),
                     up.span,
-                    field,
+                    field(),
                 )
                 .help(help),
             );
@@ -232,9 +234,10 @@ fn resolve_upstream(
 fn check_sql(
     sql: RawSql,
     server_span: Span,
-    path: &str,
+    index: usize,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<SqlTarget> {
+    let path = &format!("servers[{index}]");
     let at = sql.span.unwrap_or(server_span);
     let mut ok = true;
     match (&sql.host, &sql.pipe) {

@@ -99,13 +99,25 @@ impl<'a> Offsets<'a> {
 }
 
 enum Frame {
-    Seq(Span, Vec<Node>),
+    /// A sequence being built; the `usize` counts items handed to the streaming callback instead.
+    Seq(Span, Vec<Node>, usize),
     /// A mapping being built; `pending` holds a key waiting for its value.
     Map(Span, Vec<(Node, Node)>, Option<Node>),
 }
 
 /// Parses `text` into one spanned tree. `Ok(None)` means the file holds no document at all.
 pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
+    parse_streaming(text, "", |_, _| {})
+}
+
+/// Like [`parse`], but each item of the list under the top-level key `key` is handed to
+/// `on_item(index, item)` as soon as it is complete and not kept in the tree, so a file with
+/// 100,000 servers never holds them all as nodes at once. That list stays empty in the tree.
+pub fn parse_streaming(
+    text: &str,
+    key: &str,
+    mut on_item: impl FnMut(usize, Node),
+) -> Result<Option<Node>, YamlError> {
     let offsets = Offsets::new(text);
     let scan_error = |e: ScanError| {
         let at = offsets.byte(e.marker().index());
@@ -155,7 +167,7 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                 span,
             },
             Event::SequenceStart(..) => {
-                stack.push(Frame::Seq(span, Vec::new()));
+                stack.push(Frame::Seq(span, Vec::new(), 0));
                 continue;
             }
             Event::MappingStart(..) => {
@@ -163,7 +175,7 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Seq(start, items)) => Node {
+                Some(Frame::Seq(start, items, _)) => Node {
                     kind: NodeKind::Seq(items),
                     span: Span::new(start.start, span.end.max(start.end)),
                 },
@@ -175,9 +187,16 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
             },
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => continue,
         };
+        let streamed = stack.len() == 2
+            && matches!(&stack[0], Frame::Map(_, _, Some(Node { kind: NodeKind::Scalar { value, .. }, .. }))
+                if value == key);
         match stack.last_mut() {
             None => root = Some(node),
-            Some(Frame::Seq(_, items)) => items.push(node),
+            Some(Frame::Seq(_, _, count)) if streamed => {
+                on_item(*count, node);
+                *count += 1;
+            }
+            Some(Frame::Seq(_, items, _)) => items.push(node),
             Some(Frame::Map(_, entries, pending)) => match pending.take() {
                 None => {
                     if let NodeKind::Scalar { value, .. } = &node.kind
@@ -239,6 +258,23 @@ mod tests {
             items[1].kind,
             NodeKind::Scalar { plain: false, .. }
         ));
+    }
+
+    #[test]
+    fn streamed_items_are_handed_over_in_order_and_not_kept() {
+        let text = "servers:\n  - a\n  - [b]\nother: [c]\n";
+        let mut seen = Vec::new();
+        let root = parse_streaming(text, "servers", |i, node| seen.push((i, node)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!((seen[0].0, scalar(&seen[0].1)), (0, "a"));
+        assert!(matches!(&seen[1].1.kind, NodeKind::Seq(items) if items.len() == 1));
+        let NodeKind::Map(entries) = &root.kind else {
+            panic!()
+        };
+        assert!(matches!(&entries[0].1.kind, NodeKind::Seq(items) if items.is_empty()));
+        assert!(matches!(&entries[1].1.kind, NodeKind::Seq(items) if items.len() == 1));
     }
 
     #[test]
