@@ -41,7 +41,7 @@ fn forest() -> impl Strategy<Value = Forest> {
 
 /// Names vary in case so that ordering and lookups are exercised ignoring case.
 fn name(i: usize) -> String {
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         format!("WSUS-{i:03}")
     } else {
         format!("wsus-{i:03}")
