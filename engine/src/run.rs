@@ -643,7 +643,6 @@ async fn run_server<W: Workflow>(
     };
     let status = run.go(prior).await;
     let steps_done = run.context.done.iter().filter(|d| **d).count();
-    let duration = started.elapsed();
     let result = match &status {
         ServerStatus::Succeeded | ServerStatus::AlreadyDone => Some(ServerResult::Succeeded),
         ServerStatus::Failed { .. } => Some(ServerResult::Failed),
@@ -651,6 +650,8 @@ async fn run_server<W: Workflow>(
         _ => None,
     };
     let note = (!run.notes.is_empty()).then(|| run.notes.join("; "));
+    // The server's time includes its last journal record: the downstream waits for it too.
+    let mut duration = started.elapsed();
     if let Some(result) = result {
         let _ = shared
             .record(Record::ServerFinished {
@@ -660,6 +661,7 @@ async fn run_server<W: Workflow>(
                 at: journal::now(),
             })
             .await;
+        duration = started.elapsed();
         shared.emit(Event::ServerFinished {
             server: run.server.name.clone(),
             result,

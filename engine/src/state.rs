@@ -73,11 +73,9 @@ impl StateDir {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
                 return Err(StateError::Locked {
                     dir: dir.into(),
-                    holder: serde_json::from_str(&text).ok(),
+                    holder: read_holder(&mut file),
                 });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
@@ -134,6 +132,22 @@ impl StateDir {
     pub fn unfinished(&self) -> Result<Option<(PathBuf, Replay)>, StateError> {
         Ok(self.runs()?.pop().filter(|(_, r)| r.is_unfinished()))
     }
+}
+
+/// Who holds the lock. The holder writes its record just after taking the lock, so a process
+/// that loses a close race may look before it is there: look again for a moment (bounded).
+fn read_holder(file: &mut File) -> Option<Holder> {
+    for _ in 0..50 {
+        let mut text = String::new();
+        if file.seek(SeekFrom::Start(0)).is_ok()
+            && file.read_to_string(&mut text).is_ok()
+            && let Ok(holder) = serde_json::from_str(&text)
+        {
+            return Some(holder);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
 }
 
 /// A new run id: UTC time to the millisecond, then the pid, so ids sort in time order.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// The Office 2003 Service Pack 1 update of KB 954960: the default `update` of a topology file.
-pub const KB954960_UPDATE_ID: &str = "D359F493-0AAD-43FA-AF5C-6763326CD98F";
+pub use susdb::KB954960_UPDATE_ID;
 
 /// How a WSUS server takes its approvals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -5,8 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use topology::Mode;
 
-/// Title of the update the repair is about, when the topology names the default UpdateID.
-pub const KB954960_UPDATE_TITLE: &str = "Office 2003 Service Pack 1";
+pub use susdb::KB954960_UPDATE_TITLE;
 
 /// One step of the repair on one server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,0 +1,320 @@
+//! Benchmark of the walk (BENCHMARKS.md): a synthetic hierarchy, steps that sleep for latencies
+//! drawn from a fixed seed, the real engine (journal, lock, events) on a temporary state dir.
+//!
+//!     cargo run --release -p engine --example walk_bench -- [TOPS FANOUT LEVELS] [N...]
+//!
+//! For each N it reports the makespan, the lower bound max(critical path, total work / N) computed
+//! from the step durations actually measured, their ratio, and the makespan a level-by-level
+//! barrier schedule would have had with the same durations. Then the engine's CPU time per server
+//! on a run whose steps do nothing.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "benchmark program"
+)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::{
+    Engine, Interrupts, RunOptions, StepContext, StepError, StepOutput, StepSpec, Workflow,
+};
+use topology::{Mode, SelectOptions, Server, Topology};
+
+struct Sleepy {
+    /// Per server, the latency of each step, drawn from the seed.
+    latencies: HashMap<String, Vec<Duration>>,
+}
+
+fn steps(mode: Mode) -> Vec<StepSpec> {
+    let mut s = vec![StepSpec::read("probe")];
+    if mode == Mode::Replica {
+        s.push(StepSpec::mutate("switch"));
+    }
+    s.extend([
+        StepSpec::mutate("decline"),
+        StepSpec::mutate("approve"),
+        StepSpec::mutate("decline-again"),
+    ]);
+    if mode == Mode::Replica {
+        s.push(StepSpec::compensate("restore", 1));
+    }
+    s.push(StepSpec::read("verify"));
+    s
+}
+
+impl Workflow for Sleepy {
+    type Session = ();
+
+    fn steps(&self, server: &Server) -> Vec<StepSpec> {
+        steps(server.mode)
+    }
+
+    async fn open(&self, _: &Server) -> Result<(), StepError> {
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        _: &mut (),
+        server: &Server,
+        step: &StepSpec,
+        _: &StepContext,
+    ) -> Result<StepOutput, StepError> {
+        let index = steps(server.mode)
+            .iter()
+            .position(|s| s.name == step.name)
+            .unwrap();
+        let latency = self.latencies[&server.name][index];
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        Ok(StepOutput::default())
+    }
+
+    async fn took_effect(
+        &self,
+        _: &mut (),
+        _: &Server,
+        _: &StepSpec,
+        _: &StepContext,
+    ) -> Result<bool, StepError> {
+        Ok(false)
+    }
+}
+
+fn hierarchy(tops: usize, fan_out: usize, levels: u32) -> Topology {
+    let mut text = String::from("version: 1\nservers:\n");
+    let mut level: Vec<String> = (0..tops).map(|i| format!("t{i}")).collect();
+    for name in &level {
+        text.push_str(&format!("  - name: {name}\n    sql: {{ host: h }}\n"));
+    }
+    for _ in 1..levels {
+        let mut next = Vec::new();
+        for parent in &level {
+            for c in 0..fan_out {
+                let name = format!("{parent}-{c}");
+                let mode = if c % 2 == 0 { "replica" } else { "autonomous" };
+                text.push_str(&format!("  - name: {name}\n    upstream: {parent}\n    mode: {mode}\n    sql: {{ host: h }}\n"));
+                next.push(name);
+            }
+        }
+        level = next;
+    }
+    Topology::from_bytes("bench.yaml", text.as_bytes()).unwrap()
+}
+
+fn draw_latencies(
+    t: &Topology,
+    seed: u64,
+    min_ms: u64,
+    max_ms: u64,
+) -> HashMap<String, Vec<Duration>> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    t.servers()
+        .iter()
+        .map(|s| {
+            let l = steps(s.mode)
+                .iter()
+                .map(|_| Duration::from_millis(rng.u64(min_ms..=max_ms)))
+                .collect();
+            (s.name.clone(), l)
+        })
+        .collect()
+}
+
+/// The level-by-level barrier schedule, run for real with the same engine and latencies: each
+/// level is a run of its own that starts when the previous level has entirely finished.
+async fn barrier_makespan(t: &Arc<Topology>, levels: u32, parallel: usize) -> Duration {
+    let mut total = Duration::ZERO;
+    for depth in 0..levels {
+        let servers: Vec<topology::ServerId> =
+            t.ids().filter(|&id| t.server(id).depth == depth).collect();
+        let partial = servers
+            .iter()
+            .copied()
+            .filter(|&id| t.upstream(id).is_some())
+            .collect();
+        let workflow = Sleepy {
+            latencies: draw_latencies(t, 42, 2, 8),
+        };
+        let (makespan, _) = run_selection(
+            t,
+            workflow,
+            parallel,
+            topology::Selection { servers, partial },
+        )
+        .await;
+        total += makespan;
+    }
+    total
+}
+
+fn cpu_time() -> Duration {
+    // utime + stime of this process, in clock ticks (100 per second on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // After the command name: state is not numeric, so utime/stime are fields 11/12 here.
+    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// Runs the engine; returns the makespan and each server's duration as the engine reports it
+/// (from its start to its last journal record, so journal waits count as the server's work).
+async fn run_once(
+    t: &Arc<Topology>,
+    workflow: Sleepy,
+    parallel: usize,
+) -> (Duration, HashMap<String, Duration>) {
+    run_selection(
+        t,
+        workflow,
+        parallel,
+        t.select(&SelectOptions::default()).unwrap(),
+    )
+    .await
+}
+
+async fn run_selection(
+    t: &Arc<Topology>,
+    workflow: Sleepy,
+    parallel: usize,
+    selection: topology::Selection,
+) -> (Duration, HashMap<String, Duration>) {
+    let state = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        parallel,
+        state_dir: state.path().to_path_buf(),
+        seed: Some(1),
+        ..RunOptions::default()
+    };
+    let workflow = Arc::new(workflow);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let collector = tokio::spawn(async move {
+        let mut durations = HashMap::new();
+        while let Some(event) = rx.recv().await {
+            if let engine::Event::ServerFinished {
+                server, duration, ..
+            } = event
+            {
+                durations.insert(server, duration);
+            }
+        }
+        durations
+    });
+    let started = Instant::now();
+    let report = Engine::new(Handle(Arc::clone(&workflow)), Arc::clone(t), options)
+        .with_events(tx)
+        .apply(&selection, Interrupts::default())
+        .await
+        .unwrap();
+    let makespan = started.elapsed();
+    assert_eq!(report.outcome, engine::RunOutcome::Succeeded);
+    (makespan, collector.await.unwrap())
+}
+
+/// Lets the benchmark keep the workflow after the engine is done with it.
+struct Handle(Arc<Sleepy>);
+
+impl Workflow for Handle {
+    type Session = ();
+    fn steps(&self, server: &Server) -> Vec<StepSpec> {
+        self.0.steps(server)
+    }
+    async fn open(&self, s: &Server) -> Result<(), StepError> {
+        self.0.open(s).await
+    }
+    async fn run(
+        &self,
+        x: &mut (),
+        s: &Server,
+        st: &StepSpec,
+        c: &StepContext,
+    ) -> Result<StepOutput, StepError> {
+        self.0.run(x, s, st, c).await
+    }
+    async fn took_effect(
+        &self,
+        x: &mut (),
+        s: &Server,
+        st: &StepSpec,
+        c: &StepContext,
+    ) -> Result<bool, StepError> {
+        self.0.took_effect(x, s, st, c).await
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let (tops, fan_out, levels) = match args.as_slice() {
+        [a, b, c, ..] => (*a, *b, u32::try_from(*c).unwrap()),
+        _ => (10, 10, 4),
+    };
+    let ns: Vec<usize> = if args.len() > 3 {
+        args[3..].to_vec()
+    } else {
+        vec![8, 64, 512]
+    };
+    let t = Arc::new(hierarchy(tops, fan_out, levels));
+    let n_servers = t.servers().len();
+    println!(
+        "hierarchy: {n_servers} servers, {tops} top servers, fan-out {fan_out}, {levels} levels; steps sleep 2..=8 ms (seed 42)"
+    );
+    println!(
+        "{:>5} {:>12} {:>12} {:>7} {:>14} {:>9}",
+        "N", "makespan", "lower bound", "ratio", "barrier sched", "barrier/lb"
+    );
+    for &n in &ns {
+        let workflow = Sleepy {
+            latencies: draw_latencies(&t, 42, 2, 8),
+        };
+        let (makespan, measured) = run_once(&t, workflow, n).await;
+        let dur = |name: &str| measured.get(name).copied().unwrap_or_default();
+        // Critical path over measured server durations, top-down in execution order.
+        let mut finish: Vec<Duration> = vec![Duration::ZERO; n_servers];
+        let mut total = Duration::ZERO;
+        for id in t.ids() {
+            let s = t.server(id);
+            let d = dur(&s.name);
+            total += d;
+            finish[id.0] = t.upstream(id).map_or(Duration::ZERO, |u| finish[u.0]) + d;
+        }
+        let critical = finish.into_iter().max().unwrap_or_default();
+        let lower = critical.max(total / u32::try_from(n).unwrap());
+        let barrier = barrier_makespan(&t, levels, n).await;
+        println!(
+            "{n:>5} {:>10.3} s {:>10.3} s {:>7.3} {:>12.3} s {:>9.3}",
+            makespan.as_secs_f64(),
+            lower.as_secs_f64(),
+            makespan.as_secs_f64() / lower.as_secs_f64(),
+            barrier.as_secs_f64(),
+            barrier.as_secs_f64() / lower.as_secs_f64()
+        );
+    }
+
+    // Engine CPU per server: steps that do nothing, so what is left is the engine's own work
+    // (scheduling, journal records and their fsyncs, events).
+    let workflow = Sleepy {
+        latencies: draw_latencies(&t, 42, 0, 0),
+    };
+    let before = cpu_time();
+    let (makespan, _) = run_once(&t, workflow, 64).await;
+    let cpu = cpu_time() - before;
+    println!(
+        "engine CPU: {:.1} µs per server ({} servers, {:.2} s CPU, {:.2} s wall, N = 64, zero-latency steps)",
+        cpu.as_secs_f64() * 1e6 / n_servers as f64,
+        n_servers,
+        cpu.as_secs_f64(),
+        makespan.as_secs_f64()
+    );
+}

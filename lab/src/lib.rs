@@ -1,0 +1,969 @@
+//! The SUSDB lab: emulated WSUS 3.0 databases behind one TDS 7.4 listener, for rehearsals and
+//! tests of the real client path (tiberius over TCP).
+//!
+//! A tour:
+//! - [`tds`]: the protocol, server side (packets, PRELOGIN, LOGIN7, batches, RPC, reply tokens);
+//! - [`model`]: one server's SUSDB (revisions, approvals, replica flag) and the semantics of
+//!   `spDeclineUpdate` / `spDeployUpdate`, including when a client's sync would fail;
+//! - [`faults`]: injected latency, dropped connections, server errors, unreachable servers;
+//! - [`Lab`]: routes each connection to the emulated server named in LOGIN7 (the `sql.host` of the
+//!   topology, so one topology file describes production and lab), answers exactly the statements
+//!   of the `susdb` contract, and keeps the whole state in a JSON file if asked.
+//!
+//! The lab speaks plaintext only (PRELOGIN answers ENCRYPT_NOT_SUP): it listens on loopback.
+
+pub mod faults;
+pub mod model;
+pub mod tds;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use faults::{Counter, Drop, Faults};
+use model::{Call, Seed, ServerDb, SqlError};
+use tds::{Cell, ColType, Message, Param, Reply, ResultSet, Rpc, Value, done, packet};
+use topology::Topology;
+
+/// SQL Server 2005 SP3: what a WSUS 3.0 server on SSEE reports.
+const PRODUCT_VERSION: &str = "9.00.4035.00";
+/// `tbSchemaVersion.SchemaVersion` the lab reports (the real WSUS 3.0 value is an open question,
+/// susdb.md section 7).
+const SCHEMA_VERSION: i32 = 926;
+
+/// How the lab runs.
+#[derive(Debug, Clone, Default)]
+pub struct LabConfig {
+    pub seed: Seed,
+    /// Added to every round trip.
+    pub latency: Duration,
+    pub faults: Faults,
+    /// When set, SQL logins must match (error 18456 otherwise).
+    pub credentials: Option<(String, String)>,
+    /// The whole state as JSON, written atomically after every mutation and loaded at start.
+    pub state_file: Option<PathBuf>,
+}
+
+/// The lab's whole state, as written to `--state`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateFile {
+    pub servers: BTreeMap<String, ServerDb>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("cannot read lab state {path}: {source}")]
+    ReadState {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("lab state {path} is not a lab state file: {source}")]
+    BadState {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("cannot write lab state {path}: {source}")]
+    WriteState {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("listener: {0}")]
+    Listen(std::io::Error),
+}
+
+/// Where a connection's LOGIN7 can lead: the server's name, found by host, instance and database.
+#[derive(Debug, Clone)]
+struct Route {
+    name: String,
+    host: String,
+    instance: String,
+    database: String,
+}
+
+#[derive(Debug)]
+struct Inner {
+    servers: BTreeMap<String, ServerDb>,
+    /// (server, resource) -> the connection holding the application lock.
+    applocks: HashMap<(String, String), u64>,
+    counter: Counter,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: LabConfig,
+    routes: Vec<Route>,
+    inner: Mutex<Inner>,
+    next_connection: AtomicU64,
+}
+
+/// A running lab's handle: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    shared: Arc<Shared>,
+}
+
+impl Lab {
+    /// The lab for `topology`: each server seeded from the hierarchy (its mode and upstream), or
+    /// taken from the state file when it exists.
+    pub fn new(topology: &Topology, config: LabConfig) -> Result<Lab, LabError> {
+        let mut servers = BTreeMap::new();
+        for (index, server) in topology.servers().iter().enumerate() {
+            let db = ServerDb::seeded(
+                config.seed,
+                index,
+                server.mode == topology::Mode::Replica,
+                server.upstream.clone(),
+            );
+            servers.insert(server.name.clone(), db);
+        }
+        if let Some(path) = &config.state_file
+            && path.exists()
+        {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| LabError::ReadState {
+                path: shown.clone(),
+                source,
+            })?;
+            let saved: StateFile =
+                serde_json::from_str(&text).map_err(|source| LabError::BadState {
+                    path: shown,
+                    source,
+                })?;
+            for (name, db) in saved.servers {
+                if servers.contains_key(&name) {
+                    servers.insert(name, db);
+                }
+            }
+        }
+        let routes = topology
+            .servers()
+            .iter()
+            .map(|s| Route {
+                name: s.name.clone(),
+                host: s
+                    .sql
+                    .host
+                    .clone()
+                    .unwrap_or_else(|| s.name.clone())
+                    .to_ascii_lowercase(),
+                instance: s
+                    .sql
+                    .instance
+                    .clone()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase(),
+                database: s.sql.database.to_ascii_lowercase(),
+            })
+            .collect();
+        let lab = Lab {
+            shared: Arc::new(Shared {
+                config,
+                routes,
+                inner: Mutex::new(Inner {
+                    servers,
+                    applocks: HashMap::new(),
+                    counter: Counter::default(),
+                }),
+                next_connection: AtomicU64::new(1),
+            }),
+        };
+        lab.save()?;
+        Ok(lab)
+    }
+
+    /// The current state of every server.
+    pub fn snapshot(&self) -> StateFile {
+        StateFile {
+            servers: lock(&self.shared.inner).servers.clone(),
+        }
+    }
+
+    /// Writes the state file, if one is configured: whole or not at all.
+    pub fn save(&self) -> Result<(), LabError> {
+        let inner = lock(&self.shared.inner);
+        save_state(&self.shared.config, &inner.servers)
+    }
+
+    /// Serves connections until `shutdown`, then writes the state.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), LabError> {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => {
+                    let (stream, _) = match accepted {
+                        Ok(pair) => pair,
+                        // A client that vanished during accept; the listener itself is fine.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
+                        Err(e) => return Err(LabError::Listen(e)),
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let lab = self.clone();
+                    let stop = shutdown.clone();
+                    connections.spawn(async move {
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            result = lab.connection(stream) => {
+                                if let Err(e) = result {
+                                    tracing::debug!(error = %e, "connection ended");
+                                }
+                            }
+                        }
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        connections.shutdown().await;
+        self.save()
+    }
+
+    fn route(&self, host: &str, instance: &str, database: &str) -> Option<String> {
+        let (host, instance, database) = (
+            host.to_ascii_lowercase(),
+            instance.to_ascii_lowercase(),
+            database.to_ascii_lowercase(),
+        );
+        let by_host: Vec<&Route> = self
+            .shared
+            .routes
+            .iter()
+            .filter(|r| r.host == host)
+            .collect();
+        let pick = |candidates: Vec<&Route>| -> Option<String> {
+            match candidates.as_slice() {
+                [one] => Some(one.name.clone()),
+                _ => None,
+            }
+        };
+        if by_host.len() <= 1 {
+            return pick(by_host).or_else(|| {
+                // Also reachable by the WSUS server's own name, for hand-made clients.
+                self.shared
+                    .routes
+                    .iter()
+                    .find(|r| r.name.eq_ignore_ascii_case(&host))
+                    .map(|r| r.name.clone())
+            });
+        }
+        let by_instance: Vec<&Route> = by_host
+            .into_iter()
+            .filter(|r| r.instance == instance)
+            .collect();
+        if by_instance.len() <= 1 {
+            return pick(by_instance);
+        }
+        pick(
+            by_instance
+                .into_iter()
+                .filter(|r| database.is_empty() || r.database == database)
+                .collect(),
+        )
+    }
+
+    async fn connection(self, stream: TcpStream) -> Result<(), tds::ProtocolError> {
+        let id = self.shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let result = self.session(stream, id).await;
+        // Session-owned application locks go with the connection, as on SQL Server.
+        lock(&self.shared.inner)
+            .applocks
+            .retain(|_, owner| *owner != id);
+        result
+    }
+
+    async fn session(&self, stream: TcpStream, id: u64) -> Result<(), tds::ProtocolError> {
+        let (mut rd, mut wr) = stream.into_split();
+        let Some(first) = tds::read_message(&mut rd).await? else {
+            return Ok(());
+        };
+        if first.kind != packet::PRELOGIN {
+            return Err(tds::ProtocolError::Malformed("expected PRELOGIN".into()));
+        }
+        let prelogin = tds::parse_prelogin(&first.payload)?;
+        tds::write_message(&mut wr, packet::REPLY, &tds::prelogin_reply(), 4096).await?;
+        let Some(login) = tds::read_message(&mut rd).await? else {
+            return Ok(());
+        };
+        if login.kind != packet::LOGIN7 {
+            return Err(tds::ProtocolError::Malformed(
+                "expected LOGIN7 (the lab does not speak TLS)".into(),
+            ));
+        }
+        let login = tds::parse_login(&login.payload)?;
+        let packet_size = usize::try_from(login.packet_size)
+            .unwrap_or(4096)
+            .clamp(512, 32767);
+        let database = if login.database.is_empty() {
+            "SUSDB".to_string()
+        } else {
+            login.database.clone()
+        };
+        let mut reply = Reply::default();
+        let Some(server) = self.route(&login.server, &prelogin.instance, &database) else {
+            reply.error(
+                18456,
+                14,
+                &format!(
+                    "Login failed: the lab has no server '{}'{}.",
+                    login.server,
+                    if prelogin.instance.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (instance '{}')", prelogin.instance)
+                    }
+                ),
+                "lab",
+                "",
+            );
+            reply.done(done::ERROR, None);
+            tds::write_message(&mut wr, packet::REPLY, &reply.bytes, packet_size).await?;
+            return Ok(());
+        };
+        if self.shared.config.faults.unreachable(&server) {
+            // The closest a single listener gets to a refused connection: it closes at once.
+            return Ok(());
+        }
+        if let Some((user, password)) = &self.shared.config.credentials
+            && (login.integrated
+                || !login.user.eq_ignore_ascii_case(user)
+                || login.password != *password)
+        {
+            reply.error(
+                18456,
+                14,
+                &format!("Login failed for user '{}'.", login.user),
+                &server,
+                "",
+            );
+            reply.done(done::ERROR, None);
+            tds::write_message(&mut wr, packet::REPLY, &reply.bytes, packet_size).await?;
+            return Ok(());
+        }
+        reply.login_ok(
+            &database,
+            &server,
+            u32::try_from(packet_size).unwrap_or(4096),
+        );
+        tds::write_message(&mut wr, packet::REPLY, &reply.bytes, packet_size).await?;
+
+        // Requests are read by their own task, so an ATTENTION can interrupt a slow answer.
+        let (tx, mut rx) = mpsc::channel::<Message>(8);
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(message)) = tds::read_message(&mut rd).await {
+                if tx.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let result = self
+            .serve_requests(&server, id, &mut rx, &mut wr, packet_size)
+            .await;
+        reader.abort();
+        let _ = wr.shutdown().await;
+        result
+    }
+
+    async fn serve_requests(
+        &self,
+        server: &str,
+        connection: u64,
+        rx: &mut mpsc::Receiver<Message>,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        packet_size: usize,
+    ) -> Result<(), tds::ProtocolError> {
+        while let Some(message) = rx.recv().await {
+            let mut reply = Reply::default();
+            if message.kind == packet::ATTENTION {
+                reply.done(done::ATTN, None);
+                tds::write_message(wr, packet::REPLY, &reply.bytes, packet_size).await?;
+                continue;
+            }
+            let request = match Request::parse(&message) {
+                Ok(request) => request,
+                Err(e) => {
+                    reply.error(
+                        8009,
+                        16,
+                        &format!("The incoming request could not be read: {e}"),
+                        server,
+                        "",
+                    );
+                    reply.done(done::ERROR, None);
+                    tds::write_message(wr, packet::REPLY, &reply.bytes, packet_size).await?;
+                    continue;
+                }
+            };
+            let target = request.target();
+            let action = {
+                let mut inner = lock(&self.shared.inner);
+                let Inner { counter, .. } = &mut *inner;
+                counter.on_call(&self.shared.config.faults, server, &target)
+            };
+            let delay = self.shared.config.latency + action.latency;
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    next = rx.recv() => match next {
+                        Some(m) if m.kind == packet::ATTENTION => {
+                            // Cancelled before it ran: nothing took effect.
+                            reply.done(done::ATTN, None);
+                            tds::write_message(wr, packet::REPLY, &reply.bytes, packet_size).await?;
+                            continue;
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+            }
+            if action.drop == Some(Drop::Before) {
+                return Ok(());
+            }
+            if let Some(number) = action.error {
+                let (class, text) = match number {
+                    1205 => (
+                        13,
+                        "Transaction (Process ID 57) was deadlocked on lock resources with another process and has been chosen as the deadlock victim. Rerun the transaction.",
+                    ),
+                    -2 => (
+                        11,
+                        "Timeout expired. The timeout period elapsed prior to completion of the operation or the server is not responding.",
+                    ),
+                    _ => (16, "Injected error."),
+                };
+                reply.error(number, class, text, server, "");
+                reply.done(done::ERROR, None);
+                tds::write_message(wr, packet::REPLY, &reply.bytes, packet_size).await?;
+                continue;
+            }
+            let reply = self.execute(server, connection, &request).await;
+            if action.drop == Some(Drop::After) {
+                return Ok(());
+            }
+            tds::write_message(wr, packet::REPLY, &reply.bytes, packet_size).await?;
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, server: &str, connection: u64, request: &Request) -> Reply {
+        let mut reply = Reply::default();
+        match request {
+            Request::Transaction(kind) => {
+                // Begin (5): a new descriptor; commit (7) / rollback (8): it ends. The lab applies
+                // every change at once, so a transaction only has to look right on the wire.
+                let descriptor = 1u64.to_le_bytes();
+                match kind {
+                    5 => reply.env_change_bytes(8, &descriptor, &[]),
+                    7 => reply.env_change_bytes(9, &[], &descriptor),
+                    8 => reply.env_change_bytes(10, &[], &descriptor),
+                    _ => {}
+                }
+                reply.done(done::FINAL, None);
+            }
+            Request::Batch(text) => match self.statement(server, text, &[]) {
+                Ok(sets) => {
+                    for (k, set) in sets.iter().enumerate() {
+                        if let Some(set) = set {
+                            reply.result_set(set);
+                        }
+                        let more = if k + 1 < sets.len() {
+                            done::MORE
+                        } else {
+                            done::FINAL
+                        };
+                        reply.done(more, Some(set.as_ref().map_or(1, |s| s.rows.len() as u64)));
+                    }
+                }
+                Err(e) => {
+                    reply.error(e.number, e.class, &e.message, server, "");
+                    reply.done(done::ERROR, None);
+                }
+            },
+            Request::Rpc(rpc) => {
+                let procedure = rpc
+                    .procedure
+                    .trim_start_matches("dbo.")
+                    .trim_start_matches("[dbo].");
+                let result = match procedure.to_ascii_lowercase().as_str() {
+                    "sp_executesql" => self.sp_executesql(server, rpc).map(|sets| (sets, 0)),
+                    "spdeclineupdate" | "spdeployupdate" => self
+                        .procedure(server, procedure, &rpc.params)
+                        .map(|()| (Vec::new(), 0)),
+                    "sp_getapplock" => self
+                        .get_applock(server, connection, &rpc.params)
+                        .await
+                        .map(|s| (Vec::new(), s)),
+                    "sp_releaseapplock" => self
+                        .release_applock(server, connection, &rpc.params)
+                        .map(|s| (Vec::new(), s)),
+                    _ => Err(SqlError {
+                        number: 2812,
+                        class: 16,
+                        message: format!("Could not find stored procedure '{}'.", rpc.procedure),
+                    }),
+                };
+                match result {
+                    Ok((sets, status)) => {
+                        for set in &sets {
+                            match set {
+                                Some(set) => {
+                                    reply.result_set(set);
+                                    reply.done_in_proc(done::MORE, Some(set.rows.len() as u64));
+                                }
+                                None => reply.done_in_proc(done::MORE, Some(1)),
+                            }
+                        }
+                        for (ordinal, param) in
+                            rpc.params.iter().enumerate().filter(|(_, p)| p.output)
+                        {
+                            reply.return_value(
+                                u16::try_from(ordinal).unwrap_or(0),
+                                param,
+                                &param.value,
+                            );
+                        }
+                        reply.return_status(status);
+                        reply.done_proc(done::FINAL);
+                    }
+                    Err(e) => {
+                        reply.error(e.number, e.class, &e.message, server, procedure);
+                        reply.return_status(-6);
+                        reply.done_proc(done::ERROR);
+                    }
+                }
+            }
+        }
+        reply
+    }
+
+    fn sp_executesql(&self, server: &str, rpc: &Rpc) -> Result<Vec<Option<ResultSet>>, SqlError> {
+        let text = rpc
+            .params
+            .first()
+            .and_then(|p| p.value.as_str())
+            .ok_or_else(|| SqlError {
+                number: 8144,
+                class: 16,
+                message: "Procedure or function sp_executesql has too many arguments specified."
+                    .into(),
+            })?;
+        // @P1.. follow @stmt and @params.
+        let args: Vec<&Value> = rpc.params.iter().skip(2).map(|p| &p.value).collect();
+        self.statement(server, text, &args)
+    }
+
+    /// Runs one of the contract's statements. `None` in the result: a statement without rows
+    /// (an UPDATE), counted as one row affected.
+    fn statement(
+        &self,
+        server: &str,
+        text: &str,
+        args: &[&Value],
+    ) -> Result<Vec<Option<ResultSet>>, SqlError> {
+        let arg = |i: usize| args.get(i).copied().unwrap_or(&Value::Null);
+        let mut inner = lock(&self.shared.inner);
+        let db = inner.servers.get_mut(server).ok_or_else(|| SqlError {
+            number: 4060,
+            class: 11,
+            message: "Cannot open database \"SUSDB\".".into(),
+        })?;
+        let text_trimmed = text.trim();
+        if text_trimmed == susdb::sql::PROBE {
+            let update = arg(0).as_str().unwrap_or_default().to_ascii_uppercase();
+            return Ok(probe(db, &update).into_iter().map(Some).collect());
+        }
+        if text_trimmed == susdb::sql::SET_REPLICA_MODE {
+            let replica = arg(0).as_bool().ok_or_else(|| SqlError {
+                number: 8178,
+                class: 16,
+                message:
+                    "The parameterized query expects the parameter '@P1', which was not supplied."
+                        .into(),
+            })?;
+            db.set_replica_mode(replica);
+            let mut params = serde_json::Map::new();
+            params.insert("@P1".into(), replica.into());
+            db.calls.push(Call {
+                procedure: "set-replica-mode".into(),
+                params,
+            });
+            let mode = ResultSet {
+                columns: vec![("ReplicaMode".into(), ColType::Bit)],
+                rows: vec![vec![Cell::Bit(db.replica_mode)]],
+            };
+            let servers = inner.servers.clone();
+            drop(inner);
+            save_state(&self.shared.config, &servers).map_err(state_error)?;
+            return Ok(vec![None, Some(mode)]);
+        }
+        if text_trimmed == susdb::sql::KEY_OBJECT {
+            let key = arg(0).as_i64().unwrap_or(i64::MIN);
+            let mut rows = Vec::new();
+            if db.update_present && i64::from(db.local_update_id) == key {
+                rows.push(vec![Cell::Text("LocalUpdateID".into())]);
+            }
+            if db.revisions.iter().any(|r| i64::from(r.revision_id) == key) {
+                rows.push(vec![Cell::Text("RevisionID".into())]);
+            }
+            if db
+                .deployments
+                .iter()
+                .any(|d| i64::from(d.deployment_id) == key)
+            {
+                rows.push(vec![Cell::Text("DeploymentID".into())]);
+            }
+            return Ok(vec![Some(ResultSet {
+                columns: vec![("Kind".into(), ColType::NVarChar)],
+                rows,
+            })]);
+        }
+        if text_trimmed == susdb::sql::SERVER_VERSION {
+            return Ok(vec![Some(ResultSet {
+                columns: vec![("ProductVersion".into(), ColType::NVarChar)],
+                rows: vec![vec![Cell::Text(PRODUCT_VERSION.into())]],
+            })]);
+        }
+        let first_line = text_trimmed.lines().next().unwrap_or_default();
+        Err(SqlError {
+            number: 50000,
+            class: 16,
+            message: format!("statement not supported by the lab: {first_line}"),
+        })
+    }
+
+    fn procedure(&self, server: &str, procedure: &str, params: &[Param]) -> Result<(), SqlError> {
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|p| p.name.eq_ignore_ascii_case(name))
+                .map(|p| &p.value)
+        };
+        let missing = |name: &str| SqlError {
+            number: 201,
+            class: 16,
+            message: format!(
+                "Procedure or function '{procedure}' expects parameter '{name}', which was not supplied."
+            ),
+        };
+        let text = |name: &str| {
+            get(name)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| missing(name))
+        };
+        let update = text(susdb::procs::UPDATE_ID)?;
+        let admin = text(susdb::procs::ADMIN_NAME)?;
+        let fail_if_replica = get(susdb::procs::FAIL_IF_REPLICA)
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut inner = lock(&self.shared.inner);
+        let db = inner
+            .servers
+            .get_mut(server)
+            .ok_or_else(|| missing("server"))?;
+        let params_json: serde_json::Map<String, serde_json::Value> = params
+            .iter()
+            .map(|p| (p.name.clone(), p.value.to_json()))
+            .collect();
+        let result = if procedure.eq_ignore_ascii_case("spDeclineUpdate") {
+            db.decline(&update, &admin, fail_if_replica)
+        } else {
+            let int = |name: &str| {
+                get(name)
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| missing(name))
+            };
+            let revision = i32::try_from(int(susdb::procs::REVISION_NUMBER)?).unwrap_or(-1);
+            let action = i32::try_from(int(susdb::procs::ACTION_ID)?).unwrap_or(-1);
+            let group = text(susdb::procs::TARGET_GROUP_ID)?;
+            db.deploy(&update, revision, action, &group, &admin, fail_if_replica)
+        };
+        let mut call = Call {
+            procedure: procedure.to_string(),
+            params: params_json,
+        };
+        call.params.insert("ok".into(), result.is_ok().into());
+        db.calls.push(call);
+        let servers = inner.servers.clone();
+        drop(inner);
+        save_state(&self.shared.config, &servers).map_err(state_error)?;
+        result
+    }
+
+    async fn get_applock(
+        &self,
+        server: &str,
+        connection: u64,
+        params: &[Param],
+    ) -> Result<i32, SqlError> {
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|p| p.name.eq_ignore_ascii_case(name))
+                .map(|p| &p.value)
+        };
+        let resource = get(susdb::procs::RESOURCE)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let timeout_ms = get(susdb::procs::LOCK_TIMEOUT)
+            .and_then(Value::as_i64)
+            .unwrap_or(-1);
+        // A negative timeout waits forever on SQL Server; the lab caps it so nothing hangs.
+        let timeout =
+            Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(30_000).min(30_000));
+        let key = (server.to_string(), resource);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let mut inner = lock(&self.shared.inner);
+                match inner.applocks.get(&key) {
+                    None => {
+                        inner.applocks.insert(key, connection);
+                        return Ok(0);
+                    }
+                    Some(owner) if *owner == connection => return Ok(0),
+                    Some(_) => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(-1);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn release_applock(
+        &self,
+        server: &str,
+        connection: u64,
+        params: &[Param],
+    ) -> Result<i32, SqlError> {
+        let resource = params
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(susdb::procs::RESOURCE))
+            .and_then(|p| p.value.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut inner = lock(&self.shared.inner);
+        let key = (server.to_string(), resource.clone());
+        if inner.applocks.get(&key) == Some(&connection) {
+            inner.applocks.remove(&key);
+            Ok(0)
+        } else {
+            Err(SqlError {
+                number: 1223,
+                class: 16,
+                message: format!(
+                    "Cannot release the application lock (Database Principal: 'public', Resource: '{resource}') because it is not currently held."
+                ),
+            })
+        }
+    }
+}
+
+fn state_error(e: LabError) -> SqlError {
+    SqlError {
+        number: 3013,
+        class: 16,
+        message: format!("the lab could not save its state: {e}"),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the model half-changed: every change is a
+    // single call on `ServerDb`. Go on with the data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn save_state(config: &LabConfig, servers: &BTreeMap<String, ServerDb>) -> Result<(), LabError> {
+    let Some(path) = &config.state_file else {
+        return Ok(());
+    };
+    let shown = path.display().to_string();
+    let text = serde_json::to_vec_pretty(&StateFile {
+        servers: servers.clone(),
+    })
+    .map_err(|e| LabError::WriteState {
+        path: shown.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomically(path, &text).map_err(|source| LabError::WriteState {
+        path: shown,
+        source,
+    })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map_or("state".into(), |n| n.to_string_lossy())
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The four result sets of `susdb::sql::PROBE`.
+fn probe(db: &ServerDb, update: &str) -> Vec<ResultSet> {
+    let present = db.update_present && update == susdb::KB954960_UPDATE_ID;
+    let config = ResultSet {
+        columns: vec![
+            ("ProductVersion".into(), ColType::NVarChar),
+            ("SchemaVersion".into(), ColType::Int),
+            ("ReplicaMode".into(), ColType::Bit),
+            ("UpstreamServerName".into(), ColType::NVarChar),
+            ("ServerPortNumber".into(), ColType::Int),
+            ("SyncToMU".into(), ColType::Bit),
+        ],
+        rows: vec![vec![
+            Cell::Text(PRODUCT_VERSION.into()),
+            Cell::Int(SCHEMA_VERSION),
+            Cell::Bit(db.replica_mode),
+            db.upstream_server_name
+                .clone()
+                .map_or(Cell::Null, Cell::Text),
+            Cell::Int(db.upstream_port),
+            Cell::Bit(db.upstream_server_name.is_none()),
+        ]],
+    };
+    let revisions = ResultSet {
+        columns: vec![
+            ("RevisionID".into(), ColType::Int),
+            ("RevisionNumber".into(), ColType::Int),
+            ("IsLatestRevision".into(), ColType::Bit),
+        ],
+        rows: if present {
+            db.revisions
+                .iter()
+                .map(|r| {
+                    vec![
+                        Cell::Int(r.revision_id),
+                        Cell::Int(r.revision_number),
+                        Cell::Bit(r.is_latest),
+                    ]
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    };
+    let declined = ResultSet {
+        columns: vec![("Declined".into(), ColType::Bit)],
+        rows: if present {
+            vec![vec![Cell::Bit(db.update_declined)]]
+        } else {
+            Vec::new()
+        },
+    };
+    let number_of = |revision_id: i32| {
+        db.revisions
+            .iter()
+            .find(|r| r.revision_id == revision_id)
+            .map_or(0, |r| r.revision_number)
+    };
+    let deployments = ResultSet {
+        columns: vec![
+            ("DeploymentID".into(), ColType::Int),
+            ("RevisionNumber".into(), ColType::Int),
+            ("TargetGroupID".into(), ColType::Guid),
+            ("ActionID".into(), ColType::Int),
+        ],
+        rows: if present {
+            db.deployments
+                .iter()
+                .map(|d| {
+                    vec![
+                        Cell::Int(d.deployment_id),
+                        Cell::Int(number_of(d.revision_id)),
+                        Cell::Guid(d.target_group_id.clone()),
+                        Cell::Int(d.action_id),
+                    ]
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    };
+    vec![config, revisions, declined, deployments]
+}
+
+/// A parsed request message.
+#[derive(Debug)]
+enum Request {
+    Batch(String),
+    Rpc(Rpc),
+    /// A transaction-manager request type (5 begin, 7 commit, 8 rollback).
+    Transaction(u16),
+}
+
+impl Request {
+    fn parse(message: &Message) -> Result<Request, tds::ProtocolError> {
+        match message.kind {
+            packet::SQL_BATCH => Ok(Request::Batch(tds::parse_batch(&message.payload)?)),
+            packet::RPC => Ok(Request::Rpc(tds::parse_rpc(&message.payload)?)),
+            packet::TRANSACTION_MANAGER => {
+                let total = message
+                    .payload
+                    .get(..4)
+                    .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let at = usize::try_from(total).unwrap_or(usize::MAX);
+                let kind = message
+                    .payload
+                    .get(at..at + 2)
+                    .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+                Ok(Request::Transaction(kind))
+            }
+            other => Err(tds::ProtocolError::Malformed(format!(
+                "unexpected packet type 0x{other:02X}"
+            ))),
+        }
+    }
+
+    /// The name faults use for this request.
+    fn target(&self) -> String {
+        let statement = |text: &str| {
+            let text = text.trim();
+            if text == susdb::sql::PROBE {
+                "probe".to_string()
+            } else if text == susdb::sql::SET_REPLICA_MODE {
+                "set-replica-mode".to_string()
+            } else if text == susdb::sql::KEY_OBJECT {
+                "key-object".to_string()
+            } else {
+                "batch".to_string()
+            }
+        };
+        match self {
+            Request::Batch(text) => statement(text),
+            Request::Rpc(rpc) if rpc.procedure == "sp_executesql" => rpc
+                .params
+                .first()
+                .and_then(|p| p.value.as_str())
+                .map_or_else(|| "batch".into(), statement),
+            Request::Rpc(rpc) => rpc.procedure.trim_start_matches("dbo.").to_string(),
+            Request::Transaction(_) => "transaction".into(),
+        }
+    }
+}

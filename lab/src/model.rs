@@ -1,0 +1,363 @@
+//! The emulated SUSDB of one WSUS server: the KB 954960 update's revisions, its live and dead
+//! approvals, the replica flag and the upstream name, with the semantics of the procedures the
+//! tool calls (susdb.md sections 1 to 5).
+
+use serde::{Deserialize, Serialize};
+use susdb::{KB954960_UPDATE_ID, groups};
+
+/// How the lab fills each server's database at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seed {
+    /// Every server holds a stale approval on an older revision beside one on the latest: the
+    /// KB 954960 state, client sync fails.
+    #[default]
+    Broken,
+    /// Declined and consistent everywhere.
+    Healthy,
+    /// A deterministic variety: broken, declined and consistent, approved for install, absent.
+    Mixed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub revision_id: i32,
+    pub revision_number: i32,
+    pub is_latest: bool,
+}
+
+/// A row of `tbDeployment` (live) or `tbDeadDeployment` (retired).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub deployment_id: i32,
+    pub revision_id: i32,
+    pub target_group_id: String,
+    pub action_id: i32,
+    pub is_assigned: bool,
+    pub admin_name: String,
+    /// For a retired row: who retired it (`AdminNameWhoDeleted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_by: Option<String>,
+}
+
+/// A mutating call the server received, in order: what tests and rehearsals check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    pub procedure: String,
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One emulated server's database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerDb {
+    /// `tbConfigurationC.ReplicaMode`.
+    pub replica_mode: bool,
+    /// `tbConfigurationA.UpstreamServerName`; `None` for a server that syncs from Microsoft Update.
+    pub upstream_server_name: Option<String>,
+    pub upstream_port: i32,
+    pub update_present: bool,
+    /// What `vwMinimalUpdate.Declined` says.
+    pub update_declined: bool,
+    /// Whether a client's detection (GetSyncInfo) would succeed: computed, written for readers.
+    #[serde(default)]
+    pub client_sync_ok: bool,
+    pub local_update_id: i32,
+    pub revisions: Vec<Revision>,
+    pub deployments: Vec<Deployment>,
+    pub dead_deployments: Vec<Deployment>,
+    pub next_deployment_id: i32,
+    pub calls: Vec<Call>,
+}
+
+/// Why a procedure refused: a SQL Server error number and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlError {
+    pub number: i32,
+    pub class: u8,
+    pub message: String,
+}
+
+impl SqlError {
+    fn user(message: impl Into<String>) -> Self {
+        SqlError {
+            number: susdb::REPLICA_REFUSAL_ERROR,
+            class: 16,
+            message: message.into(),
+        }
+    }
+}
+
+impl ServerDb {
+    /// The database of the `index`-th server (execution order) under `seed`.
+    pub fn seeded(seed: Seed, index: usize, replica: bool, upstream: Option<String>) -> ServerDb {
+        // Local ids differ per server, as on real servers (the logged dictionary key is local).
+        let base = i32::try_from(index % 100_000).unwrap_or(0) * 10 + 8_000;
+        let mut db = ServerDb {
+            replica_mode: replica,
+            upstream_server_name: upstream,
+            upstream_port: 8530,
+            update_present: true,
+            update_declined: false,
+            client_sync_ok: true,
+            local_update_id: base,
+            revisions: vec![
+                Revision {
+                    revision_id: base + 1,
+                    revision_number: 100,
+                    is_latest: false,
+                },
+                Revision {
+                    revision_id: base + 2,
+                    revision_number: 101,
+                    is_latest: true,
+                },
+            ],
+            deployments: Vec::new(),
+            dead_deployments: Vec::new(),
+            next_deployment_id: base + 500,
+            calls: Vec::new(),
+        };
+        let variant = match seed {
+            Seed::Broken => 0,
+            Seed::Healthy => 1,
+            Seed::Mixed => index % 4,
+        };
+        match variant {
+            0 => {
+                // A stale approval on the old revision and one on the latest, same group.
+                db.push_deployment(
+                    base + 1,
+                    groups::ALL_COMPUTERS,
+                    susdb::action::INSTALL,
+                    "WSUS Server",
+                );
+                db.push_deployment(
+                    base + 2,
+                    groups::ALL_COMPUTERS,
+                    susdb::action::INSTALL,
+                    "WSUS Server",
+                );
+            }
+            1 => {
+                db.push_deployment(
+                    base + 2,
+                    groups::ALL_COMPUTERS,
+                    susdb::action::INSTALL,
+                    "WSUS Server",
+                );
+                db.retire_all("WSUS Server");
+                db.update_declined = true;
+            }
+            2 => {
+                db.push_deployment(
+                    base + 2,
+                    groups::ALL_COMPUTERS,
+                    susdb::action::INSTALL,
+                    "WSUS Server",
+                );
+            }
+            _ => {
+                db.update_present = false;
+                db.revisions.clear();
+            }
+        }
+        db.refresh();
+        db
+    }
+
+    fn push_deployment(&mut self, revision_id: i32, group: &str, action: i32, admin: &str) {
+        self.deployments.push(Deployment {
+            deployment_id: self.next_deployment_id,
+            revision_id,
+            target_group_id: group.to_string(),
+            action_id: action,
+            is_assigned: true,
+            admin_name: admin.to_string(),
+            deleted_by: None,
+        });
+        self.next_deployment_id += 1;
+    }
+
+    fn retire_all(&mut self, admin: &str) {
+        for mut d in self.deployments.drain(..) {
+            d.deleted_by = Some(admin.to_string());
+            self.dead_deployments.push(d);
+        }
+    }
+
+    /// GetSyncInfo builds a table keyed per approval: two live approvals of the update for one
+    /// target group (e.g. a stale one on an old revision and one on the latest) collide, and
+    /// every client's detection fails with 0x8024400E.
+    pub fn sync_would_succeed(&self) -> bool {
+        let mut groups: Vec<&str> = self
+            .deployments
+            .iter()
+            .map(|d| d.target_group_id.as_str())
+            .collect();
+        groups.sort_unstable();
+        groups.windows(2).all(|w| w[0] != w[1])
+    }
+
+    pub fn refresh(&mut self) {
+        self.client_sync_ok = self.sync_would_succeed();
+    }
+
+    fn check_update(&self, update_id: &str) -> Result<(), SqlError> {
+        if !self.update_present || !update_id.eq_ignore_ascii_case(KB954960_UPDATE_ID) {
+            return Err(SqlError::user(format!(
+                "The update {update_id} does not exist."
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_replica(&self, fail_if_replica: bool) -> Result<(), SqlError> {
+        if fail_if_replica && self.replica_mode {
+            return Err(SqlError::user(
+                "This server is a replica server. Approval changes are not allowed on a replica server.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `spDeclineUpdate`: every live approval of every revision is retired.
+    pub fn decline(
+        &mut self,
+        update_id: &str,
+        admin: &str,
+        fail_if_replica: bool,
+    ) -> Result<(), SqlError> {
+        self.check_update(update_id)?;
+        self.check_replica(fail_if_replica)?;
+        self.retire_all(admin);
+        self.update_declined = true;
+        self.refresh();
+        Ok(())
+    }
+
+    /// `spDeployUpdate`: one approval on the given revision for the group. An approval of the same
+    /// revision for the same group is replaced; one on another revision is not touched (which is
+    /// how a stale approval survives a revision change).
+    pub fn deploy(
+        &mut self,
+        update_id: &str,
+        revision_number: i32,
+        action_id: i32,
+        group: &str,
+        admin: &str,
+        fail_if_replica: bool,
+    ) -> Result<(), SqlError> {
+        self.check_update(update_id)?;
+        self.check_replica(fail_if_replica)?;
+        let revision = self
+            .revisions
+            .iter()
+            .find(|r| r.revision_number == revision_number)
+            .ok_or_else(|| {
+                SqlError::user(format!(
+                    "Revision {revision_number} of update {update_id} does not exist."
+                ))
+            })?
+            .revision_id;
+        if !(0..=3).contains(&action_id) {
+            return Err(SqlError::user(format!("Invalid action {action_id}.")));
+        }
+        let (same, other): (Vec<Deployment>, Vec<Deployment>) =
+            self.deployments.drain(..).partition(|d| {
+                d.revision_id == revision && d.target_group_id.eq_ignore_ascii_case(group)
+            });
+        self.deployments = other;
+        for mut d in same {
+            d.deleted_by = Some(admin.to_string());
+            self.dead_deployments.push(d);
+        }
+        self.push_deployment(revision, &group.to_ascii_uppercase(), action_id, admin);
+        self.update_declined = false;
+        self.refresh();
+        Ok(())
+    }
+
+    pub fn set_replica_mode(&mut self, replica: bool) {
+        self.replica_mode = replica;
+    }
+
+    pub fn latest_revision(&self) -> Option<&Revision> {
+        self.revisions.iter().find(|r| r.is_latest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPDATE: &str = KB954960_UPDATE_ID;
+
+    #[test]
+    fn the_broken_seed_fails_client_sync_and_the_repair_fixes_it() {
+        let mut db = ServerDb::seeded(Seed::Broken, 3, false, None);
+        assert!(!db.client_sync_ok);
+        db.decline(UPDATE, "op", true).unwrap();
+        assert!(db.client_sync_ok && db.update_declined && db.deployments.is_empty());
+        db.deploy(
+            UPDATE,
+            101,
+            susdb::action::DETECT_ONLY,
+            groups::ALL_COMPUTERS,
+            "op",
+            true,
+        )
+        .unwrap();
+        assert!(!db.update_declined && db.deployments.len() == 1);
+        db.decline(UPDATE, "op", true).unwrap();
+        assert!(db.client_sync_ok && db.update_declined && db.deployments.is_empty());
+        assert_eq!(db.dead_deployments.len(), 3);
+    }
+
+    #[test]
+    fn approving_the_latest_revision_alone_leaves_the_stale_approval() {
+        let mut db = ServerDb::seeded(Seed::Broken, 0, false, None);
+        db.deploy(
+            UPDATE,
+            101,
+            susdb::action::DETECT_ONLY,
+            groups::ALL_COMPUTERS,
+            "op",
+            true,
+        )
+        .unwrap();
+        assert!(
+            !db.client_sync_ok,
+            "the stale approval on revision 100 is still live"
+        );
+    }
+
+    #[test]
+    fn a_replica_refuses_approval_changes_only_when_asked_to() {
+        let mut db = ServerDb::seeded(Seed::Broken, 0, true, Some("up".into()));
+        let err = db.decline(UPDATE, "op", true).unwrap_err();
+        assert_eq!(err.number, 50000);
+        assert!(err.message.contains("replica"));
+        db.decline(UPDATE, "op", false).unwrap();
+    }
+
+    #[test]
+    fn seeds_are_what_they_say() {
+        let healthy = ServerDb::seeded(Seed::Healthy, 0, false, None);
+        assert!(healthy.client_sync_ok && healthy.update_declined);
+        let kinds: Vec<(bool, bool, bool)> = (0..4)
+            .map(|i| {
+                let db = ServerDb::seeded(Seed::Mixed, i, false, None);
+                (db.update_present, db.update_declined, db.client_sync_ok)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (true, false, false),
+                (true, true, true),
+                (true, false, true),
+                (false, false, true)
+            ]
+        );
+    }
+}

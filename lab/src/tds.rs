@@ -1,0 +1,936 @@
+//! The server side of TDS 7.4 (MS-TDS): packets, PRELOGIN, LOGIN7, SQL batches, RPC requests and
+//! the reply tokens. Only what a SQL Server client needs to talk to the lab; references are the
+//! MS-TDS section numbers.
+
+use std::fmt;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Packet types (2.2.3.1.1).
+pub mod packet {
+    pub const SQL_BATCH: u8 = 0x01;
+    pub const RPC: u8 = 0x03;
+    pub const REPLY: u8 = 0x04;
+    pub const ATTENTION: u8 = 0x06;
+    pub const TRANSACTION_MANAGER: u8 = 0x0E;
+    pub const LOGIN7: u8 = 0x10;
+    pub const SSPI: u8 = 0x11;
+    pub const PRELOGIN: u8 = 0x12;
+}
+
+const HEADER: usize = 8;
+const EOM: u8 = 0x01;
+/// No request the lab serves is anywhere near this; a larger one is a broken or hostile client.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed TDS: {0}")]
+    Malformed(String),
+}
+
+fn malformed(what: impl Into<String>) -> ProtocolError {
+    ProtocolError::Malformed(what.into())
+}
+
+/// One request: the packets up to end-of-message, joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Reads one message; `Ok(None)` when the client closed the connection between messages.
+pub async fn read_message<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<Message>, ProtocolError> {
+    let mut payload = Vec::new();
+    let mut kind = None;
+    loop {
+        let mut header = [0u8; HEADER];
+        match r.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && kind.is_none() => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        if length < HEADER {
+            return Err(malformed(format!("packet length {length}")));
+        }
+        if kind.is_some_and(|k| k != header[0]) && header[0] != packet::ATTENTION {
+            return Err(malformed("packet type changed inside a message"));
+        }
+        kind.get_or_insert(header[0]);
+        let start = payload.len();
+        payload.resize(start + length - HEADER, 0);
+        r.read_exact(&mut payload[start..]).await?;
+        if payload.len() > MAX_MESSAGE {
+            return Err(malformed("message too large"));
+        }
+        if header[1] & EOM != 0 {
+            return Ok(Some(Message {
+                kind: kind.unwrap_or(header[0]),
+                payload,
+            }));
+        }
+    }
+}
+
+/// Writes a reply as packets of at most `packet_size` bytes, the last one flagged end-of-message.
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    payload: &[u8],
+    packet_size: usize,
+) -> Result<(), ProtocolError> {
+    let body = packet_size.clamp(512, 32767) - HEADER;
+    let chunks: Vec<&[u8]> = if payload.is_empty() {
+        vec![&[]]
+    } else {
+        payload.chunks(body).collect()
+    };
+    let mut out = Vec::with_capacity(payload.len() + HEADER * chunks.len());
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        let length =
+            u16::try_from(chunk.len() + HEADER).map_err(|_| malformed("packet too long"))?;
+        out.push(kind);
+        out.push(if last { EOM } else { 0 });
+        out.extend_from_slice(&length.to_be_bytes());
+        out.extend_from_slice(&[0, 0]); // SPID
+        out.push(u8::try_from((i + 1) % 256).unwrap_or(0)); // PacketID
+        out.push(0); // Window
+        out.extend_from_slice(chunk);
+    }
+    w.write_all(&out).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// A little-endian reader over a payload that fails instead of panicking.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| malformed("truncated"))?;
+        let slice = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn utf16(&mut self, chars: usize) -> Result<String, ProtocolError> {
+        utf16(self.take(chars * 2)?)
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+}
+
+fn utf16(bytes: &[u8]) -> Result<String, ProtocolError> {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16(&units).map_err(|_| malformed("invalid UTF-16"))
+}
+
+fn put_utf16(out: &mut Vec<u8>, text: &str) {
+    for unit in text.encode_utf16() {
+        out.extend_from_slice(&unit.to_le_bytes());
+    }
+}
+
+/// A B_VARCHAR: a u8 count of UTF-16 units, then the units.
+fn put_b_varchar(out: &mut Vec<u8>, text: &str) {
+    let units: Vec<u16> = text.encode_utf16().take(255).collect();
+    out.push(u8::try_from(units.len()).unwrap_or(u8::MAX));
+    for unit in units {
+        out.extend_from_slice(&unit.to_le_bytes());
+    }
+}
+
+/// A US_VARCHAR: a u16 count of UTF-16 units, then the units.
+fn put_us_varchar(out: &mut Vec<u8>, text: &str) {
+    let units: Vec<u16> = text.encode_utf16().take(65535).collect();
+    out.extend_from_slice(&u16::try_from(units.len()).unwrap_or(u16::MAX).to_le_bytes());
+    for unit in units {
+        out.extend_from_slice(&unit.to_le_bytes());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PRELOGIN (2.2.6.5)
+
+/// What the lab reads from the client's PRELOGIN.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Prelogin {
+    /// ENCRYPT_OFF 0, ON 1, NOT_SUP 2, REQ 3.
+    pub encryption: u8,
+    /// INSTOPT: the named instance the client asked for ("" for none or MSSQLServer).
+    pub instance: String,
+}
+
+pub fn parse_prelogin(payload: &[u8]) -> Result<Prelogin, ProtocolError> {
+    let mut c = Cursor::new(payload);
+    let mut out = Prelogin {
+        encryption: 0x02,
+        instance: String::new(),
+    };
+    loop {
+        let token = c.u8()?;
+        if token == 0xFF {
+            return Ok(out);
+        }
+        let b = c.take(4)?;
+        let offset = usize::from(u16::from_be_bytes([b[0], b[1]]));
+        let length = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        let value = payload
+            .get(offset..offset + length)
+            .ok_or_else(|| malformed("PRELOGIN option offset"))?;
+        match token {
+            0x01 if length >= 1 => out.encryption = value[0],
+            0x02 => {
+                let name = value.split(|b| *b == 0).next().unwrap_or_default();
+                out.instance = String::from_utf8_lossy(name).into_owned();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The PRELOGIN reply: version, ENCRYPT_NOT_SUP (the lab speaks plaintext only), no instance,
+/// no thread id, no MARS.
+pub fn prelogin_reply() -> Vec<u8> {
+    // (token, data); offsets are computed after the option table (5 bytes per option + 0xFF).
+    let options: [(u8, &[u8]); 5] = [
+        (0x00, &[16, 0, 0x10, 0x00, 0, 0]), // VERSION 16.0.4096, sub-build 0
+        (0x01, &[0x02]),                    // ENCRYPTION: NOT_SUP
+        (0x02, &[0x00]),                    // INSTOPT: empty, accepted
+        (0x03, &[]),                        // THREADID
+        (0x04, &[0x00]),                    // MARS off
+    ];
+    let mut table = Vec::new();
+    let mut data = Vec::new();
+    let mut offset = options.len() * 5 + 1;
+    for (token, value) in options {
+        table.push(token);
+        table.extend_from_slice(&u16::try_from(offset).unwrap_or(0).to_be_bytes());
+        table.extend_from_slice(&u16::try_from(value.len()).unwrap_or(0).to_be_bytes());
+        data.extend_from_slice(value);
+        offset += value.len();
+    }
+    table.push(0xFF);
+    table.extend_from_slice(&data);
+    table
+}
+
+// ---------------------------------------------------------------------------------------------
+// LOGIN7 (2.2.6.4)
+
+/// What the lab reads from LOGIN7. The password is deobfuscated only to be compared.
+pub struct Login {
+    pub packet_size: u32,
+    pub user: String,
+    pub password: String,
+    /// `Config::host` in tiberius: which emulated server the client asked for.
+    pub server: String,
+    pub database: String,
+    pub app: String,
+    /// The client asked for integrated (SSPI/NTLM) authentication.
+    pub integrated: bool,
+    pub sspi: Vec<u8>,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("server", &self.server)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn parse_login(payload: &[u8]) -> Result<Login, ProtocolError> {
+    let mut c = Cursor::new(payload);
+    let _length = c.u32()?;
+    let _tds_version = c.u32()?;
+    let packet_size = c.u32()?;
+    c.take(12)?; // client version, pid, connection id
+    let _flags1 = c.u8()?;
+    let flags2 = c.u8()?;
+    c.take(10)?; // type flags, flags3, timezone, lcid
+    let field = |c: &mut Cursor<'_>| -> Result<(usize, usize), ProtocolError> {
+        Ok((usize::from(c.u16()?), usize::from(c.u16()?)))
+    };
+    let host = field(&mut c)?;
+    let user = field(&mut c)?;
+    let password = field(&mut c)?;
+    let app = field(&mut c)?;
+    let server = field(&mut c)?;
+    let _extension = field(&mut c)?;
+    let _library = field(&mut c)?;
+    let _language = field(&mut c)?;
+    let database = field(&mut c)?;
+    c.take(6)?; // client id
+    let sspi = field(&mut c)?;
+    let text = |(offset, chars): (usize, usize)| -> Result<String, ProtocolError> {
+        let bytes = payload
+            .get(offset..offset + chars * 2)
+            .ok_or_else(|| malformed("LOGIN7 offset"))?;
+        utf16(bytes)
+    };
+    let _ = text(host)?;
+    let password = {
+        let (offset, chars) = password;
+        let bytes = payload
+            .get(offset..offset + chars * 2)
+            .ok_or_else(|| malformed("LOGIN7 password"))?;
+        let plain: Vec<u8> = bytes.iter().map(|b| (b ^ 0xA5).rotate_left(4)).collect();
+        utf16(&plain)?
+    };
+    let sspi_bytes = payload
+        .get(sspi.0..sspi.0 + sspi.1)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    Ok(Login {
+        packet_size,
+        user: text(user)?,
+        password,
+        server: text(server)?,
+        database: text(database)?,
+        app: text(app)?,
+        integrated: flags2 & 0x80 != 0,
+        sspi: sspi_bytes,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests (2.2.6.6, 2.2.6.7, 2.2.6.9)
+
+fn skip_all_headers(c: &mut Cursor<'_>) -> Result<(), ProtocolError> {
+    let total = usize::try_from(c.u32()?).map_err(|_| malformed("ALL_HEADERS"))?;
+    c.take(
+        total
+            .checked_sub(4)
+            .ok_or_else(|| malformed("ALL_HEADERS length"))?,
+    )?;
+    Ok(())
+}
+
+/// A SQL batch's text.
+pub fn parse_batch(payload: &[u8]) -> Result<String, ProtocolError> {
+    let mut c = Cursor::new(payload);
+    skip_all_headers(&mut c)?;
+    utf16(&payload[c.pos..])
+}
+
+/// A parameter value, as far as the lab needs to tell them apart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Bit(bool),
+    Float(f64),
+    /// Upper-case canonical form.
+    Guid(String),
+    Text(String),
+    Bytes(Vec<u8>),
+    /// Date and time types, kept as their wire bytes (the lab records them, never computes on them).
+    Temporal(Vec<u8>),
+    Decimal(Vec<u8>),
+}
+
+impl Value {
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(v) => Some(*v),
+            Value::Bit(b) => Some(i64::from(*b)),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bit(b) => Some(*b),
+            Value::Int(v) => Some(*v != 0),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) | Value::Guid(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// For the lab's call log (JSON).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Int(v) => (*v).into(),
+            Value::Bit(b) => (*b).into(),
+            Value::Float(f) => (*f).into(),
+            Value::Guid(s) | Value::Text(s) => s.clone().into(),
+            Value::Bytes(b) | Value::Temporal(b) | Value::Decimal(b) => b
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+                .into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub output: bool,
+    /// The declared type (TYPE_INFO), echoed back for an OUTPUT parameter.
+    pub type_info: Vec<u8>,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rpc {
+    /// The procedure name, or `sp_executesql` for ProcID 10.
+    pub procedure: String,
+    pub params: Vec<Param>,
+}
+
+/// GUIDs on the wire: the first three groups little-endian (2.2.5.5.1.5 / uniqueidentifier).
+pub fn guid_from_wire(b: &[u8]) -> String {
+    format!(
+        "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
+        b[3],
+        b[2],
+        b[1],
+        b[0],
+        b[5],
+        b[4],
+        b[7],
+        b[6],
+        b[8],
+        b[9],
+        b[10],
+        b[11],
+        b[12],
+        b[13],
+        b[14],
+        b[15]
+    )
+}
+
+pub fn guid_to_wire(guid: &str) -> Option<[u8; 16]> {
+    let hex: String = guid.chars().filter(char::is_ascii_hexdigit).collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    for (i, byte) in b.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    b[..4].reverse();
+    b[4..6].reverse();
+    b[6..8].reverse();
+    Some(b)
+}
+
+fn read_plp(c: &mut Cursor<'_>) -> Result<Option<Vec<u8>>, ProtocolError> {
+    let total = c.u64()?;
+    if total == u64::MAX {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    loop {
+        let chunk = usize::try_from(c.u32()?).map_err(|_| malformed("PLP chunk"))?;
+        if chunk == 0 {
+            return Ok(Some(out));
+        }
+        out.extend_from_slice(c.take(chunk)?);
+        if out.len() > MAX_MESSAGE {
+            return Err(malformed("PLP value too large"));
+        }
+    }
+}
+
+/// Reads TYPE_INFO and the value that follows it (2.2.5.4, 2.2.5.5).
+fn read_typed_value(c: &mut Cursor<'_>) -> Result<(Vec<u8>, Value), ProtocolError> {
+    let start = c.pos;
+    let ty = c.u8()?;
+    let int = |bytes: &[u8]| -> i64 {
+        match bytes.len() {
+            1 => i64::from(bytes[0]),
+            2 => i64::from(i16::from_le_bytes([bytes[0], bytes[1]])),
+            4 => i64::from(i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])),
+            _ => {
+                let mut a = [0u8; 8];
+                a[..bytes.len().min(8)].copy_from_slice(&bytes[..bytes.len().min(8)]);
+                i64::from_le_bytes(a)
+            }
+        }
+    };
+    match ty {
+        0x1F => Ok((vec![ty], Value::Null)),
+        // Fixed-length: INT1, BIT, INT2, INT4, DATETIM4, FLT4, MONEY, DATETIME, FLT8, MONEY4, INT8
+        0x30 | 0x32 | 0x34 | 0x38 | 0x3A | 0x3B | 0x3C | 0x3D | 0x3E | 0x7A | 0x7F => {
+            let len = match ty {
+                0x30 | 0x32 => 1,
+                0x34 => 2,
+                0x38 | 0x3A | 0x3B | 0x7A => 4,
+                _ => 8,
+            };
+            let type_info = c.buf[start..c.pos].to_vec();
+            let bytes = c.take(len)?;
+            let v = match ty {
+                0x32 => Value::Bit(bytes[0] != 0),
+                0x3E => Value::Float(f64::from_le_bytes(
+                    bytes.try_into().map_err(|_| malformed("FLT8"))?,
+                )),
+                0x3D | 0x3A => Value::Temporal(bytes.to_vec()),
+                _ => Value::Int(int(bytes)),
+            };
+            Ok((type_info, v))
+        }
+        // INTN, BITN, FLTN, GUID, DATETIMN, MONEYN: u8 max length; value u8 length.
+        0x26 | 0x68 | 0x6D | 0x24 | 0x6F | 0x6E => {
+            c.u8()?;
+            let type_info = c.buf[start..c.pos].to_vec();
+            let len = usize::from(c.u8()?);
+            if len == 0 {
+                return Ok((type_info, Value::Null));
+            }
+            let bytes = c.take(len)?;
+            let v = match ty {
+                0x26 => Value::Int(int(bytes)),
+                0x68 => Value::Bit(bytes[0] != 0),
+                0x6D if len == 4 => Value::Float(f64::from(f32::from_le_bytes(
+                    bytes.try_into().map_err(|_| malformed("FLTN"))?,
+                ))),
+                0x6D => Value::Float(f64::from_le_bytes(
+                    bytes.try_into().map_err(|_| malformed("FLTN"))?,
+                )),
+                0x24 if len == 16 => Value::Guid(guid_from_wire(bytes)),
+                0x24 => return Err(malformed("GUID length")),
+                _ => Value::Temporal(bytes.to_vec()),
+            };
+            Ok((type_info, v))
+        }
+        // DATEN: no type info beyond the type; TIMEN, DATETIME2N, DATETIMEOFFSETN: a scale.
+        0x28..=0x2B => {
+            if ty != 0x28 {
+                c.u8()?;
+            }
+            let type_info = c.buf[start..c.pos].to_vec();
+            let len = usize::from(c.u8()?);
+            let v = if len == 0 {
+                Value::Null
+            } else {
+                Value::Temporal(c.take(len)?.to_vec())
+            };
+            Ok((type_info, v))
+        }
+        // DECIMALN, NUMERICN: length, precision, scale.
+        0x6A | 0x6C => {
+            c.take(3)?;
+            let type_info = c.buf[start..c.pos].to_vec();
+            let len = usize::from(c.u8()?);
+            let v = if len == 0 {
+                Value::Null
+            } else {
+                Value::Decimal(c.take(len)?.to_vec())
+            };
+            Ok((type_info, v))
+        }
+        // BIGVARBINARY, BIGBINARY: u16 max length (0xFFFF = PLP).
+        0xA5 | 0xAD => {
+            let max = c.u16()?;
+            let type_info = c.buf[start..c.pos].to_vec();
+            let bytes = if max == 0xFFFF {
+                read_plp(c)?
+            } else {
+                let len = c.u16()?;
+                if len == 0xFFFF {
+                    None
+                } else {
+                    Some(c.take(usize::from(len))?.to_vec())
+                }
+            };
+            Ok((type_info, bytes.map_or(Value::Null, Value::Bytes)))
+        }
+        // NVARCHAR, NCHAR, BIGVARCHAR, BIGCHAR: u16 max length, 5-byte collation.
+        0xE7 | 0xEF | 0xA7 | 0xAF => {
+            let max = c.u16()?;
+            c.take(5)?;
+            let type_info = c.buf[start..c.pos].to_vec();
+            let bytes = if max == 0xFFFF {
+                read_plp(c)?
+            } else {
+                let len = c.u16()?;
+                if len == 0xFFFF {
+                    None
+                } else {
+                    Some(c.take(usize::from(len))?.to_vec())
+                }
+            };
+            let v = match bytes {
+                None => Value::Null,
+                Some(b) if ty == 0xE7 || ty == 0xEF => Value::Text(utf16(&b)?),
+                Some(b) => Value::Text(String::from_utf8_lossy(&b).into_owned()),
+            };
+            Ok((type_info, v))
+        }
+        other => Err(malformed(format!(
+            "unsupported parameter type 0x{other:02X}"
+        ))),
+    }
+}
+
+/// An RPC request (2.2.6.6): by procedure name, or by ProcID (10 = `sp_executesql`).
+pub fn parse_rpc(payload: &[u8]) -> Result<Rpc, ProtocolError> {
+    let mut c = Cursor::new(payload);
+    skip_all_headers(&mut c)?;
+    let name_len = c.u16()?;
+    let procedure = if name_len == 0xFFFF {
+        match c.u16()? {
+            10 => "sp_executesql".to_string(),
+            12 => "sp_prepexec".to_string(),
+            id => return Err(malformed(format!("unsupported ProcID {id}"))),
+        }
+    } else {
+        c.utf16(usize::from(name_len))?
+    };
+    let _flags = c.u16()?;
+    let mut params = Vec::new();
+    while !c.at_end() {
+        let name_chars = usize::from(c.u8()?);
+        let name = c.utf16(name_chars)?;
+        let status = c.u8()?;
+        let (type_info, value) = read_typed_value(&mut c)?;
+        params.push(Param {
+            name,
+            output: status & 0x01 != 0,
+            type_info,
+            value,
+        });
+    }
+    Ok(Rpc { procedure, params })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reply tokens (2.2.7)
+
+pub mod done {
+    pub const FINAL: u16 = 0x00;
+    pub const MORE: u16 = 0x01;
+    pub const ERROR: u16 = 0x02;
+    pub const COUNT: u16 = 0x10;
+    pub const ATTN: u16 = 0x20;
+}
+
+/// Column types the lab returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColType {
+    Int,
+    Bit,
+    NVarChar,
+    Guid,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i32),
+    Bit(bool),
+    Text(String),
+    Guid(String),
+}
+
+/// A result set: columns and rows.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResultSet {
+    pub columns: Vec<(String, ColType)>,
+    pub rows: Vec<Vec<Cell>>,
+}
+
+/// The collation of the lab's strings: Latin1_General_CI_AS.
+const COLLATION: [u8; 5] = [0x09, 0x04, 0xD0, 0x00, 0x34];
+
+/// Builds a token stream.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub bytes: Vec<u8>,
+}
+
+impl Reply {
+    fn token_with_len(&mut self, token: u8, body: &[u8]) {
+        self.bytes.push(token);
+        self.bytes
+            .extend_from_slice(&u16::try_from(body.len()).unwrap_or(u16::MAX).to_le_bytes());
+        self.bytes.extend_from_slice(body);
+    }
+
+    pub fn env_change_text(&mut self, kind: u8, new: &str, old: &str) {
+        let mut body = vec![kind];
+        put_b_varchar(&mut body, new);
+        put_b_varchar(&mut body, old);
+        self.token_with_len(0xE3, &body);
+    }
+
+    pub fn env_change_bytes(&mut self, kind: u8, new: &[u8], old: &[u8]) {
+        let mut body = vec![kind];
+        body.push(u8::try_from(new.len()).unwrap_or(0));
+        body.extend_from_slice(new);
+        body.push(u8::try_from(old.len()).unwrap_or(0));
+        body.extend_from_slice(old);
+        self.token_with_len(0xE3, &body);
+    }
+
+    fn message(
+        &mut self,
+        token: u8,
+        number: i32,
+        class: u8,
+        text: &str,
+        server: &str,
+        procedure: &str,
+    ) {
+        let mut body = Vec::new();
+        body.extend_from_slice(&number.to_le_bytes());
+        body.push(1); // state
+        body.push(class);
+        put_us_varchar(&mut body, text);
+        put_b_varchar(&mut body, server);
+        put_b_varchar(&mut body, procedure);
+        body.extend_from_slice(&1u32.to_le_bytes()); // line
+        self.token_with_len(token, &body);
+    }
+
+    pub fn info(&mut self, number: i32, text: &str, server: &str) {
+        self.message(0xAB, number, 0, text, server, "");
+    }
+
+    pub fn error(&mut self, number: i32, class: u8, text: &str, server: &str, procedure: &str) {
+        self.message(0xAA, number, class, text, server, procedure);
+    }
+
+    pub fn login_ack(&mut self, program: &str) {
+        let mut body = vec![0x01]; // SQL_TSQL
+        body.extend_from_slice(&0x7400_0004u32.to_be_bytes());
+        put_b_varchar(&mut body, program);
+        body.extend_from_slice(&[16, 0, 0x10, 0x00]); // 16.0.4096
+        self.token_with_len(0xAD, &body);
+    }
+
+    fn done_token(&mut self, token: u8, status: u16, rows: Option<u64>) {
+        self.bytes.push(token);
+        let status = status | if rows.is_some() { done::COUNT } else { 0 };
+        self.bytes.extend_from_slice(&status.to_le_bytes());
+        self.bytes.extend_from_slice(&0xC1u16.to_le_bytes()); // SELECT
+        self.bytes
+            .extend_from_slice(&rows.unwrap_or(0).to_le_bytes());
+    }
+
+    pub fn done(&mut self, status: u16, rows: Option<u64>) {
+        self.done_token(0xFD, status, rows);
+    }
+
+    pub fn done_in_proc(&mut self, status: u16, rows: Option<u64>) {
+        self.done_token(0xFF, status, rows);
+    }
+
+    pub fn done_proc(&mut self, status: u16) {
+        self.done_token(0xFE, status, None);
+    }
+
+    pub fn return_status(&mut self, status: i32) {
+        self.bytes.push(0x79);
+        self.bytes.extend_from_slice(&status.to_le_bytes());
+    }
+
+    /// An OUTPUT parameter's value, typed as the client declared it.
+    pub fn return_value(&mut self, ordinal: u16, param: &Param, value: &Value) {
+        self.bytes.push(0xAC);
+        self.bytes.extend_from_slice(&ordinal.to_le_bytes());
+        put_b_varchar(&mut self.bytes, &param.name);
+        self.bytes.push(0x01); // output parameter
+        self.bytes.extend_from_slice(&0u32.to_le_bytes()); // user type
+        self.bytes.extend_from_slice(&0x0001u16.to_le_bytes()); // flags: nullable
+        self.bytes.extend_from_slice(&param.type_info);
+        match (param.type_info.first(), value) {
+            (_, Value::Null) => self.null_for(&param.type_info),
+            (Some(0x26), Value::Int(v)) => {
+                let max = param.type_info.get(1).copied().unwrap_or(4);
+                self.bytes.push(max);
+                self.bytes
+                    .extend_from_slice(&v.to_le_bytes()[..usize::from(max).min(8)]);
+            }
+            (Some(0x68), Value::Bit(b)) => self.bytes.extend_from_slice(&[1, u8::from(*b)]),
+            (Some(0xE7), Value::Text(s)) => {
+                let mut b = Vec::new();
+                put_utf16(&mut b, s);
+                self.bytes
+                    .extend_from_slice(&u16::try_from(b.len()).unwrap_or(0).to_le_bytes());
+                self.bytes.extend_from_slice(&b);
+            }
+            _ => self.null_for(&param.type_info),
+        }
+    }
+
+    fn null_for(&mut self, type_info: &[u8]) {
+        match type_info.first() {
+            Some(0xE7 | 0xEF | 0xA7 | 0xAF | 0xA5 | 0xAD) => {
+                self.bytes.extend_from_slice(&0xFFFFu16.to_le_bytes())
+            }
+            Some(0x1F) | None => {}
+            _ => self.bytes.push(0),
+        }
+    }
+
+    pub fn result_set(&mut self, set: &ResultSet) {
+        self.bytes.push(0x81);
+        self.bytes
+            .extend_from_slice(&u16::try_from(set.columns.len()).unwrap_or(0).to_le_bytes());
+        for (name, ty) in &set.columns {
+            self.bytes.extend_from_slice(&0u32.to_le_bytes()); // user type
+            self.bytes.extend_from_slice(&0x0001u16.to_le_bytes()); // nullable
+            match ty {
+                ColType::Int => self.bytes.extend_from_slice(&[0x26, 4]),
+                ColType::Bit => self.bytes.extend_from_slice(&[0x68, 1]),
+                ColType::Guid => self.bytes.extend_from_slice(&[0x24, 16]),
+                ColType::NVarChar => {
+                    self.bytes.push(0xE7);
+                    self.bytes.extend_from_slice(&8000u16.to_le_bytes());
+                    self.bytes.extend_from_slice(&COLLATION);
+                }
+            }
+            put_b_varchar(&mut self.bytes, name);
+        }
+        for row in &set.rows {
+            self.bytes.push(0xD1);
+            for (cell, (_, ty)) in row.iter().zip(&set.columns) {
+                match (cell, ty) {
+                    (Cell::Null, ColType::NVarChar) => {
+                        self.bytes.extend_from_slice(&0xFFFFu16.to_le_bytes())
+                    }
+                    (Cell::Null, _) => self.bytes.push(0),
+                    (Cell::Int(v), _) => {
+                        self.bytes.push(4);
+                        self.bytes.extend_from_slice(&v.to_le_bytes());
+                    }
+                    (Cell::Bit(b), _) => self.bytes.extend_from_slice(&[1, u8::from(*b)]),
+                    (Cell::Guid(g), _) => {
+                        self.bytes.push(16);
+                        self.bytes
+                            .extend_from_slice(&guid_to_wire(g).unwrap_or_default());
+                    }
+                    (Cell::Text(s), _) => {
+                        let mut b = Vec::new();
+                        put_utf16(&mut b, s);
+                        self.bytes
+                            .extend_from_slice(&u16::try_from(b.len()).unwrap_or(0).to_le_bytes());
+                        self.bytes.extend_from_slice(&b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The login reply as SQL Server sends it (tiberius waits for the final DONE).
+    pub fn login_ok(&mut self, database: &str, server: &str, packet_size: u32) {
+        self.env_change_text(1, database, "master");
+        self.info(
+            5701,
+            &format!("Changed database context to '{database}'."),
+            server,
+        );
+        self.env_change_bytes(7, &COLLATION, &[]);
+        self.env_change_text(2, "us_english", "");
+        self.info(5703, "Changed language setting to us_english.", server);
+        self.login_ack("Microsoft SQL Server");
+        let size = packet_size.to_string();
+        self.env_change_text(4, &size, &size);
+        self.done(done::FINAL, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guids_round_trip_through_the_wire_order() {
+        let guid = "D359F493-0AAD-43FA-AF5C-6763326CD98F";
+        let wire = guid_to_wire(guid).unwrap();
+        assert_eq!(wire[0], 0x93, "first group is little-endian");
+        assert_eq!(guid_from_wire(&wire), guid);
+    }
+
+    #[test]
+    fn malformed_requests_are_errors_not_panics() {
+        for payload in [
+            &[][..],
+            &[1, 0, 0][..],
+            &[22, 0, 0, 0, 1, 2][..],
+            &[4, 0, 0, 0, 0xFF, 0xFF, 0x0A][..],
+        ] {
+            assert!(parse_rpc(payload).is_err());
+            assert!(parse_login(payload).is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn long_replies_are_split_into_packets_and_joined_again() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        write_message(&mut wire, packet::REPLY, &payload, 512)
+            .await
+            .unwrap();
+        assert_eq!(wire.len(), payload.len() + 8 * payload.len().div_ceil(504));
+        let message = read_message(&mut wire.as_slice()).await.unwrap().unwrap();
+        assert_eq!(
+            message,
+            Message {
+                kind: packet::REPLY,
+                payload
+            }
+        );
+    }
+}
