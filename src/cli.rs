@@ -1,5 +1,6 @@
 //! The command line, declared with clap.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -31,7 +32,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Tree)]
         format: GraphFormat,
     },
-    /// Print the top-down repair plan, without contacting any server.
+    /// Print the top-down repair plan; with --online, probe every server first (read-only).
     Plan {
         /// The topology file (YAML).
         file: PathBuf,
@@ -40,9 +41,144 @@ pub enum Command {
         /// Also write the plan as JSON to this file (for review, and for `apply` later).
         #[arg(long, value_name = "PLAN.json")]
         out: Option<PathBuf>,
+        /// Probe every selected server (read-only) and plan from what it holds.
+        #[arg(long)]
+        online: bool,
         #[command(flatten)]
         select: SelectArgs,
+        #[command(flatten)]
+        conn: ConnArgs,
     },
+    /// Repair the selected servers, top-down, journaled.
+    Apply {
+        /// The topology file (YAML), or a plan saved with `plan --out` (refused if the topology
+        /// or, for an online plan, a server's observed state changed since).
+        input: PathBuf,
+        /// Do not ask for confirmation (required when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        select: SelectArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Finish the unfinished run in the state directory, with the topology it began with.
+    Resume {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Prove the repair (read-only): exit 0 only if every selected server holds the update
+    /// declined and consistent, or lacks it, and is in its declared mode.
+    Verify {
+        /// The topology file (YAML).
+        file: PathBuf,
+        #[command(flatten)]
+        select: SelectArgs,
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rehearse the whole repair on an in-process lab copy of the hierarchy: online plan, apply,
+    /// verify, through the real client path on loopback.
+    Rehearse {
+        /// The topology file (YAML).
+        file: PathBuf,
+        /// The state the lab starts in.
+        #[arg(long, value_enum, default_value_t = LabSeed::Broken)]
+        seed: LabSeed,
+        /// Servers in flight at most.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+        parallel: u16,
+        /// Milliseconds added to every round trip in the lab.
+        #[arg(long, default_value_t = 0)]
+        latency: u64,
+        /// Keep the journal here instead of a temporary directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Events as JSON lines on stdout instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve emulated SUSDB databases for every server of a hierarchy (TDS on one port).
+    Lab {
+        /// The topology file (YAML).
+        file: PathBuf,
+        /// Address to listen on (port 0: any free port; the chosen one is printed).
+        #[arg(long, default_value = "127.0.0.1:14330")]
+        listen: SocketAddr,
+        /// Allow a listen address that is not loopback (the lab speaks plaintext).
+        #[arg(long)]
+        listen_any: bool,
+        #[arg(long, value_enum, default_value_t = LabSeed::Broken)]
+        seed: LabSeed,
+        /// Keep the whole lab state in this JSON file (loaded at start, written after each change
+        /// and at exit).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Faults to inject (YAML).
+        #[arg(long)]
+        faults: Option<PathBuf>,
+        /// Milliseconds added to every round trip.
+        #[arg(long, default_value_t = 0)]
+        latency: u64,
+        /// Require this SQL login (with --password-env).
+        #[arg(long, requires = "password_env")]
+        user: Option<String>,
+        /// The environment variable holding the login's password.
+        #[arg(long, requires = "user")]
+        password_env: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LabSeed {
+    /// The KB 954960 state everywhere: client sync fails.
+    Broken,
+    /// Declined and consistent everywhere.
+    Healthy,
+    /// A deterministic variety.
+    Mixed,
+}
+
+/// How to reach the servers.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// Send every TCP connection to this address (a lab) while each login still names its own
+    /// server; plaintext only to a loopback address.
+    #[arg(long, value_name = "ADDR")]
+    pub connect_via: Option<SocketAddr>,
+    /// Seconds to wait for a connection and login.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+    /// Seconds to wait for one command.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub command_timeout: u64,
+    /// Servers probed at once by read-only commands.
+    #[arg(long = "probe-parallel", default_value_t = 16, value_name = "N")]
+    pub probe_parallel: usize,
+}
+
+/// How a changing run behaves.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Servers in flight at most.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Stop starting servers after this many failures.
+    #[arg(long, value_name = "K")]
+    pub max_failures: Option<usize>,
+    /// Where the lock and the journals live.
+    #[arg(long, default_value = ".wsus-reset", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Events as JSON lines on stdout instead of progress and the summary table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,6 +2,8 @@
 //! every outcome to a documented exit code. It is the only place that writes to the terminal.
 
 mod cli;
+mod online;
+mod report;
 
 // The loader allocates many small strings and nodes; mimalloc makes a 100,000-server file load
 // markedly faster than the system allocator (BENCHMARKS.md).
@@ -21,7 +23,13 @@ use cli::{Cli, Command, GraphFormat, PlanFormat};
 /// Exit codes, documented in the README.
 mod exit {
     pub const OK: u8 = 0;
+    /// The run failed or was skipped on some server, or `verify` found one not repaired.
+    pub const FAILED: u8 = 1;
     pub const BAD_INPUT: u8 = 2;
+    /// Another run holds the state-directory lock or the hierarchy applock.
+    pub const LOCKED: u8 = 3;
+    /// An unfinished run needs `wsus-reset resume`.
+    pub const UNFINISHED: u8 = 4;
 }
 
 /// A failure of a command, and the exit code it maps to.
@@ -29,6 +37,8 @@ mod exit {
 enum Failure {
     /// Bad input or usage (exit 2), with the full text to print.
     BadInput(String),
+    /// Another exit code, with the text to print.
+    Exit(u8, String),
 }
 
 impl From<LoadError> for Failure {
@@ -44,14 +54,22 @@ impl From<LoadError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut stdout = std::io::stdout().lock();
-    match run(cli, &mut stdout) {
-        Ok(code) => ExitCode::from(code),
-        Err(Failure::BadInput(text)) => {
-            let _ = writeln!(std::io::stderr(), "{}", text.trim_end());
-            ExitCode::from(exit::BAD_INPUT)
-        }
-    }
+    // Diagnostics only (the engine's run > server > step spans): `WSUS_RESET_LOG=debug`.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WSUS_RESET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut stdout = std::io::stdout();
+    let (code, text) = match run(cli, &mut stdout) {
+        Ok(code) => return ExitCode::from(code),
+        Err(Failure::BadInput(text)) => (exit::BAD_INPUT, text),
+        Err(Failure::Exit(code, text)) => (code, text),
+    };
+    let _ = writeln!(std::io::stderr(), "{}", text.trim_end());
+    ExitCode::from(code)
 }
 
 fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
@@ -80,13 +98,19 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             file,
             format,
             out: plan_file,
+            online,
             select,
+            conn,
         } => {
             let topology = Topology::load(&file)?;
             let selection = topology
                 .select(&select.into())
                 .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
-            let plan = Plan::offline(&topology, &selection);
+            let plan = if online {
+                online::plan_online(&topology, &selection, &conn)?
+            } else {
+                Plan::offline(&topology, &selection)
+            };
             if let Some(path) = plan_file {
                 write_atomically(&path, &plan_json(&plan)?)?;
             }
@@ -96,6 +120,51 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
                 PlanFormat::Markdown => plan.render_markdown(),
             };
             emit(out, &text)?;
+        }
+        Command::Apply {
+            input,
+            yes,
+            select,
+            run,
+            conn,
+        } => return online::apply(&input, yes, select, &run, &conn, out),
+        Command::Resume { run, conn } => return online::resume(&run, &conn, out),
+        Command::Verify {
+            file,
+            select,
+            conn,
+            json,
+        } => return online::verify(&file, select, &conn, json, out),
+        Command::Rehearse {
+            file,
+            seed,
+            parallel,
+            latency,
+            state_dir,
+            json,
+        } => return online::rehearse(&file, seed, parallel, latency, state_dir, json, out),
+        Command::Lab {
+            file,
+            listen,
+            listen_any,
+            seed,
+            state,
+            faults,
+            latency,
+            user,
+            password_env,
+        } => {
+            return online::lab(
+                &file,
+                listen,
+                listen_any,
+                seed,
+                state,
+                faults,
+                latency,
+                user.zip(password_env),
+                out,
+            );
         }
     }
     Ok(exit::OK)
@@ -109,7 +178,7 @@ fn plan_json(plan: &Plan) -> Result<String, Failure> {
 }
 
 /// Writes stdout; a closed pipe (`| head`) is not an error worth a message.
-fn emit(out: &mut impl Write, text: &str) -> Result<(), Failure> {
+pub(crate) fn emit(out: &mut impl Write, text: &str) -> Result<(), Failure> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::BadInput(format!(
             "error: cannot write output: {e}"

@@ -31,6 +31,19 @@ impl Step {
         }
     }
 
+    pub fn parse(name: &str) -> Option<Step> {
+        [
+            Step::Probe,
+            Step::SwitchToAutonomous,
+            Step::Decline,
+            Step::Approve,
+            Step::RestoreReplica,
+            Step::Verify,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
     /// Whether the step writes to SUSDB.
     pub fn mutates(self) -> bool {
         !matches!(self, Step::Probe | Step::Verify)

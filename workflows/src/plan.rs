@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use topology::{KB954960_UPDATE_ID, Mode, Selection, Topology};
 
+use crate::db::Observed;
 use crate::kb954960::{KB954960_UPDATE_TITLE, Step, steps_for};
+use crate::survey::Surveyed;
 
 pub const PLAN_VERSION: u32 = 1;
 
@@ -33,6 +35,13 @@ pub struct PlannedServer {
     /// Selected without its upstream (`--allow-partial`): the top-down guarantee does not hold.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub upstream_not_selected: bool,
+    /// What `plan --online` read from the server; `apply` refuses a saved plan when the server
+    /// no longer reads the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observed>,
+    /// The online verdict in words, and why the steps differ from the offline plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
 }
 
 impl Plan {
@@ -50,6 +59,8 @@ impl Plan {
                     depth: server.depth,
                     steps: steps_for(server.mode),
                     upstream_not_selected: selection.is_partial(id),
+                    observed: None,
+                    verdict: None,
                 }
             })
             .collect();
@@ -60,6 +71,47 @@ impl Plan {
             update: topology.update().to_string(),
             servers,
         }
+    }
+
+    /// The plan after a read-only probe of every selected server (`surveyed`, in selection
+    /// order): servers without the update, already repaired, or disagreeing with the topology get
+    /// only the probe; an unreachable server keeps its full steps (it is retried at apply time).
+    pub fn online(topology: &Topology, selection: &Selection, surveyed: &[Surveyed]) -> Plan {
+        let mut plan = Plan::offline(topology, selection);
+        for (planned, found) in plan.servers.iter_mut().zip(surveyed) {
+            planned.observed = found.observed.clone();
+            planned.verdict = Some(match (&found.error, found.mismatches.is_empty()) {
+                (Some(error), _) => format!("UNREACHABLE: {error}"),
+                (None, false) => format!(
+                    "WILL FAIL at probe, nothing changed: {}",
+                    found.mismatches.join("; ")
+                ),
+                (None, true) => found.verdict.clone(),
+            });
+            if found.observed.is_some() && (!found.needs_repair || !found.mismatches.is_empty()) {
+                planned.steps = vec![Step::Probe];
+            }
+        }
+        plan
+    }
+
+    /// The servers whose state differs between this (saved, online) plan and `surveyed` now.
+    pub fn drift(&self, surveyed: &[Surveyed]) -> Vec<String> {
+        self.servers
+            .iter()
+            .filter(|planned| planned.observed.is_some())
+            .filter(|planned| {
+                surveyed
+                    .iter()
+                    .find(|s| s.server == planned.name)
+                    .is_none_or(|s| s.observed != planned.observed)
+            })
+            .map(|planned| planned.name.clone())
+            .collect()
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.servers.iter().any(|s| s.verdict.is_some())
     }
 
     fn update_title(&self) -> &'static str {
@@ -141,6 +193,9 @@ impl Plan {
                 s.depth,
                 s.mode.as_str(),
             );
+            if let Some(verdict) = &s.verdict {
+                let _ = writeln!(out, "      observed: {verdict}");
+            }
             let steps: Vec<&str> = s.steps.iter().map(|step| step.as_str()).collect();
             let _ = writeln!(out, "      {}", steps.join(" -> "));
         }
@@ -202,9 +257,14 @@ impl Plan {
                     (Some(up), false) => up.clone(),
                     (Some(up), true) => format!("{up} **(not selected)**"),
                 };
+                let observed = s
+                    .verdict
+                    .as_ref()
+                    .map(|v| format!("<br>observed: {v}"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {upstream} | {} | {} |",
+                    "| {} | {} | {upstream} | {} | {}{observed} |",
                     level_start + k + 1,
                     s.name,
                     s.mode,

@@ -1,0 +1,587 @@
+//! The commands that talk to servers: `plan --online`, `apply`, `resume`, `verify`, `rehearse`
+//! and `lab`. Each builds its runtime here, calls the library crates, and returns an exit code.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::{
+    Engine, EngineError, Interrupts, RunOptions, RunOutcome, RunReport, state::StateError,
+};
+use susdb_lab::{Lab, LabConfig, faults::Faults, model::Seed};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use topology::{SelectOptions, Selection, Topology};
+use workflows::applock::{HierarchyLock, tops_of};
+use workflows::connect::ConnectOptions;
+use workflows::survey::survey;
+use workflows::{Plan, Repair};
+
+use crate::cli::{ConnArgs, LabSeed, RunArgs, SelectArgs};
+use crate::report;
+use crate::{Failure, exit};
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::BadInput(format!("error: cannot start the async runtime: {e}")))
+}
+
+fn connect_options(conn: &ConnArgs) -> ConnectOptions {
+    ConnectOptions {
+        connect_via: conn.connect_via,
+        connect_timeout: Duration::from_secs(conn.connect_timeout.max(1)),
+        command_timeout: Duration::from_secs(conn.command_timeout.max(1)),
+        lab_login: None,
+    }
+}
+
+fn select(topology: &Topology, select: SelectArgs) -> Result<Selection, Failure> {
+    topology
+        .select(&select.into())
+        .map_err(|e| Failure::BadInput(format!("error: {e}")))
+}
+
+/// Ctrl-C or SIGTERM once: stop starting servers, let steps in flight finish, run compensations.
+/// Twice: stop at once (the journal tells `resume` what to finish).
+fn interrupts() -> Interrupts {
+    let interrupts = Interrupts::default();
+    let (stop, abort) = (interrupts.stop.clone(), interrupts.abort.clone());
+    tokio::spawn(async move {
+        for n in 0..2 {
+            if !wait_for_signal().await {
+                return;
+            }
+            if n == 0 {
+                report::say(
+                    "interrupt: no new server starts; steps in flight finish and every replica is \
+                     restored. Interrupt again to stop at once (then `wsus-reset resume`).",
+                );
+                stop.cancel();
+            } else {
+                report::say("second interrupt: stopping now; finish with `wsus-reset resume`");
+                abort.cancel();
+            }
+        }
+    });
+    interrupts
+}
+
+/// Waits for SIGINT or SIGTERM; false if signals cannot be watched.
+async fn wait_for_signal() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return false;
+        };
+        tokio::select! {
+            _ = int.recv() => true,
+            _ = term.recv() => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
+}
+
+/// `plan FILE --online`: the read-only probe of every selected server, then the plan.
+pub fn plan_online(
+    topology: &Topology,
+    selection: &Selection,
+    conn: &ConnArgs,
+) -> Result<Plan, Failure> {
+    let options = connect_options(conn);
+    let surveyed = runtime()?.block_on(survey(topology, selection, &options, conn.probe_parallel));
+    Ok(Plan::online(topology, selection, &surveyed))
+}
+
+/// The operator's name for WSUS's own audit columns (`@adminName`).
+fn admin_name() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("wsus-reset ({user})")
+}
+
+/// What `apply` was given: a topology, or a saved plan and the topology it names.
+struct ApplyInput {
+    topology: Arc<Topology>,
+    selection: Selection,
+    plan: Option<Plan>,
+}
+
+fn apply_input(input: &Path, select_args: SelectArgs) -> Result<ApplyInput, Failure> {
+    let is_plan = input.extension().is_some_and(|e| e == "json");
+    if !is_plan {
+        let topology = Topology::load(input)?;
+        let selection = select(&topology, select_args)?;
+        return Ok(ApplyInput {
+            topology: Arc::new(topology),
+            selection,
+            plan: None,
+        });
+    }
+    if !select_args.only.is_empty() {
+        return Err(Failure::BadInput(
+            "error: a saved plan already says which servers run: drop --only, or give the topology file instead".into(),
+        ));
+    }
+    let text = std::fs::read_to_string(input)
+        .map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", input.display())))?;
+    let plan: Plan = serde_json::from_str(&text).map_err(|e| {
+        Failure::BadInput(format!(
+            "error: {} is not a plan saved by `wsus-reset plan --out`: {e}",
+            input.display()
+        ))
+    })?;
+    if plan.plan_version != workflows::PLAN_VERSION {
+        return Err(Failure::BadInput(format!(
+            "error: {} is plan version {}, this wsus-reset reads version {}: make the plan again",
+            input.display(),
+            plan.plan_version,
+            workflows::PLAN_VERSION
+        )));
+    }
+    let topology = Topology::load(Path::new(&plan.topology))?;
+    if topology.fingerprint() != plan.fingerprint {
+        return Err(Failure::BadInput(format!(
+            "error: the topology {} changed since the plan was made ({} then, {} now): review a new plan",
+            plan.topology,
+            plan.fingerprint,
+            topology.fingerprint()
+        )));
+    }
+    let partial = plan.servers.iter().any(|s| s.upstream_not_selected);
+    let selection = topology
+        .select(&SelectOptions {
+            only: plan.servers.iter().map(|s| s.name.clone()).collect(),
+            with_downstream: false,
+            allow_partial: partial,
+        })
+        .map_err(|e| Failure::BadInput(format!("error: the saved plan: {e}")))?;
+    Ok(ApplyInput {
+        topology: Arc::new(topology),
+        selection,
+        plan: Some(plan),
+    })
+}
+
+/// Asks on a terminal; refuses elsewhere.
+fn confirm(plan: &Plan) -> Result<(), Failure> {
+    let servers = plan.servers.len();
+    let changes: usize = plan
+        .servers
+        .iter()
+        .map(|s| s.steps.iter().filter(|step| step.mutates()).count())
+        .sum();
+    let summary = format!(
+        "About to repair {servers} server(s) of {} ({changes} database changes in all; `wsus-reset plan` shows each).",
+        plan.topology
+    );
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::BadInput(format!(
+            "{summary}\nerror: refusing to change servers without --yes when not on a terminal"
+        )));
+    }
+    report::say(&format!("{summary}\nProceed? [y/N] "));
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Failure::Exit(
+            exit::BAD_INPUT,
+            "not confirmed: nothing changed".into(),
+        ))
+    }
+}
+
+pub fn apply(
+    input: &Path,
+    yes: bool,
+    select_args: SelectArgs,
+    run: &RunArgs,
+    conn: &ConnArgs,
+    out: &mut impl Write,
+) -> Result<u8, Failure> {
+    let ApplyInput {
+        topology,
+        selection,
+        plan,
+    } = apply_input(input, select_args)?;
+    let options = connect_options(conn);
+    let rt = runtime()?;
+    if let Some(plan) = &plan
+        && plan.is_online()
+    {
+        let now = rt.block_on(survey(&topology, &selection, &options, conn.probe_parallel));
+        let drift = plan.drift(&now);
+        if !drift.is_empty() {
+            return Err(Failure::BadInput(format!(
+                "error: the servers changed since the plan was made: {}. Review a new plan (`wsus-reset plan --online --out ...`).",
+                drift.join(", ")
+            )));
+        }
+    }
+    if !yes {
+        confirm(
+            &plan
+                .clone()
+                .unwrap_or_else(|| Plan::offline(&topology, &selection)),
+        )?;
+    }
+    let report = rt.block_on(run_engine(
+        Arc::clone(&topology),
+        selection,
+        run,
+        options,
+        false,
+    ))?;
+    finish(&report, run.json, out)
+}
+
+pub fn resume(run: &RunArgs, conn: &ConnArgs, out: &mut impl Write) -> Result<u8, Failure> {
+    let pending = engine::pending_run(&run.state_dir).map_err(engine_failure)?;
+    let Some(replay) = pending else {
+        return Err(Failure::BadInput(format!(
+            "error: there is no unfinished run in {} to resume",
+            run.state_dir.display()
+        )));
+    };
+    let topology = Arc::new(Topology::load(Path::new(&replay.topology))?);
+    let ids = replay
+        .servers
+        .iter()
+        .filter_map(|name| topology.find(name))
+        .collect();
+    let selection = Selection {
+        servers: ids,
+        partial: Vec::new(),
+    };
+    let rt = runtime()?;
+    let report = rt.block_on(run_engine(
+        topology,
+        selection,
+        run,
+        connect_options(conn),
+        true,
+    ))?;
+    finish(&report, run.json, out)
+}
+
+/// Takes the hierarchy lock, runs the engine with the repair workflow, reports as it goes.
+async fn run_engine(
+    topology: Arc<Topology>,
+    selection: Selection,
+    run: &RunArgs,
+    options: ConnectOptions,
+    resume: bool,
+) -> Result<RunReport, Failure> {
+    let lock = HierarchyLock::acquire(&topology, &selection, &options)
+        .await
+        .map_err(|e| Failure::Exit(exit::LOCKED, format!("error: {e}")))?;
+    for (top, why) in &lock.unreachable {
+        report::say(&format!(
+            "warning: cannot take the hierarchy lock on top server {top} ({why}): its tree is left alone"
+        ));
+    }
+    let repair = Repair {
+        update: topology.update().to_string(),
+        connect: options,
+        admin: admin_name(),
+        locked_tops: Some(Arc::new(
+            lock.locked.iter().cloned().collect::<HashSet<_>>(),
+        )),
+        tops: Arc::new(tops_of(&topology, &selection)),
+    };
+    let engine_options = RunOptions {
+        parallel: usize::from(run.parallel),
+        max_failures: run.max_failures,
+        state_dir: run.state_dir.clone(),
+        ..RunOptions::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let reporter = report::spawn(rx, run.json, selection.servers.len());
+    let engine = Engine::new(repair, Arc::clone(&topology), engine_options).with_events(tx);
+    let interrupts = interrupts();
+    let result = if resume {
+        engine.resume(interrupts).await
+    } else {
+        engine.apply(&selection, interrupts).await
+    };
+    let _ = reporter.await;
+    drop(lock);
+    result.map_err(engine_failure)
+}
+
+fn engine_failure(e: EngineError) -> Failure {
+    match e {
+        EngineError::State(StateError::Locked { .. }) => {
+            Failure::Exit(exit::LOCKED, format!("error: {e}"))
+        }
+        EngineError::Unfinished { .. } => Failure::Exit(exit::UNFINISHED, format!("error: {e}")),
+        other => Failure::BadInput(format!("error: {other}")),
+    }
+}
+
+fn finish(report: &RunReport, json: bool, out: &mut impl Write) -> Result<u8, Failure> {
+    if !json {
+        crate::emit(out, &report::summary_table(report))?;
+    }
+    Ok(match report.outcome {
+        RunOutcome::Succeeded => exit::OK,
+        RunOutcome::Failed => exit::FAILED,
+        RunOutcome::Unfinished => exit::UNFINISHED,
+    })
+}
+
+/// `verify`: the survey, judged.
+pub fn verify(
+    file: &Path,
+    select_args: SelectArgs,
+    conn: &ConnArgs,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<u8, Failure> {
+    let topology = Topology::load(file)?;
+    let selection = select(&topology, select_args)?;
+    let options = connect_options(conn);
+    let surveyed =
+        runtime()?.block_on(survey(&topology, &selection, &options, conn.probe_parallel));
+    let text = if json {
+        let mut text = serde_json::to_string_pretty(&surveyed)
+            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+        text.push('\n');
+        text
+    } else {
+        report::survey_table(&surveyed)
+    };
+    crate::emit(out, &text)?;
+    Ok(if surveyed.iter().all(|s| s.ok) {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+fn seed(seed: LabSeed) -> Seed {
+    match seed {
+        LabSeed::Broken => Seed::Broken,
+        LabSeed::Healthy => Seed::Healthy,
+        LabSeed::Mixed => Seed::Mixed,
+    }
+}
+
+/// Binds a listener; the lab speaks plaintext, so only loopback unless told otherwise.
+async fn bind(addr: std::net::SocketAddr, any: bool) -> Result<TcpListener, Failure> {
+    if !addr.ip().is_loopback() && !any {
+        return Err(Failure::BadInput(format!(
+            "error: {addr} is not a loopback address and the lab speaks plaintext: use 127.0.0.1, or add --listen-any"
+        )));
+    }
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::BadInput(format!("error: cannot listen on {addr}: {e}")))
+}
+
+/// `lab`: serves until SIGINT or SIGTERM, then writes the state and exits 0.
+#[allow(clippy::too_many_arguments, reason = "one per command-line option")]
+pub fn lab(
+    file: &Path,
+    listen: std::net::SocketAddr,
+    listen_any: bool,
+    lab_seed: LabSeed,
+    state: Option<PathBuf>,
+    faults: Option<PathBuf>,
+    latency: u64,
+    login: Option<(String, String)>,
+    out: &mut impl Write,
+) -> Result<u8, Failure> {
+    let topology = Topology::load(file)?;
+    let credentials = match login {
+        None => None,
+        Some((user, var)) => Some((
+            user,
+            std::env::var(&var).map_err(|_| {
+                Failure::BadInput(format!(
+                    "error: --password-env {var}: the variable is not set"
+                ))
+            })?,
+        )),
+    };
+    let faults = match faults {
+        None => Faults::default(),
+        Some(path) => Faults::load(&path).map_err(|e| Failure::BadInput(format!("error: {e}")))?,
+    };
+    let lab = Lab::new(
+        &topology,
+        LabConfig {
+            seed: seed(lab_seed),
+            latency: Duration::from_millis(latency),
+            faults,
+            credentials,
+            state_file: state,
+        },
+    )
+    .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listener = bind(listen, listen_any).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+        crate::emit(
+            out,
+            &format!(
+                "listening on {addr} ({} servers; connect with --connect-via {addr})\n",
+                topology.servers().len()
+            ),
+        )?;
+        let stop = CancellationToken::new();
+        let serving = {
+            let stop = stop.clone();
+            let lab = lab.clone();
+            tokio::spawn(async move { lab.serve(listener, stop).await })
+        };
+        wait_for_signal().await;
+        stop.cancel();
+        match serving.await {
+            Ok(Ok(())) => Ok(exit::OK),
+            Ok(Err(e)) => Err(Failure::BadInput(format!("error: {e}"))),
+            Err(e) => Err(Failure::BadInput(format!("error: the lab stopped: {e}"))),
+        }
+    })
+}
+
+/// `rehearse`: the lab in-process on a free loopback port, then plan --online, apply, verify
+/// through tiberius, and a report of before and after.
+pub fn rehearse(
+    file: &Path,
+    lab_seed: LabSeed,
+    parallel: u16,
+    latency: u64,
+    state_dir: Option<PathBuf>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<u8, Failure> {
+    let topology = Arc::new(Topology::load(file)?);
+    // The lab checks one made-up SQL login, and every server logs in with it.
+    let login = (
+        "wsus_rehearsal".to_string(),
+        format!("rehearsal-{:016x}", fastrand::u64(..)),
+    );
+    let lab = Lab::new(
+        &topology,
+        LabConfig {
+            seed: seed(lab_seed),
+            latency: Duration::from_millis(latency),
+            credentials: Some(login.clone()),
+            ..LabConfig::default()
+        },
+    )
+    .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    let temp;
+    let state_dir = match state_dir {
+        Some(dir) => dir,
+        None => {
+            temp = tempfile::tempdir()
+                .map_err(|e| Failure::BadInput(format!("error: temporary directory: {e}")))?;
+            temp.path().join("state")
+        }
+    };
+    let rt = runtime()?;
+    let (addr, stop) = rt.block_on(async {
+        let listener = bind(
+            "127.0.0.1:0"
+                .parse()
+                .map_err(|_| Failure::BadInput("address".into()))?,
+            false,
+        )
+        .await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+        let stop = CancellationToken::new();
+        let serving = lab.clone();
+        let token = stop.clone();
+        tokio::spawn(async move { serving.serve(listener, token).await });
+        Ok::<_, Failure>((addr, stop))
+    })?;
+    let options = ConnectOptions {
+        connect_via: Some(addr),
+        lab_login: Some(login),
+        ..ConnectOptions::default()
+    };
+    let selection = select(
+        &topology,
+        SelectArgs {
+            only: Vec::new(),
+            with_downstream: false,
+            allow_partial: false,
+        },
+    )?;
+    let before_lab = lab.snapshot();
+    let before = rt.block_on(survey(&topology, &selection, &options, 16));
+    let plan = Plan::online(&topology, &selection, &before);
+    if !json {
+        crate::emit(
+            out,
+            &format!(
+                "Rehearsal: lab on {addr}, seed {}, {} servers\n\n== Online plan (read-only probe) ==\n{}\n== Apply ==\n",
+                lab_seed.name(),
+                topology.servers().len(),
+                plan.render_text()
+            ),
+        )?;
+    }
+    let run = RunArgs {
+        parallel,
+        max_failures: None,
+        state_dir,
+        json,
+    };
+    let report = rt.block_on(run_engine(
+        Arc::clone(&topology),
+        selection.clone(),
+        &run,
+        options.clone(),
+        false,
+    ))?;
+    let after = rt.block_on(survey(&topology, &selection, &options, 16));
+    let after_lab = lab.snapshot();
+    stop.cancel();
+    if !json {
+        crate::emit(out, &report::summary_table(&report))?;
+        crate::emit(
+            out,
+            &format!(
+                "\n== Verify ==\n{}",
+                report::rehearsal_table(&before, &after, &before_lab, &after_lab)
+            ),
+        )?;
+    }
+    let verified = after.iter().all(|s| s.ok);
+    Ok(match (report.outcome, verified) {
+        (RunOutcome::Succeeded, true) => exit::OK,
+        (RunOutcome::Unfinished, _) => exit::UNFINISHED,
+        _ => exit::FAILED,
+    })
+}
+
+impl LabSeed {
+    fn name(self) -> &'static str {
+        match self {
+            LabSeed::Broken => "broken",
+            LabSeed::Healthy => "healthy",
+            LabSeed::Mixed => "mixed",
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Reporters: the engine's typed event stream as progress lines on stderr (a progress bar on a
+//! terminal) or as JSON lines on stdout (`--json`), and the tables printed at the end.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+
+use engine::{Event, RunReport, ServerResult, ServerStatus};
+use indicatif::{ProgressBar, ProgressStyle};
+use susdb_lab::StateFile;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
+use workflows::survey::Surveyed;
+
+/// A line for the operator, on stderr (stdout carries results).
+pub fn say(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// Consumes the events until the engine drops its sender.
+pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if json {
+            let mut stdout = std::io::stdout();
+            while let Some(event) = events.recv().await {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    let _ = writeln!(stdout, "{line}");
+                }
+            }
+            let _ = stdout.flush();
+            return;
+        }
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(u64::try_from(total).unwrap_or(u64::MAX));
+            if let Ok(style) =
+                ProgressStyle::with_template("{bar:30} {pos}/{len} servers  {elapsed}  {msg}")
+            {
+                bar.set_style(style);
+            }
+            bar
+        });
+        let line = |text: String| match &bar {
+            Some(bar) => bar.println(text),
+            None => say(&text),
+        };
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::RunStarted {
+                    run_id,
+                    servers,
+                    parallel,
+                    resumed,
+                } => line(format!(
+                    "{} run {run_id}: {servers} servers, {parallel} at a time",
+                    if resumed { "resuming" } else { "starting" }
+                )),
+                Event::ServerFinished {
+                    server,
+                    result,
+                    duration,
+                    note,
+                    ..
+                } => {
+                    if let Some(bar) = &bar {
+                        bar.inc(1);
+                    }
+                    let result = match result {
+                        ServerResult::Succeeded => "ok",
+                        ServerResult::Failed => "FAILED",
+                        ServerResult::Interrupted => "interrupted",
+                    };
+                    // A success's notes are in the summary table; a failure's reason was just said.
+                    let _ = note;
+                    line(format!(
+                        "{result:<11} {server}  {} ms",
+                        duration.as_millis()
+                    ));
+                }
+                Event::ServerFailed {
+                    server,
+                    step,
+                    error,
+                } => line(format!("error       {server} at {step}: {error}")),
+                Event::Retrying {
+                    server,
+                    step,
+                    attempt,
+                    error,
+                    delay,
+                } => line(format!(
+                    "retry       {server} {step} (attempt {attempt} failed: {error}); again in {} ms",
+                    delay.as_millis()
+                )),
+                Event::Compensated { server, step } => {
+                    line(format!(
+                        "undone      {server}: {step} ran after the failure"
+                    ));
+                }
+                Event::ServerSkipped { server, reason } => {
+                    if let Some(bar) = &bar {
+                        bar.inc(1);
+                    }
+                    line(format!("skipped     {server}: {reason}"));
+                }
+                Event::StepStarted { server, step, .. } => {
+                    if let Some(bar) = &bar {
+                        bar.set_message(format!("{server}: {step}"));
+                    }
+                }
+                Event::ServerStarted { .. }
+                | Event::StepDone { .. }
+                | Event::RunFinished { .. } => {}
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+    })
+}
+
+fn status_words(status: &ServerStatus) -> (String, Option<String>) {
+    match status {
+        ServerStatus::Succeeded => ("ok".into(), None),
+        ServerStatus::AlreadyDone => ("already done".into(), None),
+        ServerStatus::Failed { step, error } => {
+            ("FAILED".into(), Some(format!("at {step}: {error}")))
+        }
+        ServerStatus::Skipped { upstream } => (
+            "skipped".into(),
+            Some(format!("upstream {upstream} failed")),
+        ),
+        ServerStatus::Interrupted => ("interrupted".into(), None),
+        ServerStatus::NotStarted => ("not started".into(), None),
+    }
+}
+
+/// The end-of-run table: one line per server, then the outcome and where the journal is.
+pub fn summary_table(report: &RunReport) -> String {
+    let width = report
+        .servers
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<12}  {:>5}  {:>8}  NOTE",
+        "SERVER", "RESULT", "STEPS", "TIME"
+    );
+    for s in &report.servers {
+        let (result, why) = status_words(&s.status);
+        let mut notes = s.notes.clone();
+        notes.extend(why);
+        let _ = writeln!(
+            out,
+            "{:<width$}  {result:<12}  {:>5}  {:>6} ms  {}",
+            s.name,
+            s.steps_done,
+            s.duration.as_millis(),
+            notes.join("; ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nrun {}: {:?}; journal {}",
+        report.run_id,
+        report.outcome,
+        report.journal.display()
+    );
+    if report.outcome == engine::RunOutcome::Unfinished {
+        let _ = writeln!(out, "finish it with `wsus-reset resume`");
+    }
+    out
+}
+
+/// `verify`'s table.
+pub fn survey_table(surveyed: &[Surveyed]) -> String {
+    let width = surveyed
+        .iter()
+        .map(|s| s.server.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<6}  {:<10}  STATE",
+        "SERVER", "OK", "MODE"
+    );
+    for s in surveyed {
+        let mode = match &s.observed {
+            Some(o) if o.replica => "replica",
+            Some(_) => "autonomous",
+            None => "-",
+        };
+        let mut state = s.verdict.clone();
+        if let Some(error) = &s.error {
+            let _ = write!(state, ": {error}");
+        }
+        for m in &s.mismatches {
+            let _ = write!(state, "; {m}");
+        }
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<6}  {mode:<10}  {state}",
+            s.server,
+            if s.ok { "yes" } else { "NO" }
+        );
+    }
+    let bad = surveyed.iter().filter(|s| !s.ok).count();
+    let _ = writeln!(
+        out,
+        "\n{} of {} servers verified{}",
+        surveyed.len() - bad,
+        surveyed.len(),
+        if bad == 0 {
+            ""
+        } else {
+            "; the others need attention"
+        }
+    );
+    out
+}
+
+/// `rehearse`'s proof: each server before and after, and whether the lab says its clients can
+/// sync (the emulated GetSyncInfo).
+pub fn rehearsal_table(
+    before: &[Surveyed],
+    after: &[Surveyed],
+    before_lab: &StateFile,
+    after_lab: &StateFile,
+) -> String {
+    let width = before
+        .iter()
+        .map(|s| s.server.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<11}  {:<11}  {:<5}  BEFORE -> AFTER",
+        "SERVER", "SYNC BEFORE", "SYNC AFTER", "CALLS"
+    );
+    let sync = |lab: &StateFile, name: &str| match lab.servers.get(name) {
+        Some(db) if db.client_sync_ok => "ok",
+        Some(_) => "0x8024400E",
+        None => "-",
+    };
+    for (b, a) in before.iter().zip(after) {
+        let calls = after_lab
+            .servers
+            .get(&a.server)
+            .map_or(0, |db| db.calls.len())
+            - before_lab
+                .servers
+                .get(&b.server)
+                .map_or(0, |db| db.calls.len());
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<11}  {:<11}  {calls:<5}  {} -> {}",
+            a.server,
+            sync(before_lab, &b.server),
+            sync(after_lab, &a.server),
+            b.verdict,
+            a.verdict
+        );
+    }
+    let ok = after.iter().filter(|s| s.ok).count();
+    let syncing = after_lab
+        .servers
+        .values()
+        .filter(|db| db.client_sync_ok)
+        .count();
+    let _ = writeln!(
+        out,
+        "\n{ok} of {} servers verified; clients of {syncing} of {} servers can sync",
+        after.len(),
+        after_lab.servers.len()
+    );
+    out
+}

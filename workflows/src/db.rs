@@ -1,0 +1,373 @@
+//! Every SQL call `wsus-reset` makes, in one module. The texts, procedure names and parameter
+//! names come from the `susdb` contract crate (each with its source in susdb.md); here they are
+//! sent through tiberius, always with bound parameters: no SQL text is ever assembled from input.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use susdb::{action, groups, procs, sql};
+use tiberius::{Client, Command, Row, Uuid};
+use tokio::net::TcpStream;
+use tokio_util::compat::Compat;
+
+/// A connection to one server's SUSDB.
+pub type Connection = Client<Compat<TcpStream>>;
+
+/// A failed database call, already sorted into worth-retrying or not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DbError {
+    pub transient: bool,
+    /// The SQL Server error number, when the server sent one.
+    pub code: Option<u32>,
+    pub message: String,
+}
+
+impl DbError {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        DbError {
+            transient: false,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn timeout(what: &str, after: Duration) -> Self {
+        DbError {
+            transient: true,
+            code: None,
+            message: format!("{what} timed out after {} ms", after.as_millis()),
+        }
+    }
+}
+
+/// SQL Server errors worth another try: deadlock victim (1205), timeout (-2), lock request timeout
+/// (1222), database in transition or failover (40613, 4060 is not: a wrong database name), and
+/// the transport errors of a dropped connection (233, 10053, 10054).
+const TRANSIENT_CODES: &[i64] = &[1205, -2, 1222, 40613, 233, 10053, 10054];
+
+impl From<tiberius::error::Error> for DbError {
+    fn from(e: tiberius::error::Error) -> Self {
+        use tiberius::error::Error as E;
+        match &e {
+            E::Server(token) => {
+                let code = token.code();
+                DbError {
+                    // The wire carries the number as u32; -2 arrives as its two's complement.
+                    transient: TRANSIENT_CODES.contains(&i64::from(code as i32)),
+                    code: Some(code),
+                    message: format!(
+                        "SQL error {} (severity {}): {}",
+                        code as i32,
+                        token.class(),
+                        token.message()
+                    ),
+                }
+            }
+            E::Io { .. } | E::Protocol(_) => DbError {
+                transient: true,
+                code: None,
+                message: format!("connection lost: {e}"),
+            },
+            _ => DbError {
+                transient: false,
+                code: None,
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// One revision of the update (`tbRevision`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub number: i32,
+    pub latest: bool,
+}
+
+/// One live approval (`tbDeployment`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub deployment_id: i32,
+    pub revision: i32,
+    pub target_group: String,
+    pub action: i32,
+}
+
+/// What the probe reads, in one round trip (`susdb::sql::PROBE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub sql_version: String,
+    pub schema_version: Option<i32>,
+    pub replica: bool,
+    pub upstream_server: Option<String>,
+    pub upstream_port: Option<i32>,
+    pub sync_from_microsoft_update: bool,
+    /// `None`: the update is not on this server.
+    pub update: Option<UpdateState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateState {
+    pub revisions: Vec<Revision>,
+    pub declined: bool,
+    pub approvals: Vec<Approval>,
+}
+
+impl UpdateState {
+    pub fn latest_revision(&self) -> Option<i32> {
+        self.revisions.iter().find(|r| r.latest).map(|r| r.number)
+    }
+
+    /// The inconsistencies of susdb.md section 5, in words; empty when consistent.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let latest: Vec<i32> = self
+            .revisions
+            .iter()
+            .filter(|r| r.latest)
+            .map(|r| r.number)
+            .collect();
+        if latest.len() > 1 {
+            problems.push(format!(
+                "{} revisions flagged latest ({})",
+                latest.len(),
+                join(&latest)
+            ));
+        }
+        let stale: Vec<i32> = self
+            .approvals
+            .iter()
+            .filter(|a| !latest.contains(&a.revision))
+            .map(|a| a.revision)
+            .collect();
+        if !stale.is_empty() {
+            problems.push(format!("stale approval on old revision {}", join(&stale)));
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        let mut doubled: Vec<&str> = Vec::new();
+        for a in &self.approvals {
+            if seen.contains(&a.target_group.as_str()) {
+                if !doubled.contains(&a.target_group.as_str()) {
+                    doubled.push(&a.target_group);
+                }
+            } else {
+                seen.push(&a.target_group);
+            }
+        }
+        for group in doubled {
+            problems.push(format!(
+                "duplicate live approvals for {}",
+                group_name(group)
+            ));
+        }
+        problems
+    }
+
+    /// The end state of the repair: declined, with nothing left approved or inconsistent.
+    pub fn repaired(&self) -> bool {
+        self.declined && self.approvals.is_empty() && self.problems().is_empty()
+    }
+}
+
+fn join(numbers: &[i32]) -> String {
+    numbers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A built-in target group's name, or its GUID.
+pub fn group_name(id: &str) -> String {
+    let id_upper = id.to_ascii_uppercase();
+    match id_upper.as_str() {
+        groups::ALL_COMPUTERS => "All Computers".into(),
+        groups::UNASSIGNED_COMPUTERS => "Unassigned Computers".into(),
+        groups::DOWNSTREAM_SERVERS => "Downstream Servers".into(),
+        _ => id.into(),
+    }
+}
+
+fn uuid(text: &str) -> Result<Uuid, DbError> {
+    Uuid::parse_str(text).map_err(|e| DbError::permanent(format!("bad GUID {text}: {e}")))
+}
+
+fn missing(column: &str) -> DbError {
+    DbError::permanent(format!(
+        "the probe's answer has no usable `{column}` column: is this a WSUS 3.0 SUSDB?"
+    ))
+}
+
+fn get<'a, T: tiberius::FromSql<'a>>(row: &'a Row, column: &str) -> Result<Option<T>, DbError> {
+    row.try_get::<T, _>(column).map_err(|_| missing(column))
+}
+
+/// The read-only probe: one round trip, four result sets (`susdb::sql::PROBE`).
+pub async fn probe(c: &mut Connection, update: &str) -> Result<Observed, DbError> {
+    let sets = c
+        .query(sql::PROBE, &[&uuid(update)?])
+        .await?
+        .into_results()
+        .await?;
+    let [config, revisions, declined, approvals] = sets.as_slice() else {
+        return Err(DbError::permanent(format!(
+            "the probe returned {} result sets, expected 4: is this a WSUS 3.0 SUSDB?",
+            sets.len()
+        )));
+    };
+    let config = config.first().ok_or_else(|| {
+        DbError::permanent("tbConfigurationA/C are empty: is this a WSUS 3.0 SUSDB?")
+    })?;
+    let revisions = revisions
+        .iter()
+        .map(|row| {
+            Ok(Revision {
+                number: get::<i32>(row, "RevisionNumber")?
+                    .ok_or_else(|| missing("RevisionNumber"))?,
+                latest: get::<bool>(row, "IsLatestRevision")?.unwrap_or(false),
+            })
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+    let update = if revisions.is_empty() {
+        None
+    } else {
+        let declined = match declined.first() {
+            Some(row) => get::<bool>(row, "Declined")?.unwrap_or(false),
+            None => false,
+        };
+        let approvals = approvals
+            .iter()
+            .map(|row| {
+                Ok(Approval {
+                    deployment_id: get::<i32>(row, "DeploymentID")?
+                        .ok_or_else(|| missing("DeploymentID"))?,
+                    revision: get::<i32>(row, "RevisionNumber")?
+                        .ok_or_else(|| missing("RevisionNumber"))?,
+                    target_group: get::<Uuid>(row, "TargetGroupID")?
+                        .ok_or_else(|| missing("TargetGroupID"))?
+                        .to_string()
+                        .to_ascii_uppercase(),
+                    action: get::<i32>(row, "ActionID")?.ok_or_else(|| missing("ActionID"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        Some(UpdateState {
+            revisions,
+            declined,
+            approvals,
+        })
+    };
+    Ok(Observed {
+        sql_version: get::<&str>(config, "ProductVersion")?
+            .unwrap_or_default()
+            .to_string(),
+        schema_version: get::<i32>(config, "SchemaVersion")?,
+        replica: get::<bool>(config, "ReplicaMode")?.ok_or_else(|| missing("ReplicaMode"))?,
+        upstream_server: get::<&str>(config, "UpstreamServerName")?
+            .map(str::to_string)
+            .filter(|s| !s.is_empty()),
+        upstream_port: get::<i32>(config, "ServerPortNumber")?,
+        sync_from_microsoft_update: get::<bool>(config, "SyncToMU")?.unwrap_or(false),
+        update,
+    })
+}
+
+/// Sets `tbConfigurationC.ReplicaMode` and returns what the database then holds
+/// (`susdb::sql::SET_REPLICA_MODE`: the update and the read back in one round trip).
+pub async fn set_replica_mode(c: &mut Connection, replica: bool) -> Result<bool, DbError> {
+    let sets = c
+        .query(sql::SET_REPLICA_MODE, &[&replica])
+        .await?
+        .into_results()
+        .await?;
+    sets.last()
+        .and_then(|set| set.first())
+        .and_then(|row| row.try_get::<bool, _>(0).ok().flatten())
+        .ok_or_else(|| DbError::permanent("ReplicaMode could not be read back"))
+}
+
+fn check_return(procedure: &str, code: u32) -> Result<(), DbError> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(DbError {
+            transient: false,
+            code: None,
+            message: format!("{procedure} returned {}", code as i32),
+        })
+    }
+}
+
+/// `spDeclineUpdate`: retires every live approval of every revision (susdb.md section 3).
+pub async fn decline(c: &mut Connection, update: &str, admin: &str) -> Result<(), DbError> {
+    let mut cmd = Command::new(procs::DECLINE_UPDATE);
+    cmd.bind_param(procs::UPDATE_ID, uuid(update)?);
+    cmd.bind_param(procs::ADMIN_NAME, admin.to_string());
+    cmd.bind_param(procs::FAIL_IF_REPLICA, true);
+    let code = cmd
+        .exec(c)
+        .await?
+        .into_command_result()
+        .await?
+        .return_code();
+    check_return(procs::DECLINE_UPDATE, code)
+}
+
+/// `spDeployUpdate` with "not approved / detect only" for All Computers on `revision`, which is
+/// what the WSUS console writes for Approve with no change (susdb.md section 3).
+pub async fn approve_detect_only(
+    c: &mut Connection,
+    update: &str,
+    revision: i32,
+    admin: &str,
+) -> Result<(), DbError> {
+    let mut cmd = Command::new(procs::DEPLOY_UPDATE);
+    cmd.bind_param(procs::UPDATE_ID, uuid(update)?);
+    cmd.bind_param(procs::REVISION_NUMBER, revision);
+    cmd.bind_param(procs::ACTION_ID, action::DETECT_ONLY);
+    cmd.bind_param(procs::TARGET_GROUP_ID, uuid(groups::ALL_COMPUTERS)?);
+    cmd.bind_param(procs::ADMIN_NAME, admin.to_string());
+    cmd.bind_param(procs::IS_ASSIGNED, true);
+    cmd.bind_param(procs::DOWNLOAD_PRIORITY, 1i32);
+    cmd.bind_param(procs::FAIL_IF_REPLICA, true);
+    cmd.bind_param(procs::IS_REPLICA, false);
+    cmd.bind_param(
+        procs::DEADLINE,
+        Option::<tiberius::time::chrono::NaiveDateTime>::None,
+    );
+    let code = cmd
+        .exec(c)
+        .await?
+        .into_command_result()
+        .await?
+        .return_code();
+    check_return(procs::DEPLOY_UPDATE, code)
+}
+
+/// Whether the approval of [`approve_detect_only`] is live on `revision`.
+pub fn detect_only_approval_live(state: &UpdateState, revision: i32) -> bool {
+    state.approvals.iter().any(|a| {
+        a.revision == revision
+            && a.action == action::DETECT_ONLY
+            && a.target_group.eq_ignore_ascii_case(groups::ALL_COMPUTERS)
+    })
+}
+
+/// `sp_getapplock` owned by the session, without waiting: `Ok(false)` when another session holds
+/// it. The lock goes when the connection closes, however the process ends.
+pub async fn try_applock(c: &mut Connection) -> Result<bool, DbError> {
+    let mut cmd = Command::new(procs::GET_APPLOCK);
+    cmd.bind_param(procs::RESOURCE, procs::APPLOCK_RESOURCE);
+    cmd.bind_param(procs::LOCK_MODE, "Exclusive");
+    cmd.bind_param(procs::LOCK_OWNER, "Session");
+    cmd.bind_param(procs::LOCK_TIMEOUT, 0i32);
+    let code = cmd
+        .exec(c)
+        .await?
+        .into_command_result()
+        .await?
+        .return_code() as i32;
+    // 0 granted, 1 granted after waiting; -1 timeout, -2 cancelled, -3 deadlock, -999 error.
+    Ok(code >= 0)
+}

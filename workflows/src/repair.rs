@@ -1,0 +1,330 @@
+//! The KB 954960 repair as an engine [`Workflow`]: each step of [`crate::kb954960`] run over a
+//! server's SUSDB connection, and how each mutation is observed for retries and resume.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use engine::{StepContext, StepError, StepOutput, StepSpec, Workflow};
+use topology::{Mode, Server};
+
+use crate::connect::{ConnectOptions, connect};
+use crate::db::{self, Connection, DbError, Observed};
+use crate::kb954960::{Step, steps_for};
+
+/// The facts the probe journals before the first change: what undo and resume rely on.
+pub mod facts {
+    /// `"replica"` or `"autonomous"`: the mode before the repair switched anything.
+    pub const ORIGINAL_MODE: &str = "original_mode";
+    /// The update's latest revision number, which the approval is written on.
+    pub const LATEST_REVISION: &str = "latest_revision";
+    /// The probe's verdict in words.
+    pub const OBSERVED: &str = "observed";
+}
+
+const NOT_DECLINED: &str = "not declined";
+
+/// How a probe's observation compares with the topology and the repair's goal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The update is not on the server: nothing to do.
+    NotPresent,
+    /// Declined, no approvals, consistent: nothing to do.
+    Repaired,
+    /// Needs decline -> approve -> decline; the reasons, in words.
+    NeedsRepair(Vec<String>),
+}
+
+impl Verdict {
+    pub fn of(observed: &Observed) -> Verdict {
+        match &observed.update {
+            None => Verdict::NotPresent,
+            Some(state) if state.repaired() => Verdict::Repaired,
+            Some(state) => {
+                let mut reasons = state.problems();
+                if !state.declined {
+                    reasons.push(NOT_DECLINED.into());
+                }
+                if reasons.is_empty() {
+                    reasons.push(format!(
+                        "{} live approval(s) on a declined update",
+                        state.approvals.len()
+                    ));
+                }
+                Verdict::NeedsRepair(reasons)
+            }
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        match self {
+            Verdict::NotPresent => "update not present".into(),
+            Verdict::Repaired => "declined and consistent".into(),
+            Verdict::NeedsRepair(reasons) if reasons.len() == 1 && reasons[0] == NOT_DECLINED => {
+                "consistent but not declined: will be declined".into()
+            }
+            Verdict::NeedsRepair(reasons) => format!("BROKEN: {}", reasons.join(", ")),
+        }
+    }
+}
+
+/// Differences between what the topology declares and what the server says, in words.
+/// `mid_repair`: our journal says this run switched the replica to autonomous, so an autonomous
+/// reading is expected.
+pub fn mismatches(server: &Server, observed: &Observed, mid_repair: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let observed_mode = if observed.replica {
+        Mode::Replica
+    } else {
+        Mode::Autonomous
+    };
+    let expected_switched = mid_repair && server.mode == Mode::Replica;
+    if observed_mode != server.mode && !expected_switched {
+        out.push(format!(
+            "mode: the topology says {}, the server says {observed_mode}",
+            server.mode
+        ));
+    }
+    match (&server.upstream, &observed.upstream_server) {
+        (None, Some(actual)) if !observed.sync_from_microsoft_update => out.push(format!(
+            "upstream: the topology says none (a top server syncing from Microsoft Update), the \
+             server syncs from {actual}"
+        )),
+        (Some(declared), None) => out.push(format!(
+            "upstream: the topology says {declared}, the server syncs from Microsoft Update"
+        )),
+        (Some(declared), Some(actual)) if !same_host(declared, actual) => out.push(format!(
+            "upstream: the topology says {declared}, the server says {actual}"
+        )),
+        _ => {}
+    }
+    out
+}
+
+/// WSUS stores the upstream as typed in the console: a short name or a full DNS name.
+fn same_host(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    a == b || a.split('.').next() == b.split('.').next() && (a.contains('.') != b.contains('.'))
+}
+
+/// The KB 954960 repair over SUSDB.
+#[derive(Debug, Clone)]
+pub struct Repair {
+    pub update: String,
+    pub connect: ConnectOptions,
+    /// Written to the approvals' `@adminName` (the operator, for WSUS's own audit).
+    pub admin: String,
+    /// Top servers whose hierarchy applock this process holds. A server whose top is not in it
+    /// refuses to start: two operators never repair one hierarchy at once.
+    pub locked_tops: Option<Arc<HashSet<String>>>,
+    /// The server's top server, by name (for the applock check).
+    pub tops: Arc<std::collections::HashMap<String, String>>,
+}
+
+fn to_step_error(e: DbError) -> StepError {
+    if e.transient {
+        StepError::transient(e.message)
+    } else {
+        StepError::permanent(e.message)
+    }
+}
+
+async fn timed<T>(
+    limit: std::time::Duration,
+    what: &str,
+    f: impl Future<Output = Result<T, DbError>>,
+) -> Result<T, StepError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(result) => result.map_err(to_step_error),
+        Err(_) => Err(to_step_error(DbError::timeout(what, limit))),
+    }
+}
+
+fn step_of(spec: &StepSpec) -> Result<Step, StepError> {
+    Step::parse(&spec.name)
+        .ok_or_else(|| StepError::permanent(format!("unknown step `{}`", spec.name)))
+}
+
+impl Repair {
+    async fn probe(&self, c: &mut Connection) -> Result<Observed, StepError> {
+        timed(
+            self.connect.command_timeout,
+            "the probe",
+            db::probe(c, &self.update),
+        )
+        .await
+    }
+
+    fn lock_check(&self, server: &Server) -> Result<(), StepError> {
+        let Some(locked) = &self.locked_tops else {
+            return Ok(());
+        };
+        let top = self.tops.get(&server.name).unwrap_or(&server.name);
+        if locked.contains(top) {
+            Ok(())
+        } else {
+            Err(StepError::permanent(format!(
+                "the hierarchy lock (sp_getapplock on top server {top}) is not held: nothing is changed below a top server this run could not lock"
+            )))
+        }
+    }
+}
+
+impl Workflow for Repair {
+    type Session = Connection;
+
+    fn steps(&self, server: &Server) -> Vec<StepSpec> {
+        let steps = steps_for(server.mode);
+        let switch = steps.iter().position(|s| *s == Step::SwitchToAutonomous);
+        steps
+            .iter()
+            .map(|step| match (step, step.compensates(), switch) {
+                (_, Some(_), Some(undoes)) => StepSpec::compensate(step.as_str(), undoes),
+                _ if step.mutates() => StepSpec::mutate(step.as_str()),
+                _ => StepSpec::read(step.as_str()),
+            })
+            .collect()
+    }
+
+    async fn open(&self, server: &Server) -> Result<Connection, StepError> {
+        connect(server, &self.connect).await.map_err(to_step_error)
+    }
+
+    async fn run(
+        &self,
+        c: &mut Connection,
+        server: &Server,
+        spec: &StepSpec,
+        context: &StepContext,
+    ) -> Result<StepOutput, StepError> {
+        let limit = self.connect.command_timeout;
+        match step_of(spec)? {
+            Step::Probe => {
+                self.lock_check(server)?;
+                let observed = self.probe(c).await?;
+                let mid_repair = context.facts.contains_key(facts::ORIGINAL_MODE);
+                let wrong = mismatches(server, &observed, mid_repair);
+                if !wrong.is_empty() {
+                    return Err(StepError::permanent(format!(
+                        "the server disagrees with the topology, nothing changed: {}",
+                        wrong.join("; ")
+                    )));
+                }
+                let verdict = Verdict::of(&observed);
+                let mut output = StepOutput::note(format!("was {}", verdict.summary()));
+                match (&verdict, &observed.update) {
+                    (Verdict::NotPresent, _) => {
+                        output.note = Some("update not present: left alone".into());
+                        output.finish = true;
+                    }
+                    (Verdict::Repaired, _) if !mid_repair => {
+                        output.note = Some("already declined and consistent: no change".into());
+                        output.finish = true;
+                    }
+                    (_, Some(state)) => {
+                        let latest = state.latest_revision().ok_or_else(|| {
+                            StepError::permanent(
+                                "no revision of the update is flagged latest: repair by hand (susdb.md 5)",
+                            )
+                        })?;
+                        if !mid_repair {
+                            output = output.with_fact(facts::ORIGINAL_MODE, server.mode.as_str());
+                        }
+                        output = output
+                            .with_fact(facts::LATEST_REVISION, latest)
+                            .with_fact(facts::OBSERVED, verdict.summary());
+                    }
+                    (_, None) => {}
+                }
+                Ok(output)
+            }
+            Step::SwitchToAutonomous | Step::RestoreReplica => {
+                let replica = step_of(spec)? == Step::RestoreReplica;
+                let now =
+                    timed(limit, spec.name.as_str(), db::set_replica_mode(c, replica)).await?;
+                if now == replica {
+                    Ok(StepOutput::default())
+                } else {
+                    Err(StepError::permanent(format!(
+                        "ReplicaMode reads back {} after setting it to {}",
+                        u8::from(now),
+                        u8::from(replica)
+                    )))
+                }
+            }
+            Step::Decline => {
+                timed(
+                    limit,
+                    "spDeclineUpdate",
+                    db::decline(c, &self.update, &self.admin),
+                )
+                .await?;
+                Ok(StepOutput::default())
+            }
+            Step::Approve => {
+                let revision = context
+                    .facts
+                    .get(facts::LATEST_REVISION)
+                    .and_then(serde_json::Value::as_i64)
+                    .and_then(|n| i32::try_from(n).ok())
+                    .ok_or_else(|| StepError::permanent("the probe recorded no latest revision"))?;
+                timed(
+                    limit,
+                    "spDeployUpdate",
+                    db::approve_detect_only(c, &self.update, revision, &self.admin),
+                )
+                .await?;
+                Ok(StepOutput::note(format!("revision {revision}")))
+            }
+            Step::Verify => {
+                let observed = self.probe(c).await?;
+                let mut wrong = mismatches(server, &observed, false);
+                if let Verdict::NeedsRepair(reasons) = Verdict::of(&observed) {
+                    wrong.extend(reasons);
+                }
+                if wrong.is_empty() {
+                    Ok(StepOutput::default())
+                } else {
+                    Err(StepError::permanent(format!(
+                        "verify failed: {}",
+                        wrong.join("; ")
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn took_effect(
+        &self,
+        c: &mut Connection,
+        _server: &Server,
+        spec: &StepSpec,
+        context: &StepContext,
+    ) -> Result<bool, StepError> {
+        let step = step_of(spec)?;
+        if !step.mutates() {
+            return Ok(false);
+        }
+        let observed = self.probe(c).await?;
+        Ok(match step {
+            Step::SwitchToAutonomous => !observed.replica,
+            Step::RestoreReplica => observed.replica,
+            Step::Decline => observed
+                .update
+                .as_ref()
+                .is_none_or(|u| u.declined && u.approvals.is_empty()),
+            Step::Approve => {
+                let revision = context
+                    .facts
+                    .get(facts::LATEST_REVISION)
+                    .and_then(serde_json::Value::as_i64)
+                    .and_then(|n| i32::try_from(n).ok());
+                match (&observed.update, revision) {
+                    (Some(u), Some(rev)) => !u.declined && db::detect_only_approval_live(u, rev),
+                    _ => false,
+                }
+            }
+            Step::Probe | Step::Verify => false,
+        })
+    }
+}

@@ -1,0 +1,83 @@
+//! The read-only survey: the probe on many servers at once, bounded, for `plan --online` and
+//! `verify`. It sends nothing but the probe.
+
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+use topology::{Selection, Topology};
+
+use crate::connect::{ConnectOptions, connect};
+use crate::db::{self, Observed};
+use crate::repair::{Verdict, mismatches};
+
+/// One server as the survey found it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Surveyed {
+    pub server: String,
+    /// What the probe read; `None` when the server could not be read (see `error`).
+    pub observed: Option<Observed>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Where the server disagrees with the topology.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mismatches: Vec<String>,
+    /// The verdict in words: `update not present`, `declined and consistent`, `BROKEN: ...`.
+    pub verdict: String,
+    /// Declined and consistent (or without the update), and as the topology declares it.
+    pub ok: bool,
+    /// The repair would change this server.
+    pub needs_repair: bool,
+}
+
+/// Probes every selected server, at most `parallel` at once; the answer is in selection order.
+pub async fn survey(
+    topology: &Topology,
+    selection: &Selection,
+    options: &ConnectOptions,
+    parallel: usize,
+) -> Vec<Surveyed> {
+    let update = topology.update().to_string();
+    let jobs = selection.servers.iter().map(|&id| {
+        let server = topology.server(id).clone();
+        let update = update.clone();
+        async move {
+            let read = async {
+                let mut c = connect(&server, options).await?;
+                match tokio::time::timeout(options.command_timeout, db::probe(&mut c, &update))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(db::DbError::timeout("the probe", options.command_timeout)),
+                }
+            };
+            match read.await {
+                Ok(observed) => {
+                    let wrong = mismatches(&server, &observed, false);
+                    let verdict = Verdict::of(&observed);
+                    let needs_repair = matches!(verdict, Verdict::NeedsRepair(_));
+                    Surveyed {
+                        server: server.name,
+                        ok: wrong.is_empty() && !needs_repair,
+                        needs_repair,
+                        verdict: verdict.summary(),
+                        mismatches: wrong,
+                        error: None,
+                        observed: Some(observed),
+                    }
+                }
+                Err(e) => Surveyed {
+                    server: server.name,
+                    observed: None,
+                    error: Some(e.message),
+                    mismatches: Vec::new(),
+                    verdict: "UNREACHABLE".into(),
+                    ok: false,
+                    needs_repair: false,
+                },
+            }
+        }
+    });
+    stream::iter(jobs)
+        .buffered(parallel.max(1))
+        .collect::<Vec<_>>()
+        .await
+}
