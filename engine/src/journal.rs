@@ -430,8 +430,10 @@ impl Replay {
     }
 
     /// Whether `resume` has work to do.
+    /// A run that began (its first record is on disk) and did not end. A journal killed before
+    /// its first record was durable holds no change: every mutation comes after that record.
     pub fn is_unfinished(&self) -> bool {
-        matches!(self.finished, None | Some(RunOutcome::Unfinished))
+        !self.run_id.is_empty() && matches!(self.finished, None | Some(RunOutcome::Unfinished))
     }
 }
 
@@ -561,5 +563,15 @@ mod tests {
         journal.append(records[3].clone()).await.unwrap();
         drop(journal);
         assert_eq!(read(&path).unwrap(), records[..4]);
+    }
+
+    #[test]
+    fn a_journal_killed_before_its_first_record_is_not_an_unfinished_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        std::fs::write(&path, b"0badc0de {\"record\":\"run-sta").unwrap();
+        let replay = Replay::from_records(&read(&path).unwrap());
+        assert!(!replay.is_unfinished());
+        assert!(Replay::from_records(&sample()).is_unfinished());
     }
 }

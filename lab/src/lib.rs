@@ -101,6 +101,7 @@ struct Shared {
     config: LabConfig,
     routes: Vec<Route>,
     inner: Mutex<Inner>,
+    saving: Mutex<()>,
     next_connection: AtomicU64,
 }
 
@@ -172,6 +173,7 @@ impl Lab {
                     applocks: HashMap::new(),
                     counter: Counter::default(),
                 }),
+                saving: Mutex::new(()),
                 next_connection: AtomicU64::new(1),
             }),
         };
@@ -188,8 +190,14 @@ impl Lab {
 
     /// Writes the state file, if one is configured: whole or not at all.
     pub fn save(&self) -> Result<(), LabError> {
-        let inner = lock(&self.shared.inner);
-        save_state(&self.shared.config, &inner.servers)
+        if self.shared.config.state_file.is_none() {
+            return Ok(());
+        }
+        // One writer at a time, each writing the state as it is when its turn comes: the file
+        // always ends with the newest state.
+        let _writing = lock(&self.shared.saving);
+        let servers = lock(&self.shared.inner).servers.clone();
+        save_state(&self.shared.config, &servers)
     }
 
     /// Serves connections until `shutdown`, then writes the state.
@@ -601,9 +609,8 @@ impl Lab {
                 columns: vec![("ReplicaMode".into(), ColType::Bit)],
                 rows: vec![vec![Cell::Bit(db.replica_mode)]],
             };
-            let servers = inner.servers.clone();
             drop(inner);
-            save_state(&self.shared.config, &servers).map_err(state_error)?;
+            self.save().map_err(state_error)?;
             return Ok(vec![None, Some(mode)]);
         }
         if text_trimmed == susdb::sql::KEY_OBJECT {
@@ -694,9 +701,8 @@ impl Lab {
         };
         call.params.insert("ok".into(), result.is_ok().into());
         db.calls.push(call);
-        let servers = inner.servers.clone();
         drop(inner);
-        save_state(&self.shared.config, &servers).map_err(state_error)?;
+        self.save().map_err(state_error)?;
         result
     }
 

@@ -1,3 +1,4 @@
 //! End-to-end tests of the `wsus-reset` binary; all in one test binary (one link, one run).
 
 mod offline;
+mod repair;
