@@ -6,14 +6,24 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages the tests use: Graphviz checks that `graph --format dot` is valid DOT.
+# Debian packages the tests use: Graphviz checks that `graph --format dot` is valid DOT; FreeTDS
+# `tsql` is an independent TDS client for the lab.
 missing=()
 command -v dot >/dev/null || missing+=(graphviz)
+command -v tsql >/dev/null || missing+=(freetds-bin)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# python-tds (PyPI) is the second independent TDS client for the lab.
+if ! python3 -c 'import pytds' 2>/dev/null; then
+  echo "installing python-tds"
+  python3 -m pip install -q python-tds 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages python-tds
+fi
+# Those tests fail, rather than skip, when a client is missing here.
+export WSUS_RESET_THIRD_PARTY=required
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -98,6 +98,15 @@ pub struct Counter {
 }
 
 impl Counter {
+    /// Requests received per server (every statement and procedure; logins are not counted).
+    pub fn per_server(&self) -> HashMap<String, u32> {
+        let mut out = HashMap::new();
+        for ((server, _), n) in &self.calls {
+            *out.entry(server.clone()).or_default() += n;
+        }
+        out
+    }
+
     /// Counts this call and returns what the faults say to do to it.
     pub fn on_call(&mut self, faults: &Faults, server: &str, target: &str) -> Action {
         let n = self

@@ -189,6 +189,11 @@ impl Lab {
     }
 
     /// Writes the state file, if one is configured: whole or not at all.
+    /// Round trips (requests after login) received per server, by lower-case name.
+    pub fn round_trips(&self) -> HashMap<String, u32> {
+        lock(&self.shared.inner).counter.per_server()
+    }
+
     pub fn save(&self) -> Result<(), LabError> {
         if self.shared.config.state_file.is_none() {
             return Ok(());

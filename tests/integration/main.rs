@@ -2,3 +2,4 @@
 
 mod offline;
 mod repair;
+mod third_party;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const PASSWORD: &str = "s3cret-Lab-Pw";
+pub(crate) const PASSWORD: &str = "s3cret-Lab-Pw";
 const PASSWORD_VAR: &str = "WSUS_RESET_TEST_PW";
 
 /// hq (top) -> r1 (autonomous) -> r1a (replica); hq -> r2 (replica) -> r2a (replica), r2b.
@@ -44,9 +44,9 @@ servers:
 const REPLICAS: &[&str] = &["r1a", "r2", "r2a"];
 
 /// A `wsus-reset lab` process serving the test hierarchy, and a scratch directory.
-struct LabProcess {
+pub(crate) struct LabProcess {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     dir: tempfile::TempDir,
 }
 
@@ -59,47 +59,33 @@ impl Drop for LabProcess {
 
 impl LabProcess {
     fn start(seed: &str, faults: &str, latency_ms: u64) -> LabProcess {
+        Self::start_with(TOPOLOGY, seed, faults, latency_ms)
+    }
+
+    pub(crate) fn start_with(
+        topology: &str,
+        seed: &str,
+        faults: &str,
+        latency_ms: u64,
+    ) -> LabProcess {
         let dir = tempfile::tempdir().expect("a scratch directory");
-        std::fs::write(dir.path().join("hierarchy.yaml"), TOPOLOGY).expect("topology written");
+        std::fs::write(dir.path().join("hierarchy.yaml"), topology).expect("topology written");
         std::fs::write(dir.path().join("faults.yaml"), faults).expect("faults written");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsus-reset"))
-            .args([
-                "lab",
-                "hierarchy.yaml",
-                "--listen",
-                "127.0.0.1:0",
-                "--seed",
-                seed,
-                "--state",
-                "lab-state.json",
-                "--faults",
-                "faults.yaml",
-                "--latency",
-                &latency_ms.to_string(),
-                "--user",
-                "wsus_repair",
-                "--password-env",
-                PASSWORD_VAR,
-            ])
-            .env(PASSWORD_VAR, PASSWORD)
-            .current_dir(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the lab starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout piped"))
-            .read_line(&mut line)
-            .expect("the lab says where it listens");
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line from the lab: {line:?}"))
-            .to_string();
+        let (child, addr) = spawn_lab(dir.path(), seed, latency_ms);
         LabProcess { child, addr, dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    /// Kills the lab with SIGKILL and starts a new one on the same state file.
+    fn kill_and_restart(mut self) -> LabProcess {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr) = spawn_lab(self.dir.path(), "healthy", 0);
+        self.child = child;
+        self.addr = addr;
+        self
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -124,7 +110,7 @@ impl LabProcess {
     }
 
     /// Every emulated server, as the lab's state file has it.
-    fn servers(&self) -> serde_json::Map<String, Value> {
+    pub(crate) fn servers(&self) -> serde_json::Map<String, Value> {
         let text = std::fs::read_to_string(self.path("lab-state.json")).unwrap_or_default();
         match serde_json::from_str::<Value>(&text) {
             Ok(Value::Object(mut state)) => match state.remove("servers") {
@@ -136,7 +122,46 @@ impl LabProcess {
     }
 }
 
-fn text(output: &Output) -> String {
+/// `wsus-reset lab` in `dir` on a free loopback port; returns once it says where it listens.
+fn spawn_lab(dir: &std::path::Path, seed: &str, latency_ms: u64) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsus-reset"))
+        .args([
+            "lab",
+            "hierarchy.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            seed,
+            "--state",
+            "lab-state.json",
+            "--faults",
+            "faults.yaml",
+            "--latency",
+            &latency_ms.to_string(),
+            "--user",
+            "wsus_repair",
+            "--password-env",
+            PASSWORD_VAR,
+        ])
+        .env(PASSWORD_VAR, PASSWORD)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the lab starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .expect("the lab says where it listens");
+    let addr = line
+        .strip_prefix("listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line from the lab: {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+pub(crate) fn text(output: &Output) -> String {
     format!(
         "exit {:?}\n--- stdout\n{}--- stderr\n{}",
         output.status.code(),
@@ -147,7 +172,7 @@ fn text(output: &Output) -> String {
 
 /// The procedures a server received, in order, with the replica flag written for
 /// `set-replica-mode`; only calls that took effect.
-fn calls(server: &Value) -> Vec<String> {
+pub(crate) fn calls(server: &Value) -> Vec<String> {
     server["calls"]
         .as_array()
         .expect("calls")
@@ -594,4 +619,17 @@ fn rehearse_runs_the_whole_repair_on_the_example_hierarchy() {
             "{seed}: {stdout}"
         );
     }
+}
+
+#[test]
+fn the_lab_state_survives_a_sigkill_of_the_lab_and_is_loaded_again() {
+    let lab = LabProcess::start("broken", "faults: []\n", 0);
+    assert_eq!(lab.apply("state").status.code(), Some(0));
+    let before = lab.servers();
+    // The restart's seed (healthy) is ignored: the state file wins.
+    let lab = lab.kill_and_restart();
+    assert_eq!(lab.servers(), before, "the file is whole after SIGKILL");
+    let verify = lab.run(&["verify", "hierarchy.yaml"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    assert_eq!(calls(&lab.servers()["r2"]), REPLICA_CALLS);
 }

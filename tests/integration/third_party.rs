@@ -1,0 +1,141 @@
+//! The lab through two independent TDS clients, FreeTDS `tsql` and python-tds, so it is not
+//! only tiberius that finds it a SQL Server. `scripts/test.sh` installs both and sets
+//! `WSUS_RESET_THIRD_PARTY=required`; elsewhere a missing client skips its test, saying so.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::repair::{LabProcess, PASSWORD, calls, text};
+
+/// One server reached as `localhost`: both clients send the host they connect to as the
+/// LOGIN7 server name, which is how the lab routes.
+const LOCAL: &str = "\
+version: 1
+servers:
+  - name: wsus-local
+    sql: { host: localhost, auth: { method: sql, user: wsus_repair, password_env: WSUS_RESET_TEST_PW } }
+";
+
+#[allow(clippy::print_stderr, reason = "a skipped test says why")]
+fn available(tool: &str, probe: &mut Command) -> bool {
+    let found = probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert_ne!(
+            std::env::var("WSUS_RESET_THIRD_PARTY").as_deref(),
+            Ok("required"),
+            "{tool} is required here but missing: run scripts/test.sh, which installs it"
+        );
+        eprintln!("skipped: {tool} is not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
+fn port(lab: &LabProcess) -> String {
+    lab.addr.rsplit(':').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn freetds_tsql_logs_in_runs_a_batch_and_sees_real_errors() {
+    if !available("FreeTDS tsql", Command::new("tsql").arg("-C")) {
+        return;
+    }
+    let lab = LabProcess::start_with(LOCAL, "broken", "faults: []\n", 0);
+    let session = |password: &str| {
+        let mut child = Command::new("tsql")
+            .args([
+                "-H",
+                "localhost",
+                "-p",
+                &port(&lab),
+                "-U",
+                "wsus_repair",
+                "-P",
+                password,
+            ])
+            .env("TDSVER", "7.4")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tsql starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(
+                format!("{}\ngo\nSELECT 1\ngo\nexit\n", susdb::sql::SERVER_VERSION).as_bytes(),
+            )
+            .expect("batch sent");
+        child.wait_with_output().expect("tsql ends")
+    };
+    let out = session(PASSWORD);
+    let said = text(&out);
+    assert!(said.contains("9.00.4035.00"), "{said}");
+    assert!(
+        said.contains("statement not supported by the lab: SELECT 1"),
+        "{said}"
+    );
+    let refused = text(&session("wrong"));
+    assert!(
+        refused.contains("18456") || refused.contains("Login failed"),
+        "{refused}"
+    );
+}
+
+const PYTHON: &str = r#"
+import sys, uuid, pytds
+port, password = int(sys.argv[1]), sys.argv[2]
+with pytds.connect(server="localhost", port=port, user="wsus_repair", password=password,
+                   database="SUSDB", autocommit=True) as conn:
+    with conn.cursor() as cur:
+        cur.execute(sys.argv[3])
+        print("version", cur.fetchone()[0])
+        cur.callproc("dbo.spDeclineUpdate", {
+            "@updateID": uuid.UUID("D359F493-0AAD-43FA-AF5C-6763326CD98F"),
+            "@adminName": "python-tds", "@failIfReplica": True})
+        print("return", cur.return_value)
+        try:
+            cur.execute("SELECT 1")
+        except pytds.Error as e:
+            print("error", e)
+"#;
+
+#[test]
+fn python_tds_runs_a_batch_and_calls_a_procedure_with_named_parameters() {
+    if !available(
+        "python-tds",
+        Command::new("python3").args(["-c", "import pytds"]),
+    ) {
+        return;
+    }
+    let lab = LabProcess::start_with(LOCAL, "broken", "faults: []\n", 0);
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            PYTHON,
+            &port(&lab),
+            PASSWORD,
+            susdb::sql::SERVER_VERSION,
+        ])
+        .output()
+        .expect("python3 runs");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("version 9.00.4035.00"), "{said}");
+    assert!(said.contains("return 0"), "{said}");
+    assert!(
+        said.contains("statement not supported by the lab: SELECT 1"),
+        "{said}"
+    );
+    let servers = lab.servers();
+    assert_eq!(calls(&servers["wsus-local"]), ["spDeclineUpdate"]);
+    assert_eq!(servers["wsus-local"]["update_declined"], true);
+    assert_eq!(
+        servers["wsus-local"]["calls"][0]["params"]["@adminName"],
+        "python-tds"
+    );
+}
