@@ -179,6 +179,9 @@ pub struct RunArgs {
     /// Events as JSON lines on stdout instead of progress and the summary table.
     #[arg(long)]
     pub json: bool,
+    /// Repeat servers that an earlier finished run in the state directory proved done.
+    #[arg(long)]
+    pub new_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -54,10 +54,10 @@ impl From<LoadError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Diagnostics only (the engine's run > server > step spans): `WSUS_RESET_LOG=debug`.
+    // Diagnostics only (the engine's run > server > step spans): `RUST_LOG=debug`.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WSUS_RESET_LOG")
+            tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
         )
         .with_writer(std::io::stderr)

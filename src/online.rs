@@ -306,6 +306,7 @@ async fn run_engine(
         parallel: usize::from(run.parallel),
         max_failures: run.max_failures,
         state_dir: run.state_dir.clone(),
+        new_run: run.new_run,
         ..RunOptions::default()
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -547,6 +548,7 @@ pub fn rehearse(
         max_failures: None,
         state_dir,
         json,
+        new_run: false,
     };
     let report = rt.block_on(run_engine(
         Arc::clone(&topology),

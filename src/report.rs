@@ -1,11 +1,12 @@
 //! Reporters: the engine's typed event stream as progress lines on stderr (a progress bar on a
 //! terminal) or as JSON lines on stdout (`--json`), and the tables printed at the end.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 
 use engine::{Event, RunReport, ServerResult, ServerStatus};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use susdb_lab::StateFile;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
@@ -29,16 +30,20 @@ pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> 
             let _ = stdout.flush();
             return;
         }
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(u64::try_from(total).unwrap_or(u64::MAX));
+        // On a terminal: a bar for the run and a line per server in flight; elsewhere plain lines.
+        let bars = std::io::stderr().is_terminal().then(|| {
+            let multi = MultiProgress::new();
+            let bar = multi.add(ProgressBar::new(u64::try_from(total).unwrap_or(u64::MAX)));
             if let Ok(style) =
-                ProgressStyle::with_template("{bar:30} {pos}/{len} servers  {elapsed}  {msg}")
+                ProgressStyle::with_template("{bar:30} {pos}/{len} servers  {elapsed}")
             {
                 bar.set_style(style);
             }
-            bar
+            (multi, bar)
         });
-        let line = |text: String| match &bar {
+        let bar = bars.as_ref().map(|(_, bar)| bar.clone());
+        let mut active: HashMap<String, ProgressBar> = HashMap::new();
+        let print = |text: String| match &bar {
             Some(bar) => bar.println(text),
             None => say(&text),
         };
@@ -49,7 +54,7 @@ pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> 
                     servers,
                     parallel,
                     resumed,
-                } => line(format!(
+                } => print(format!(
                     "{} run {run_id}: {servers} servers, {parallel} at a time",
                     if resumed { "resuming" } else { "starting" }
                 )),
@@ -60,6 +65,10 @@ pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> 
                     note,
                     ..
                 } => {
+                    if let (Some((multi, _)), Some(line)) = (&bars, active.remove(&server)) {
+                        line.finish_and_clear();
+                        multi.remove(&line);
+                    }
                     if let Some(bar) = &bar {
                         bar.inc(1);
                     }
@@ -70,7 +79,7 @@ pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> 
                     };
                     // A success's notes are in the summary table; a failure's reason was just said.
                     let _ = note;
-                    line(format!(
+                    print(format!(
                         "{result:<11} {server}  {} ms",
                         duration.as_millis()
                     ));
@@ -79,19 +88,19 @@ pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> 
                     server,
                     step,
                     error,
-                } => line(format!("error       {server} at {step}: {error}")),
+                } => print(format!("error       {server} at {step}: {error}")),
                 Event::Retrying {
                     server,
                     step,
                     attempt,
                     error,
                     delay,
-                } => line(format!(
+                } => print(format!(
                     "retry       {server} {step} (attempt {attempt} failed: {error}); again in {} ms",
                     delay.as_millis()
                 )),
                 Event::Compensated { server, step } => {
-                    line(format!(
+                    print(format!(
                         "undone      {server}: {step} ran after the failure"
                     ));
                 }
@@ -99,7 +108,7 @@ pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> 
                     if let Some(bar) = &bar {
                         bar.inc(1);
                     }
-                    line(format!("skipped     {server}: {reason}"));
+                    print(format!("skipped     {server}: {reason}"));
                 }
                 Event::StepStarted { server, step, .. } => {
                     if let Some(bar) = &bar {
@@ -111,8 +120,9 @@ pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> 
                 | Event::RunFinished { .. } => {}
             }
         }
-        if let Some(bar) = bar {
+        if let Some((multi, bar)) = bars {
             bar.finish_and_clear();
+            let _ = multi.clear();
         }
     })
 }

@@ -95,7 +95,7 @@ impl LabProcess {
         cmd.args(args)
             .args(["--connect-via", &self.addr])
             .env(PASSWORD_VAR, PASSWORD)
-            .env_remove("WSUS_RESET_LOG")
+            .env_remove("RUST_LOG")
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
         cmd
@@ -632,4 +632,50 @@ fn the_lab_state_survives_a_sigkill_of_the_lab_and_is_loaded_again() {
     let verify = lab.run(&["verify", "hierarchy.yaml"]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
     assert_eq!(calls(&lab.servers()["r2"]), REPLICA_CALLS);
+}
+
+#[test]
+fn an_interrupt_restores_every_switched_replica_exits_4_and_resume_finishes() {
+    // 20 ms per round trip: the run is mid-flight when the interrupt comes.
+    let lab = LabProcess::start("broken", "faults: []\n", 20);
+    let mut apply = lab
+        .command(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply starts");
+    // Once r2 (a replica) has been switched: its intent and outcome are in the journal.
+    wait_for_journal_records(&lab.path("state/runs"), 12, &mut apply);
+    let status = Command::new("kill")
+        .args(["-INT", &apply.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = apply.wait_with_output().expect("apply ends");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("wsus-reset resume"), "{}", text(&out));
+    let servers = lab.servers();
+    for name in REPLICAS {
+        assert_eq!(
+            servers[*name]["replica_mode"],
+            true,
+            "{name} was left autonomous: {}",
+            text(&out)
+        );
+    }
+    assert!(
+        servers.values().any(|s| !calls(s).is_empty()),
+        "the interrupt came before any change: nothing was tested"
+    );
+    assert!(
+        servers.values().any(|s| s["client_sync_ok"] == false),
+        "the run had already finished: nothing was tested"
+    );
+
+    let resumed = lab.run(&["resume", "--state-dir", "state"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    let servers = lab.servers();
+    for name in servers.keys() {
+        assert_repaired(&servers, name);
+    }
 }
