@@ -84,6 +84,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the repair of each selected server as a reviewed T-SQL script, for WID/SSEE
+    /// databases reached only locally (sqlcmd on the server).
+    ExportSql {
+        /// The topology file (YAML).
+        file: PathBuf,
+        /// The directory to write `NNNN-<server>.sql` into (created if missing); the number is the
+        /// execution order.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        select: SelectArgs,
+    },
     /// Rehearse the whole repair on an in-process lab copy of the hierarchy: online plan, apply,
     /// verify, through the real client path on loopback.
     Rehearse {

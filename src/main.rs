@@ -135,6 +135,32 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             conn,
             json,
         } => return online::verify(&file, select, &conn, json, out),
+        Command::ExportSql {
+            file,
+            out: dir,
+            select,
+        } => {
+            let topology = Topology::load(&file)?;
+            let selection = topology
+                .select(&select.into())
+                .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                Failure::BadInput(format!("error: cannot create {}: {e}", dir.display()))
+            })?;
+            let mut listing = String::new();
+            for (index, &id) in selection.servers.iter().enumerate() {
+                let server = topology.server(id);
+                let name = workflows::export::file_name(index, server);
+                let path = dir.join(&name);
+                write_atomically(&path, &workflows::export::script(&topology, server, &name))?;
+                listing.push_str(&format!("{}\n", path.display()));
+            }
+            listing.push_str(&format!(
+                "{} scripts; run them in this order, each on its own server, each only after its upstream's succeeded\n",
+                selection.servers.len()
+            ));
+            emit(out, &listing)?;
+        }
         Command::Rehearse {
             file,
             seed,

@@ -287,3 +287,45 @@ fn an_unknown_server_name_suggests_the_closest() {
         stderr(&out)
     );
 }
+
+#[test]
+fn export_sql_writes_one_guarded_script_per_server_named_in_execution_order() {
+    let dir = tempfile::tempdir().expect("scratch");
+    let out_dir = dir.path().join("scripts");
+    let out = wsus_reset(&[
+        "export-sql",
+        CONTOSO,
+        "--out",
+        out_dir.to_str().expect("UTF-8 path"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut files: Vec<String> = std::fs::read_dir(&out_dir)
+        .expect("scripts written")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let plan: Value =
+        serde_json::from_str(&stdout(&wsus_reset(&["plan", CONTOSO, "--format", "json"])))
+            .expect("JSON plan");
+    let order: Vec<String> = plan["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{:04}-{}.sql", i + 1, s["name"].as_str().expect("name")))
+        .collect();
+    assert_eq!(files, order, "sorted file names give the execution order");
+    for (file, server) in files
+        .iter()
+        .zip(plan["servers"].as_array().expect("servers"))
+    {
+        let text = std::fs::read_to_string(out_dir.join(file)).expect("script");
+        let machine = server["name"].as_str().expect("name").to_ascii_uppercase();
+        assert!(
+            text.contains(&format!("@expectedMachine nvarchar(128) = N'{machine}'")),
+            "{file} is not guarded against the wrong machine"
+        );
+        let replica = server["mode"] == "replica";
+        assert_eq!(text.contains("SET ReplicaMode = 0"), replica, "{file}");
+    }
+}

@@ -6,6 +6,7 @@
 pub mod applock;
 pub mod connect;
 pub mod db;
+pub mod export;
 pub mod kb954960;
 pub mod plan;
 pub mod repair;

@@ -328,3 +328,123 @@ impl Workflow for Repair {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Approval, Revision, UpdateState};
+
+    const ALL: &str = susdb::groups::ALL_COMPUTERS;
+
+    fn observed(replica: bool, upstream: Option<&str>, update: Option<UpdateState>) -> Observed {
+        Observed {
+            sql_version: "9.00.4035.00".into(),
+            schema_version: Some(926),
+            replica,
+            upstream_server: upstream.map(str::to_string),
+            upstream_port: Some(8530),
+            sync_from_microsoft_update: upstream.is_none(),
+            update,
+        }
+    }
+
+    fn approval(id: i32, revision: i32) -> Approval {
+        Approval {
+            deployment_id: id,
+            revision,
+            target_group: ALL.into(),
+            action: susdb::action::INSTALL,
+        }
+    }
+
+    fn update(declined: bool, approvals: Vec<Approval>) -> UpdateState {
+        UpdateState {
+            revisions: vec![
+                Revision {
+                    number: 100,
+                    latest: false,
+                },
+                Revision {
+                    number: 101,
+                    latest: true,
+                },
+            ],
+            declined,
+            approvals,
+        }
+    }
+
+    fn server(mode: Mode, upstream: Option<&str>) -> Server {
+        let yaml = match upstream {
+            None => "version: 1\nservers:\n  - name: hq\n    sql: { host: h }\n".to_string(),
+            Some(up) => format!(
+                "version: 1\nservers:\n  - name: {up}\n    sql: {{ host: h }}\n  - name: s\n    upstream: {up}\n    mode: {mode}\n    sql: {{ host: s }}\n"
+            ),
+        };
+        let t = topology::Topology::from_bytes("t.yaml", yaml.as_bytes())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        t.servers()
+            .last()
+            .cloned()
+            .unwrap_or_else(|| panic!("a server"))
+    }
+
+    #[test]
+    fn the_kb954960_state_is_broken_for_both_documented_reasons() {
+        let state = update(false, vec![approval(1, 100), approval(2, 101)]);
+        let Verdict::NeedsRepair(reasons) = Verdict::of(&observed(false, None, Some(state))) else {
+            panic!("not broken");
+        };
+        assert_eq!(
+            reasons,
+            [
+                "stale approval on old revision 100",
+                "duplicate live approvals for All Computers",
+                "not declined"
+            ]
+        );
+    }
+
+    #[test]
+    fn declined_without_approvals_is_repaired_and_absent_is_left_alone() {
+        let state = update(true, Vec::new());
+        assert_eq!(
+            Verdict::of(&observed(false, None, Some(state))),
+            Verdict::Repaired
+        );
+        assert_eq!(
+            Verdict::of(&observed(false, None, None)),
+            Verdict::NotPresent
+        );
+        let approved = update(false, vec![approval(3, 101)]);
+        assert_eq!(
+            Verdict::of(&observed(false, None, Some(approved))).summary(),
+            "consistent but not declined: will be declined"
+        );
+    }
+
+    #[test]
+    fn a_server_disagreeing_with_the_topology_is_named_with_both_values() {
+        let replica = server(Mode::Replica, Some("wsus-hq"));
+        assert!(
+            mismatches(
+                &replica,
+                &observed(true, Some("WSUS-HQ.corp.example"), None),
+                false
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            mismatches(&replica, &observed(false, Some("wsus-hq"), None), false),
+            ["mode: the topology says replica, the server says autonomous"]
+        );
+        // Our own switch, journaled, explains an autonomous reading.
+        assert!(mismatches(&replica, &observed(false, Some("wsus-hq"), None), true).is_empty());
+        assert_eq!(
+            mismatches(&replica, &observed(true, Some("wsus-other"), None), false),
+            ["upstream: the topology says wsus-hq, the server says wsus-other"]
+        );
+        let top = server(Mode::Autonomous, None);
+        assert!(mismatches(&top, &observed(false, None, None), false).is_empty());
+    }
+}
