@@ -96,6 +96,23 @@ pub enum Command {
         #[command(flatten)]
         select: SelectArgs,
     },
+    /// Find the KB 954960 fault in client and server logs (and, with --topology, in SUSDB) and
+    /// name the broken servers. Read-only.
+    Diagnose {
+        /// A client WindowsUpdate.log: a file, a directory (walked) or a glob; repeatable.
+        #[arg(long = "client-log", value_name = "PATH")]
+        client_logs: Vec<PathBuf>,
+        /// A server SoftwareDistribution.log: a file, a directory or a glob; repeatable.
+        #[arg(long = "server-log", value_name = "PATH")]
+        server_logs: Vec<PathBuf>,
+        /// Also probe every server of this hierarchy (read-only) and place each logged key.
+        #[arg(long, value_name = "FILE")]
+        topology: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Rehearse the whole repair on an in-process lab copy of the hierarchy: online plan, apply,
     /// verify, through the real client path on loopback.
     Rehearse {

@@ -161,6 +161,22 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             ));
             emit(out, &listing)?;
         }
+        Command::Diagnose {
+            client_logs,
+            server_logs,
+            topology,
+            format,
+            conn,
+        } => {
+            return online::diagnose(
+                &client_logs,
+                &server_logs,
+                topology.as_deref(),
+                format,
+                &conn,
+                out,
+            );
+        }
         Command::Rehearse {
             file,
             seed,

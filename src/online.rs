@@ -587,3 +587,165 @@ impl LabSeed {
         }
     }
 }
+
+/// What SUSDB says of one server, beside the log evidence.
+#[derive(Debug, serde::Serialize)]
+struct DbEvidence {
+    server: String,
+    /// The host name the logs use for it.
+    host: String,
+    state: String,
+    needs_repair: bool,
+    /// Each logged dictionary key, and which objects carry it as their ID on this server.
+    keys: Vec<(String, Vec<String>)>,
+}
+
+/// `diagnose`: the logs, and with a topology the databases, side by side.
+pub fn diagnose(
+    client_logs: &[PathBuf],
+    server_logs: &[PathBuf],
+    topology_file: Option<&Path>,
+    format: crate::cli::PlanFormat,
+    conn: &ConnArgs,
+    out: &mut impl Write,
+) -> Result<u8, Failure> {
+    use crate::cli::PlanFormat;
+    use diagnose::{Diagnosis, host_key};
+
+    if client_logs.is_empty() && server_logs.is_empty() && topology_file.is_none() {
+        return Err(Failure::BadInput(
+            "error: nothing to diagnose: give --client-log PATH, --server-log PATH and/or --topology FILE".into(),
+        ));
+    }
+    let topology = topology_file.map(Topology::load).transpose()?;
+    let diagnosis = Diagnosis::run(client_logs, server_logs);
+    let mut evidence = Vec::new();
+    let mut broken_servers: Vec<String> = Vec::new();
+    if let Some(topology) = &topology {
+        let selection = select(
+            topology,
+            SelectArgs {
+                only: Vec::new(),
+                with_downstream: false,
+                allow_partial: false,
+            },
+        )?;
+        let options = connect_options(conn);
+        let rt = runtime()?;
+        let surveyed = rt.block_on(survey(topology, &selection, &options, conn.probe_parallel));
+        for (found, &id) in surveyed.iter().zip(&selection.servers) {
+            let server = topology.server(id);
+            let host = server.sql.host.as_deref().map(host_key).unwrap_or_default();
+            let aliases = [host_key(&server.name), host.clone()];
+            let logged = diagnosis
+                .servers
+                .iter()
+                .find(|v| aliases.contains(&v.server));
+            let mut keys = Vec::new();
+            for key in logged.map(|v| v.keys.clone()).unwrap_or_default() {
+                let Ok(number) = key.parse::<i32>() else {
+                    keys.push((key, vec!["not a number".to_string()]));
+                    continue;
+                };
+                let objects = rt.block_on(async {
+                    let mut c = workflows::connect::connect(server, &options).await?;
+                    workflows::db::key_objects(&mut c, number).await
+                });
+                keys.push((
+                    key,
+                    objects.unwrap_or_else(|e| vec![format!("cannot ask: {}", e.message)]),
+                ));
+            }
+            let log_broken = logged.is_some_and(|v| v.verdict == diagnose::Verdict::Broken);
+            if log_broken || found.needs_repair {
+                broken_servers.push(server.name.clone());
+            }
+            evidence.push(DbEvidence {
+                server: server.name.clone(),
+                host: aliases[0].clone(),
+                state: match &found.error {
+                    Some(e) => format!("UNREACHABLE: {e}"),
+                    None => found.verdict.clone(),
+                },
+                needs_repair: found.needs_repair,
+                keys,
+            });
+        }
+    }
+    // The top of each broken server's tree: repairing those trees is top-down, and `apply` leaves
+    // the consistent servers in them alone.
+    let tops: Vec<String> = match &topology {
+        Some(t) => {
+            let all = select(
+                t,
+                SelectArgs {
+                    only: Vec::new(),
+                    with_downstream: false,
+                    allow_partial: false,
+                },
+            )?;
+            let top_of = tops_of(t, &all);
+            broken_servers
+                .iter()
+                .filter_map(|s| top_of.get(s).cloned())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let file = topology_file.map(|p| p.display().to_string());
+    let command = if topology.is_some() && !broken_servers.is_empty() {
+        let only: String = tops.iter().map(|t| format!(" --only {t}")).collect();
+        let file = file.as_deref().unwrap_or_default();
+        Some(format!(
+            "wsus-reset plan {file} --online{only} --with-downstream && wsus-reset apply {file}{only} --with-downstream"
+        ))
+    } else {
+        diagnosis.repair_command(None, &[])
+    };
+    let text = match format {
+        PlanFormat::Json => {
+            let mut text = serde_json::to_string_pretty(&serde_json::json!({
+                "logs": diagnosis,
+                "database": evidence,
+                "repair_command": command,
+            }))
+            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            text.push('\n');
+            text
+        }
+        PlanFormat::Text | PlanFormat::Markdown => {
+            let mut text = if format == PlanFormat::Text {
+                diagnosis.render_text(command.as_deref())
+            } else {
+                diagnosis.render_markdown(command.as_deref())
+            };
+            if !evidence.is_empty() {
+                text.push_str("\nDatabase evidence (read-only probe):\n");
+                for e in &evidence {
+                    text.push_str(&format!("  {}: {}\n", e.server, e.state));
+                    for (key, objects) in &e.keys {
+                        text.push_str(&format!(
+                            "    logged key {key} is {} on this server\n",
+                            if objects.is_empty() {
+                                "no LocalUpdateID, RevisionID or DeploymentID".to_string()
+                            } else {
+                                objects.join(" and ")
+                            }
+                        ));
+                    }
+                }
+            }
+            text
+        }
+    };
+    crate::emit(out, &text)?;
+    Ok(
+        if diagnosis.alarming() || evidence.iter().any(|e| e.needs_repair) {
+            exit::FAILED
+        } else {
+            exit::OK
+        },
+    )
+}

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `wsus-reset` binary; all in one test binary (one link, one run).
 
+mod diagnose;
 mod offline;
 mod repair;
 mod third_party;

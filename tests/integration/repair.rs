@@ -679,3 +679,53 @@ fn an_interrupt_restores_every_switched_replica_exits_4_and_resume_finishes() {
         assert_repaired(&servers, name);
     }
 }
+
+#[test]
+fn diagnose_with_the_topology_sets_log_and_database_evidence_side_by_side() {
+    let lab = LabProcess::start("broken", "faults: []\n", 0);
+    // r2's log, as its web service wrote it; 8022 is the lab's RevisionID of r2's latest revision.
+    std::fs::create_dir_all(lab.path("logs/r2")).expect("dir");
+    std::fs::write(
+        lab.path("logs/r2/SoftwareDistribution.log"),
+        "2009-03-27 10:55:29.190 UTC Error w3wp.12 ClientImplementation.SyncUpdates System.ArgumentException: Item has already been added. Key in dictionary: '8022'  Key being added: '8022'\n\
+         at Microsoft.UpdateServices.Internal.ClientImplementation.GetSyncInfo(DataAccess dataAccess)\n\
+         2009-03-27 10:55:29.193 UTC Warning w3wp.12 SoapUtilities.CreateException ThrowException: actor = http://sql-r2.test.example/ClientWebService/client.asmx, ID=c0a7445f-b989-43fa-ac20-11f8ca65fa8c, ErrorCode=InternalServerError, Message=, Client=?\n",
+    )
+    .expect("log");
+    let out = lab.run(&[
+        "diagnose",
+        "--topology",
+        "hierarchy.yaml",
+        "--server-log",
+        "logs",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let r2 = report["database"]
+        .as_array()
+        .expect("database evidence")
+        .iter()
+        .find(|e| e["server"] == "r2")
+        .expect("r2");
+    assert_eq!(r2["needs_repair"], true);
+    assert_eq!(r2["keys"], serde_json::json!([["8022", ["RevisionID"]]]));
+    assert_eq!(
+        report["repair_command"],
+        "wsus-reset plan hierarchy.yaml --online --only hq --with-downstream && wsus-reset apply hierarchy.yaml --only hq --with-downstream"
+    );
+    // diagnose is read-only.
+    assert!(lab.servers().values().all(|s| calls(s).is_empty()));
+
+    // After the repair, the database side is clean; the old log still shows the old fault.
+    assert_eq!(lab.apply("state").status.code(), Some(0));
+    let after = lab.run(&[
+        "diagnose",
+        "--topology",
+        "hierarchy.yaml",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(after.status.code(), Some(0), "{}", text(&after));
+}

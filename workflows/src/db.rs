@@ -371,3 +371,17 @@ pub async fn try_applock(c: &mut Connection) -> Result<bool, DbError> {
     // 0 granted, 1 granted after waiting; -1 timeout, -2 cancelled, -3 deadlock, -999 error.
     Ok(code >= 0)
 }
+
+/// Which objects carry `key` as their local ID on this server (`susdb::sql::KEY_OBJECT`): the
+/// dictionary key a SoftwareDistribution.log names is one of them.
+pub async fn key_objects(c: &mut Connection, key: i32) -> Result<Vec<String>, DbError> {
+    let rows = c
+        .query(sql::KEY_OBJECT, &[&key])
+        .await?
+        .into_first_result()
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| row.try_get::<&str, _>(0).ok().flatten().map(str::to_string))
+        .collect())
+}

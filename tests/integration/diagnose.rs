@@ -1,0 +1,204 @@
+//! `diagnose` on a corpus built from the fixtures in `tests/fixtures/logs` the way real corpora
+//! come: CRLF endings, UTF-16LE with a BOM, gzip, a truncated last line, and a file that cannot be
+//! read.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/logs");
+
+fn fixture(path: &str) -> String {
+    std::fs::read_to_string(Path::new(FIXTURES).join(path)).expect("fixture")
+}
+
+fn crlf(text: &str) -> String {
+    text.replace('\n', "\r\n")
+}
+
+fn utf16le_with_bom(text: &str) -> Vec<u8> {
+    let mut bytes = vec![0xFF, 0xFE];
+    for unit in text.encode_utf16() {
+        bytes.extend_from_slice(&unit.to_le_bytes());
+    }
+    bytes
+}
+
+fn gzip(text: &str) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(text.as_bytes()).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// The corpus: clients under `clients/`, server logs under `servers/<name>/`.
+fn corpus() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("scratch");
+    let root = dir.path();
+    let write = |path: &str, bytes: &[u8]| {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(path, bytes).expect("write");
+    };
+    write(
+        "clients/PC-001/WindowsUpdate.log",
+        crlf(&fixture("clients/PC-001.log")).as_bytes(),
+    );
+    write(
+        "clients/PC-002/WindowsUpdate.log",
+        &utf16le_with_bom(&crlf(&fixture("clients/PC-002.log"))),
+    );
+    write(
+        "clients/PC-003.log.gz",
+        &gzip(&fixture("clients/PC-003.log")),
+    );
+    for pc in ["PC-004", "PC-005", "PC-006"] {
+        write(
+            &format!("clients/{pc}.log"),
+            fixture(&format!("clients/{pc}.log")).as_bytes(),
+        );
+    }
+    // A gzip header and then garbage: reported and skipped.
+    write(
+        "clients/PC-007.log.gz",
+        &[0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 3, 0xFF, 0xFF],
+    );
+    for server in ["wsus-emea", "wsus-paris", "wsus-tokyo"] {
+        let path = format!("servers/{server}/SoftwareDistribution.log");
+        write(&path, crlf(&fixture(&path)).as_bytes());
+    }
+    dir
+}
+
+fn diagnose(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wsus-reset"))
+        .arg("diagnose")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("wsus-reset runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn each_server_gets_its_verdict_from_the_evidence_on_both_sides() {
+    let dir = corpus();
+    let out = diagnose(
+        dir.path(),
+        &[
+            "--client-log",
+            "clients",
+            "--server-log",
+            "servers/*/SoftwareDistribution.log",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let logs = &report["logs"];
+    assert_eq!(logs["client_logs"], 6, "7 files, one unreadable");
+    assert_eq!(logs["server_logs"], 3);
+    let skipped = logs["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 1);
+    assert!(
+        skipped[0]["path"]
+            .as_str()
+            .expect("path")
+            .ends_with("PC-007.log.gz")
+    );
+
+    let verdicts: Vec<(String, String)> = logs["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| {
+            (
+                s["server"].as_str().expect("name").to_string(),
+                s["verdict"].as_str().expect("verdict").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("wsus-emea".to_string(), "broken".to_string()),
+            ("wsus-paris".into(), "broken".into()),
+            ("wsus-lyon".into(), "suspect".into()),
+            ("wsus-tokyo".into(), "other-cause".into()),
+        ],
+        "hq's client failed with another error (0x80244010): not listed"
+    );
+    let emea = &logs["servers"][0];
+    assert_eq!(emea["keys"], serde_json::json!(["8862"]));
+    assert_eq!(emea["kb954960_faults"], 2);
+    assert_eq!(emea["first"], "2009-03-27 10:55:29.193");
+    let clients = emea["clients"].as_array().expect("clients");
+    let names: Vec<&str> = clients
+        .iter()
+        .map(|c| c["client"].as_str().expect("name"))
+        .collect();
+    // PC-001 is CRLF; PC-002 is UTF-16LE with interleaved threads: both tied by their fault IDs.
+    assert_eq!(names, ["PC-001", "PC-002"]);
+    assert!(
+        clients.iter().all(|c| c["confirmed_ids"] == 1),
+        "{clients:?}"
+    );
+    assert_eq!(
+        clients[0]["recovered"], true,
+        "PC-001 detected fine the next day"
+    );
+    assert_eq!(
+        clients[1]["recovered"], false,
+        "PC-002's later success was a detection against Microsoft Update, on another thread"
+    );
+    assert_eq!(
+        clients[1]["fault_ids"],
+        serde_json::json!(["5d0f3b55-7a7e-4c5e-9a6e-0a1b2c3d4e5f"])
+    );
+    // PC-003 is gzip with a truncated last line.
+    assert_eq!(logs["servers"][1]["clients"][0]["client"], "PC-003");
+    // PC-005 had succeeded before the fault came back.
+    assert_eq!(logs["servers"][2]["clients"][0]["recovered"], false);
+    assert!(
+        report["repair_command"]
+            .as_str()
+            .is_some_and(|c| c.contains("wsus-reset apply")),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_text_report_names_the_broken_servers_and_the_command_and_clean_logs_exit_0() {
+    let dir = corpus();
+    let out = diagnose(
+        dir.path(),
+        &["--client-log", "clients", "--server-log", "servers"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out);
+    assert!(said.contains("wsus-emea: BROKEN"), "{said}");
+    assert!(said.contains("dictionary keys 8862"), "{said}");
+    assert!(said.contains("wsus-lyon: SUSPECT"), "{said}");
+    assert!(
+        said.contains("skipped") && said.contains("PC-007.log.gz"),
+        "{said}"
+    );
+    assert!(
+        said.contains("2 broken, 1 suspect, 1 other cause"),
+        "{said}"
+    );
+
+    let clean = diagnose(dir.path(), &["--client-log", "clients/PC-006.log"]);
+    assert_eq!(clean.status.code(), Some(0), "{}", text(&clean));
+    let nothing = diagnose(dir.path(), &[]);
+    assert_eq!(nothing.status.code(), Some(2));
+}
