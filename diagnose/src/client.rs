@@ -7,22 +7,19 @@
 
 use std::collections::HashMap;
 
-use aho_corasick::AhoCorasick;
 use serde::Serialize;
 
-/// What one line is, for the client scanner.
+/// The lines the client scanner looks for; the lines after a failure (its `ErrorCode:` and `ID:`)
+/// it asks for by number instead of by marker.
 pub const MARKERS: &[&str] = &[
     "Server URL = ",
     "SyncUpdates failure, error = 0x8024400",
-    "ID:",
-    "ErrorCode:",
     "* Found ",
 ];
 
-pub fn markers() -> AhoCorasick {
-    // The patterns are fixed and valid: building cannot fail.
-    AhoCorasick::new(MARKERS).unwrap_or_else(|e| unreachable!("fixed patterns: {e}"))
-}
+/// How many lines after a failure may hold its fault details (six in the documented form, plus
+/// room for other threads' lines in between).
+const FAILURE_DETAIL_LINES: usize = 24;
 
 /// The text of a `WARNING:` line after the word and its indentation (`WARNING:     ID:...`).
 fn warning(text: &[u8]) -> Option<&[u8]> {
@@ -106,9 +103,10 @@ impl Scanner {
         }
     }
 
-    pub fn line(&mut self, line: &[u8]) {
+    /// Takes one line; returns how many of the following lines it wants to see too.
+    pub fn line(&mut self, line: &[u8]) -> usize {
         let Some(([date, time, _pid, tid, component], text)) = split(line) else {
-            return;
+            return 0;
         };
         if let Some(url) = after(text, "Server URL = ") {
             let thread = self.threads.entry(tid.to_vec()).or_default();
@@ -118,7 +116,7 @@ impl Scanner {
                 .get(..10)
                 .is_some_and(|code| code.eq_ignore_ascii_case(b"0x8024400E"))
             {
-                return;
+                return 0;
             }
             let thread = self.threads.entry(tid.to_vec()).or_default();
             self.log.failures.push(Failure {
@@ -129,6 +127,7 @@ impl Scanner {
             });
             thread.open = Some(self.log.failures.len() - 1);
             self.log.recovered = false;
+            return FAILURE_DETAIL_LINES;
         } else if let Some(id) = warning(text).and_then(|w| w.strip_prefix(b"ID:")) {
             if let Some(i) = self.threads.get_mut(tid).and_then(|t| t.open.take()) {
                 self.log.failures[i].id = Some(string(id).to_ascii_lowercase());
@@ -155,6 +154,7 @@ impl Scanner {
                 self.log.recovered = true;
             }
         }
+        0
     }
 
     pub fn finish(self) -> ClientLog {

@@ -3,10 +3,10 @@
 //! bytes passed through (every signature the scanners look for is ASCII), CRLF or LF.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use aho_corasick::AhoCorasick;
+use memchr::memmem::Finder;
 
 /// A file that could not be read, and why: reported, never fatal.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -75,42 +75,93 @@ pub fn expand(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Skipped>) {
 
 /// Opens a log for reading as UTF-8-compatible bytes.
 pub fn open(path: &Path) -> std::io::Result<Box<dyn BufRead + Send>> {
-    let mut file = BufReader::with_capacity(256 * 1024, File::open(path)?);
+    const CAPACITY: usize = 256 * 1024;
+    let mut file = BufReader::with_capacity(CAPACITY, File::open(path)?);
     let gzip = file.fill_buf()?.starts_with(&[0x1F, 0x8B]);
-    let raw: Box<dyn Read + Send> = if gzip {
-        Box::new(flate2::bufread::MultiGzDecoder::new(file))
+    let mut reader: Box<dyn BufRead + Send> = if gzip {
+        Box::new(BufReader::with_capacity(
+            CAPACITY,
+            flate2::bufread::MultiGzDecoder::new(file),
+        ))
     } else {
         Box::new(file)
     };
-    // A BOM selects UTF-16LE/BE or UTF-8 (then transcoded to UTF-8); without one, bytes pass
-    // through untouched.
-    let decoded = encoding_rs_io::DecodeReaderBytesBuilder::new()
-        .bom_sniffing(true)
-        .strip_bom(true)
-        .utf8_passthru(true)
-        .build(raw);
-    Ok(Box::new(BufReader::with_capacity(256 * 1024, decoded)))
+    // A UTF-16 BOM means transcoding to UTF-8; otherwise (UTF-8 or ANSI) the bytes are read as
+    // they are, without a decoding layer in the way.
+    let head = reader.fill_buf()?;
+    if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
+        let decoded = encoding_rs_io::DecodeReaderBytesBuilder::new()
+            .bom_sniffing(true)
+            .strip_bom(true)
+            .build(reader);
+        reader = Box::new(BufReader::with_capacity(CAPACITY, decoded));
+    }
+    Ok(reader)
+}
+
+/// Literal markers whose lines a scanner wants.
+///
+/// Each marker is searched on its own over whole buffers with `memchr::memmem` (SIMD, about
+/// 15 GB/s a pass here), and the hits merged: several single-literal passes are far faster than
+/// one multi-literal automaton over the same bytes when, as in logs, the markers are rare
+/// (BENCHMARKS.md).
+#[derive(Debug)]
+pub struct Markers {
+    finders: Vec<Finder<'static>>,
+}
+
+impl Markers {
+    pub fn new(markers: &'static [&'static str]) -> Markers {
+        Markers {
+            finders: markers.iter().map(Finder::new).collect(),
+        }
+    }
+
+    fn is_match(&self, haystack: &[u8]) -> bool {
+        self.finders.iter().any(|f| f.find(haystack).is_some())
+    }
+
+    /// The start of every hit in `haystack`, in order.
+    fn hits(&self, haystack: &[u8], into: &mut Vec<usize>) {
+        into.clear();
+        for f in &self.finders {
+            into.extend(f.find_iter(haystack));
+        }
+        into.sort_unstable();
+    }
 }
 
 /// Calls `f` with each line that contains one of `markers` (without its `\n` or `\r\n`), a
-/// truncated last line included. Lines are found from the markers' matches over whole buffers
-/// (the way grep tools search), so a line without a marker costs no more than scanning its bytes.
+/// truncated last line included, in file order. `f` returns how many of the following lines it
+/// also wants whatever they hold (the lines that belong to a record, such as a fault's `ID:` or a
+/// stack): looking at a few lines after a rare hit is cheaper than one more pass for their markers.
+/// Lines are found from the markers' hits over whole buffers (the way grep tools search), so a
+/// line nobody wants costs only its scan.
 pub fn for_each_matching_line(
     mut reader: impl BufRead,
-    markers: &AhoCorasick,
-    mut f: impl FnMut(&[u8]),
+    markers: &Markers,
+    mut f: impl FnMut(&[u8]) -> usize,
 ) -> std::io::Result<()> {
     fn trim(line: &[u8]) -> &[u8] {
         line.strip_suffix(b"\r").unwrap_or(line)
     }
     // The start of a line that began in an earlier buffer.
     let mut carry: Vec<u8> = Vec::new();
+    let mut hits = Vec::new();
+    // Lines still wanted after the last one given.
+    let mut follow = 0usize;
+    let mut give = |line: &[u8], follow: &mut usize, wanted: bool| {
+        if wanted || *follow > 0 {
+            let more = f(trim(line));
+            *follow = follow.saturating_sub(1).max(more);
+        }
+    };
     loop {
         let buf = reader.fill_buf()?;
         let len = buf.len();
         if len == 0 {
-            if markers.is_match(&carry) {
-                f(trim(&carry));
+            if !carry.is_empty() {
+                give(&carry, &mut follow, markers.is_match(&carry));
             }
             return Ok(());
         }
@@ -123,26 +174,41 @@ pub fn for_each_matching_line(
         if !carry.is_empty() {
             let first_nl = memchr::memchr(b'\n', buf).unwrap_or(last_nl);
             carry.extend_from_slice(&buf[..first_nl]);
-            if markers.is_match(&carry) {
-                f(trim(&carry));
-            }
+            give(&carry, &mut follow, markers.is_match(&carry));
             carry.clear();
             from = first_nl + 1;
         }
         let region = &buf[from..=last_nl];
-        let mut next_line = 0;
-        for m in markers.find_iter(region) {
-            if m.start() < next_line {
+        // `pos`: the start of the first line not yet looked at.
+        let mut pos = 0;
+        follow_lines(region, &mut pos, &mut follow, &mut give);
+        markers.hits(region, &mut hits);
+        for &hit in &hits {
+            if hit < pos {
                 continue;
             }
-            let start = memchr::memrchr(b'\n', &region[..m.start()]).map_or(0, |i| i + 1);
-            let end =
-                memchr::memchr(b'\n', &region[m.start()..]).map_or(region.len(), |i| m.start() + i);
-            f(trim(&region[start..end]));
-            next_line = end + 1;
+            let start = memchr::memrchr(b'\n', &region[..hit]).map_or(0, |i| i + 1);
+            let end = memchr::memchr(b'\n', &region[hit..]).map_or(region.len(), |i| hit + i);
+            give(&region[start..end], &mut follow, true);
+            pos = end + 1;
+            follow_lines(region, &mut pos, &mut follow, &mut give);
         }
         carry.extend_from_slice(&buf[last_nl + 1..]);
         reader.consume(len);
+    }
+}
+
+/// Gives the lines from `pos` on while some are still wanted.
+fn follow_lines(
+    region: &[u8],
+    pos: &mut usize,
+    follow: &mut usize,
+    give: &mut impl FnMut(&[u8], &mut usize, bool),
+) {
+    while *follow > 0 && *pos < region.len() {
+        let end = memchr::memchr(b'\n', &region[*pos..]).map_or(region.len(), |i| *pos + i);
+        give(&region[*pos..end], follow, false);
+        *pos = end + 1;
     }
 }
 
@@ -173,7 +239,7 @@ mod tests {
 
     #[test]
     fn matching_lines_are_found_across_buffer_boundaries_and_a_truncated_last_line_counts() {
-        let markers = AhoCorasick::new(["needle"]).unwrap_or_else(|e| panic!("{e}"));
+        let markers = Markers::new(&["needle", "twice"]);
         let text = "hay\r\nsome needle here\r\nhay\nneedle twice needle\nlast needle";
         // A tiny buffer puts boundaries everywhere, inside lines and inside the marker.
         for capacity in [1, 2, 3, 5, 8, 64] {
@@ -181,11 +247,18 @@ mod tests {
             let mut seen = Vec::new();
             for_each_matching_line(reader, &markers, |l| {
                 seen.push(String::from_utf8_lossy(l).into_owned());
+                // The line after "some needle here" is wanted too.
+                usize::from(l.starts_with(b"some"))
             })
             .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(
                 seen,
-                ["some needle here", "needle twice needle", "last needle"],
+                [
+                    "some needle here",
+                    "hay",
+                    "needle twice needle",
+                    "last needle"
+                ],
                 "capacity {capacity}"
             );
         }

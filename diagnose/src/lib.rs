@@ -27,14 +27,18 @@ pub use server::ServerLog;
 /// Scans one client log.
 pub fn scan_client(name: String, reader: impl BufRead) -> std::io::Result<ClientLog> {
     let mut scanner = client::Scanner::new(name);
-    input::for_each_matching_line(reader, &client::markers(), |line| scanner.line(line))?;
+    input::for_each_matching_line(reader, &input::Markers::new(client::MARKERS), |line| {
+        scanner.line(line)
+    })?;
     Ok(scanner.finish())
 }
 
 /// Scans one server log.
 pub fn scan_server(name: String, reader: impl BufRead) -> std::io::Result<ServerLog> {
     let mut scanner = server::Scanner::new(name);
-    input::for_each_matching_line(reader, &server::markers(), |line| scanner.line(line))?;
+    input::for_each_matching_line(reader, &input::Markers::new(server::MARKERS), |line| {
+        scanner.line(line)
+    })?;
     Ok(scanner.finish())
 }
 

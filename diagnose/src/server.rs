@@ -7,18 +7,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use aho_corasick::AhoCorasick;
 use serde::Serialize;
 
+/// The lines the server scanner looks for; the stack after an ArgumentException it asks for by
+/// number instead.
 pub const MARKERS: &[&str] = &[
     "ArgumentException: Item has already been added",
-    "GetSyncInfo",
     "ThrowException: actor = ",
 ];
 
-pub fn markers() -> AhoCorasick {
-    AhoCorasick::new(MARKERS).unwrap_or_else(|e| unreachable!("fixed patterns: {e}"))
-}
+/// Stack frames read after an ArgumentException to find `GetSyncInfo` (it is the third frame in
+/// the documented stack).
+const STACK_LINES: usize = 24;
 
 /// A SOAP fault the server threw, with its cause when it was the KB 954960 one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -61,7 +61,8 @@ struct Pending {
 pub struct Scanner {
     log: ServerLog,
     pending: HashMap<Vec<u8>, Pending>,
-    /// The thread of the last entry line: stack frames belong to it.
+    /// The thread of the last ArgumentException: the stack frames after it are its own, even
+    /// when another thread's entry got written in between.
     last_thread: Option<Vec<u8>>,
 }
 
@@ -101,7 +102,8 @@ impl Scanner {
         }
     }
 
-    pub fn line(&mut self, line: &[u8]) {
+    /// Takes one line; returns how many of the following lines it wants to see too.
+    pub fn line(&mut self, line: &[u8]) -> usize {
         let trimmed = line.trim_ascii_start();
         if trimmed.starts_with(b"at ") {
             if find(trimmed, "GetSyncInfo").is_some()
@@ -112,7 +114,7 @@ impl Scanner {
             {
                 p.in_get_sync_info = true;
             }
-            return;
+            return 0;
         }
         let mut fields = trimmed
             .split(|b| b.is_ascii_whitespace())
@@ -124,12 +126,12 @@ impl Scanner {
             fields.next(),
             fields.next(),
         ) else {
-            return;
+            return 0;
         };
         let thread = process_thread.to_vec();
         let when = format!("{} {}", string(date), string(time));
-        self.last_thread = Some(thread.clone());
         if find(trimmed, "ArgumentException: Item has already been added").is_some() {
+            self.last_thread = Some(thread.clone());
             let key = between(trimmed, "Key in dictionary: '", b'\'')
                 .or_else(|| between(trimmed, "Key being added: '", b'\''))
                 .map(string)
@@ -142,13 +144,14 @@ impl Scanner {
                     in_get_sync_info: find(trimmed, "GetSyncInfo").is_some(),
                 },
             );
+            return STACK_LINES;
         } else if find(trimmed, "ThrowException: actor = ").is_some() {
             let actor = between(trimmed, "actor = ", b',')
                 .map(string)
                 .unwrap_or_default();
             let Some(id) = between(trimmed, "ID=", b',').map(|id| string(id).to_ascii_lowercase())
             else {
-                return;
+                return 0;
             };
             let key = self
                 .pending
@@ -165,6 +168,7 @@ impl Scanner {
                 key,
             });
         }
+        0
     }
 
     pub fn finish(mut self) -> ServerLog {
