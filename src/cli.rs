@@ -162,6 +162,13 @@ pub enum Command {
         /// The environment variable holding the login's password.
         #[arg(long, requires = "user")]
         password_env: Option<String>,
+        /// Accept Windows logins (NTLM) for this account, `DOMAIN\\user` (with
+        /// --windows-password-env).
+        #[arg(long, requires = "windows_password_env", value_name = "DOMAIN\\USER")]
+        windows_user: Option<String>,
+        /// The environment variable holding the Windows account's password.
+        #[arg(long, requires = "windows_user", value_name = "VAR")]
+        windows_password_env: Option<String>,
     },
 }
 

@@ -195,16 +195,21 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             latency,
             user,
             password_env,
+            windows_user,
+            windows_password_env,
         } => {
             return online::lab(
                 &file,
-                listen,
-                listen_any,
-                seed,
-                state,
-                faults,
-                latency,
-                user.zip(password_env),
+                online::LabOptions {
+                    listen,
+                    listen_any,
+                    seed,
+                    state,
+                    faults,
+                    latency,
+                    login: user.zip(password_env),
+                    windows_login: windows_user.zip(windows_password_env),
+                },
                 out,
             );
         }

@@ -393,31 +393,48 @@ async fn bind(addr: std::net::SocketAddr, any: bool) -> Result<TcpListener, Fail
         .map_err(|e| Failure::BadInput(format!("error: cannot listen on {addr}: {e}")))
 }
 
+/// The `lab` command's options.
+#[derive(Debug)]
+pub struct LabOptions {
+    pub listen: std::net::SocketAddr,
+    pub listen_any: bool,
+    pub seed: LabSeed,
+    pub state: Option<PathBuf>,
+    pub faults: Option<PathBuf>,
+    pub latency: u64,
+    /// SQL login: user, and the variable holding its password.
+    pub login: Option<(String, String)>,
+    /// Windows account (`DOMAIN\user`), and the variable holding its password.
+    pub windows_login: Option<(String, String)>,
+}
+
+fn secret_from_env(who: &str, var: &str) -> Result<String, Failure> {
+    std::env::var(var).map_err(|_| {
+        Failure::BadInput(format!(
+            "error: the password of {who} comes from environment variable {var}, which is not set"
+        ))
+    })
+}
+
 /// `lab`: serves until SIGINT or SIGTERM, then writes the state and exits 0.
-#[allow(clippy::too_many_arguments, reason = "one per command-line option")]
-pub fn lab(
-    file: &Path,
-    listen: std::net::SocketAddr,
-    listen_any: bool,
-    lab_seed: LabSeed,
-    state: Option<PathBuf>,
-    faults: Option<PathBuf>,
-    latency: u64,
-    login: Option<(String, String)>,
-    out: &mut impl Write,
-) -> Result<u8, Failure> {
+pub fn lab(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8, Failure> {
+    let LabOptions {
+        listen,
+        listen_any,
+        seed: lab_seed,
+        state,
+        faults,
+        latency,
+        login,
+        windows_login,
+    } = options;
     let topology = Topology::load(file)?;
-    let credentials = match login {
-        None => None,
-        Some((user, var)) => Some((
-            user,
-            std::env::var(&var).map_err(|_| {
-                Failure::BadInput(format!(
-                    "error: --password-env {var}: the variable is not set"
-                ))
-            })?,
-        )),
-    };
+    let credentials = login
+        .map(|(user, var)| secret_from_env(&user, &var).map(|p| (user, p)))
+        .transpose()?;
+    let windows_login = windows_login
+        .map(|(user, var)| secret_from_env(&user, &var).map(|p| (user, p)))
+        .transpose()?;
     let faults = match faults {
         None => Faults::default(),
         Some(path) => Faults::load(&path).map_err(|e| Failure::BadInput(format!("error: {e}")))?,
@@ -429,6 +446,7 @@ pub fn lab(
             latency: Duration::from_millis(latency),
             faults,
             credentials,
+            windows_login,
             state_file: state,
         },
     )

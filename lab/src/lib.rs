@@ -14,6 +14,7 @@
 
 pub mod faults;
 pub mod model;
+pub mod ntlm;
 pub mod tds;
 
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +49,9 @@ pub struct LabConfig {
     pub faults: Faults,
     /// When set, SQL logins must match (error 18456 otherwise).
     pub credentials: Option<(String, String)>,
+    /// When set, Windows logins (NTLM) are accepted for this account, `DOMAIN\user`, with this
+    /// password; otherwise a Windows login gets error 18452.
+    pub windows_login: Option<(String, String)>,
     /// The whole state as JSON, written atomically after every mutation and loaded at start.
     pub state_file: Option<PathBuf>,
 }
@@ -348,18 +352,21 @@ impl Lab {
             // The closest a single listener gets to a refused connection: it closes at once.
             return Ok(());
         }
-        if let Some((user, password)) = &self.shared.config.credentials
-            && (login.integrated
-                || !login.user.eq_ignore_ascii_case(user)
-                || login.password != *password)
-        {
-            reply.error(
-                18456,
-                14,
-                &format!("Login failed for user '{}'.", login.user),
-                &server,
-                "",
-            );
+        let refused = if login.integrated {
+            self.windows_login(&login, &server, &mut rd, &mut wr, packet_size)
+                .await?
+        } else {
+            match &self.shared.config.credentials {
+                Some((user, password))
+                    if !login.user.eq_ignore_ascii_case(user) || login.password != *password =>
+                {
+                    Some((18456, format!("Login failed for user '{}'.", login.user)))
+                }
+                _ => None,
+            }
+        };
+        if let Some((number, message)) = refused {
+            reply.error(number, 14, &message, &server, "");
             reply.done(done::ERROR, None);
             tds::write_message(&mut wr, packet::REPLY, &reply.bytes, packet_size).await?;
             return Ok(());
@@ -386,6 +393,61 @@ impl Lab {
         reader.abort();
         let _ = wr.shutdown().await;
         result
+    }
+
+    /// The NTLM handshake of a Windows login: CHALLENGE out in an SSPI token, AUTHENTICATE in
+    /// (as an SSPI packet, or as a LOGIN7-typed one as tiberius sends it). `Some` is the refusal.
+    async fn windows_login(
+        &self,
+        login: &tds::Login,
+        server: &str,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        packet_size: usize,
+    ) -> Result<Option<(i32, String)>, tds::ProtocolError> {
+        let Some((account, password)) = &self.shared.config.windows_login else {
+            return Ok(Some((
+                18452,
+                "Login failed. The login is from an untrusted domain and cannot be used with Windows authentication.".into(),
+            )));
+        };
+        if login.sspi.is_empty() {
+            return Ok(Some((
+                18452,
+                "Login failed: no SSPI data in the login.".into(),
+            )));
+        }
+        let (domain, _) = account.split_once('\\').unwrap_or(("LAB", account));
+        let mut server_challenge = [0u8; 8];
+        fastrand::fill(&mut server_challenge);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // FILETIME: 100 ns since 1601.
+        let filetime = (now.as_secs() + 11_644_473_600) * 10_000_000;
+        let challenge = ntlm::challenge(server_challenge, domain, server, filetime);
+        let mut token = vec![0xED];
+        token.extend_from_slice(&u16::try_from(challenge.len()).unwrap_or(0).to_le_bytes());
+        token.extend_from_slice(&challenge);
+        tds::write_message(wr, packet::REPLY, &token, packet_size).await?;
+        let Some(answer) = tds::read_message(rd).await? else {
+            return Ok(Some((
+                18456,
+                "Login failed: the client left during NTLM.".into(),
+            )));
+        };
+        let auth = match ntlm::Authenticate::parse(&answer.payload) {
+            Ok(auth) => auth,
+            Err(e) => return Ok(Some((18456, format!("Login failed: {e}.")))),
+        };
+        let who = auth.who();
+        Ok(
+            if who.eq_ignore_ascii_case(account) && auth.proves(password, server_challenge) {
+                None
+            } else {
+                Some((18456, format!("Login failed for user '{who}'.")))
+            },
+        )
     }
 
     async fn serve_requests(

@@ -142,6 +142,10 @@ fn spawn_lab(dir: &std::path::Path, seed: &str, latency_ms: u64) -> (Child, Stri
             "wsus_repair",
             "--password-env",
             PASSWORD_VAR,
+            "--windows-user",
+            "CORP\\wsus_repair",
+            "--windows-password-env",
+            PASSWORD_VAR,
         ])
         .env(PASSWORD_VAR, PASSWORD)
         .current_dir(dir)
@@ -728,4 +732,43 @@ fn diagnose_with_the_topology_sets_log_and_database_evidence_side_by_side() {
         "json",
     ]);
     assert_eq!(after.status.code(), Some(0), "{}", text(&after));
+}
+
+#[test]
+fn a_windows_login_logs_in_over_ntlm_and_a_wrong_password_fails_that_server_only() {
+    // r2 logs in with a Windows account (NTLM through sspi-rs), the others with the SQL login.
+    let topology = TOPOLOGY.replace(
+        "    mode: replica\n    sql: { host: sql-r2.test.example }",
+        "    mode: replica\n    sql:\n      host: sql-r2.test.example\n      auth: { method: windows, user: 'CORP\\wsus_repair', password_env: WSUS_RESET_WINDOWS_PW }",
+    );
+    assert_ne!(
+        topology, TOPOLOGY,
+        "the test hierarchy changed: update this test"
+    );
+    let lab = LabProcess::start_with(&topology, "broken", "faults: []\n", 0);
+    let wrong = lab
+        .command(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "wrong"])
+        .env("WSUS_RESET_WINDOWS_PW", "not-the-password")
+        .output()
+        .expect("runs");
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    assert!(
+        text(&wrong).contains("18456") && text(&wrong).contains("CORP\\wsus_repair"),
+        "{}",
+        text(&wrong)
+    );
+    assert!(!text(&wrong).contains("not-the-password"));
+    assert!(calls(&lab.servers()["r2"]).is_empty());
+
+    let right = lab
+        .command(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "right"])
+        .env("WSUS_RESET_WINDOWS_PW", PASSWORD)
+        .output()
+        .expect("runs");
+    assert_eq!(right.status.code(), Some(0), "{}", text(&right));
+    let servers = lab.servers();
+    for name in servers.keys() {
+        assert_repaired(&servers, name);
+    }
+    assert_eq!(calls(&servers["r2"]), REPLICA_CALLS);
 }

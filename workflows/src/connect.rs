@@ -51,7 +51,7 @@ pub enum SettingsError {
         reason: String,
     },
     #[error(
-        "`auth.method: {0}` is not available in this build: use `method: sql` (SQL login), or run from Windows"
+        "`auth.method: {0}` is not available in this build: use `method: sql` (a SQL login) or, except on Windows builds, `method: windows` (NTLM with a user and a password source)"
     )]
     AuthUnavailable(&'static str),
     #[error("`sql.pipe` (a local named pipe) works only when run on that Windows server itself")]
@@ -105,6 +105,13 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
             let password = read_secret(user, password)?;
             config.authentication(AuthMethod::sql_server(user, password));
         }
+        #[cfg(unix)]
+        Auth::Windows { user, password } => {
+            // NTLM through sspi-rs; `user` is `DOMAIN\\user`.
+            let password = read_secret(user, password)?;
+            config.authentication(AuthMethod::windows(user, password));
+        }
+        #[cfg(not(unix))]
         Auth::Windows { .. } => return Err(SettingsError::AuthUnavailable("windows")),
         Auth::Integrated => return Err(SettingsError::AuthUnavailable("integrated")),
     }
