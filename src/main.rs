@@ -103,9 +103,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             conn,
         } => {
             let topology = Topology::load(&file)?;
-            let selection = topology
-                .select(&select.into())
-                .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            let selection = online::select(&topology, select)?;
             let plan = if online {
                 online::plan_online(&topology, &selection, &conn)?
             } else {
@@ -141,9 +139,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             select,
         } => {
             let topology = Topology::load(&file)?;
-            let selection = topology
-                .select(&select.into())
-                .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            let selection = online::select(&topology, select)?;
             std::fs::create_dir_all(&dir).map_err(|e| {
                 Failure::BadInput(format!("error: cannot create {}: {e}", dir.display()))
             })?;

@@ -39,10 +39,21 @@ fn connect_options(conn: &ConnArgs) -> ConnectOptions {
     }
 }
 
-fn select(topology: &Topology, select: SelectArgs) -> Result<Selection, Failure> {
+pub(crate) fn select(topology: &Topology, select: SelectArgs) -> Result<Selection, Failure> {
     topology
         .select(&select.into())
         .map_err(|e| Failure::BadInput(format!("error: {e}")))
+}
+
+fn select_all(topology: &Topology) -> Result<Selection, Failure> {
+    select(
+        topology,
+        SelectArgs {
+            only: Vec::new(),
+            with_downstream: false,
+            allow_partial: false,
+        },
+    )
 }
 
 /// Ctrl-C or SIGTERM once: stop starting servers, let steps in flight finish, run compensations.
@@ -539,14 +550,7 @@ pub fn rehearse(
         lab_login: Some(login),
         ..ConnectOptions::default()
     };
-    let selection = select(
-        &topology,
-        SelectArgs {
-            only: Vec::new(),
-            with_downstream: false,
-            allow_partial: false,
-        },
-    )?;
+    let selection = select_all(&topology)?;
     let before_lab = lab.snapshot();
     let before = rt.block_on(survey(&topology, &selection, &options, 16));
     let plan = Plan::online(&topology, &selection, &before);
@@ -640,14 +644,7 @@ pub fn diagnose(
     let mut evidence = Vec::new();
     let mut broken_servers: Vec<String> = Vec::new();
     if let Some(topology) = &topology {
-        let selection = select(
-            topology,
-            SelectArgs {
-                only: Vec::new(),
-                with_downstream: false,
-                allow_partial: false,
-            },
-        )?;
+        let selection = select_all(topology)?;
         let options = connect_options(conn);
         let rt = runtime()?;
         let surveyed = rt.block_on(survey(topology, &selection, &options, conn.probe_parallel));
@@ -694,14 +691,7 @@ pub fn diagnose(
     // the consistent servers in them alone.
     let tops: Vec<String> = match &topology {
         Some(t) => {
-            let all = select(
-                t,
-                SelectArgs {
-                    only: Vec::new(),
-                    with_downstream: false,
-                    allow_partial: false,
-                },
-            )?;
+            let all = select_all(t)?;
             let top_of = tops_of(t, &all);
             broken_servers
                 .iter()

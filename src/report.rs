@@ -143,15 +143,14 @@ fn status_words(status: &ServerStatus) -> (String, Option<String>) {
     }
 }
 
+/// The width of a SERVER column.
+fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(str::len).max().unwrap_or(0).max("SERVER".len())
+}
+
 /// The end-of-run table: one line per server, then the outcome and where the journal is.
 pub fn summary_table(report: &RunReport) -> String {
-    let width = report
-        .servers
-        .iter()
-        .map(|s| s.name.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let width = name_width(report.servers.iter().map(|s| s.name.as_str()));
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -186,12 +185,7 @@ pub fn summary_table(report: &RunReport) -> String {
 
 /// `verify`'s table.
 pub fn survey_table(surveyed: &[Surveyed]) -> String {
-    let width = surveyed
-        .iter()
-        .map(|s| s.server.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let width = name_width(surveyed.iter().map(|s| s.server.as_str()));
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -241,12 +235,7 @@ pub fn rehearsal_table(
     before_lab: &StateFile,
     after_lab: &StateFile,
 ) -> String {
-    let width = before
-        .iter()
-        .map(|s| s.server.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let width = name_width(before.iter().map(|s| s.server.as_str()));
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -455,7 +455,11 @@ fn a_saved_plan_is_refused_when_the_servers_or_the_topology_changed() {
     let lab = LabProcess::start("broken", "faults: []\n", 0);
     let plan = lab.run(&["plan", "hierarchy.yaml", "--online", "--out", "plan.json"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
-    assert!(text(&plan).contains("observed: BROKEN"), "{}", text(&plan));
+    assert!(
+        text(&plan).contains(": BROKEN: stale approval"),
+        "{}",
+        text(&plan)
+    );
 
     // Someone repairs hq by other means after the review.
     let elsewhere = lab.run(&[

@@ -287,6 +287,21 @@ pub async fn set_replica_mode(c: &mut Connection, replica: bool) -> Result<bool,
         .ok_or_else(|| DbError::permanent("ReplicaMode could not be read back"))
 }
 
+/// Runs a procedure call; its return status must be 0.
+async fn exec_checked(
+    c: &mut Connection,
+    cmd: Command<'_>,
+    procedure: &str,
+) -> Result<(), DbError> {
+    let code = cmd
+        .exec(c)
+        .await?
+        .into_command_result()
+        .await?
+        .return_code();
+    check_return(procedure, code)
+}
+
 fn check_return(procedure: &str, code: u32) -> Result<(), DbError> {
     if code == 0 {
         Ok(())
@@ -305,13 +320,7 @@ pub async fn decline(c: &mut Connection, update: &str, admin: &str) -> Result<()
     cmd.bind_param(procs::UPDATE_ID, uuid(update)?);
     cmd.bind_param(procs::ADMIN_NAME, admin.to_string());
     cmd.bind_param(procs::FAIL_IF_REPLICA, true);
-    let code = cmd
-        .exec(c)
-        .await?
-        .into_command_result()
-        .await?
-        .return_code();
-    check_return(procs::DECLINE_UPDATE, code)
+    exec_checked(c, cmd, procs::DECLINE_UPDATE).await
 }
 
 /// `spDeployUpdate` with "not approved / detect only" for All Computers on `revision`, which is
@@ -336,13 +345,7 @@ pub async fn approve_detect_only(
         procs::DEADLINE,
         Option::<tiberius::time::chrono::NaiveDateTime>::None,
     );
-    let code = cmd
-        .exec(c)
-        .await?
-        .into_command_result()
-        .await?
-        .return_code();
-    check_return(procs::DEPLOY_UPDATE, code)
+    exec_checked(c, cmd, procs::DEPLOY_UPDATE).await
 }
 
 /// Whether the approval of [`approve_detect_only`] is live on `revision`.

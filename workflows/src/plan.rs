@@ -86,7 +86,15 @@ impl Plan {
                     "WILL FAIL at probe, nothing changed: {}",
                     found.mismatches.join("; ")
                 ),
-                (None, true) => found.verdict.clone(),
+                (None, true) => match &found.observed {
+                    Some(o) => format!(
+                        "{}, SQL Server {}: {}",
+                        if o.replica { "replica" } else { "autonomous" },
+                        o.sql_version,
+                        found.verdict
+                    ),
+                    None => found.verdict.clone(),
+                },
             });
             if found.observed.is_some() && (!found.needs_repair || !found.mismatches.is_empty()) {
                 planned.steps = vec![Step::Probe];
