@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_util::compat::TokioAsyncWriteCompatExt;
 use topology::{Auth, Encrypt, SecretSource, Server};
 
-use crate::db::{Connection, DbError};
+use crate::db::{Connection, DbError, Transport};
 
 /// How connections are made, for every server of a run.
 #[derive(Debug, Clone)]
@@ -51,10 +51,12 @@ pub enum SettingsError {
         reason: String,
     },
     #[error(
-        "`auth.method: {0}` is not available in this build: use `method: sql` (a SQL login) or, except on Windows builds, `method: windows` (NTLM with a user and a password source)"
+        "`auth.method: {0}` works only when wsus-reset runs on Windows: use `method: sql` (a SQL login) or `method: windows` (NTLM with a user and a password source)"
     )]
     AuthUnavailable(&'static str),
-    #[error("`sql.pipe` (a local named pipe) works only when run on that Windows server itself")]
+    #[error(
+        "`sql.pipe` (a local named pipe) works only when wsus-reset runs on that Windows server itself: run it there, or use `export-sql` for this server"
+    )]
     PipeUnavailable,
     #[error(
         "--connect-via {0} is not a loopback address, and the server's `encrypt` is `danger-plaintext`: plaintext is allowed to a lab on loopback only"
@@ -66,7 +68,8 @@ pub enum SettingsError {
 /// secret lives only as long as a connection attempt.
 pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, SettingsError> {
     let sql = &server.sql;
-    if sql.pipe.is_some() && sql.host.is_none() {
+    let via_pipe = sql.pipe.is_some() && options.connect_via.is_none();
+    if via_pipe && !cfg!(windows) {
         return Err(SettingsError::PipeUnavailable);
     }
     let mut config = Config::new();
@@ -79,8 +82,9 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
     config.application_name("wsus-reset");
     let loopback_lab = options.connect_via.is_some_and(|a| a.ip().is_loopback());
     let encryption = match sql.encrypt {
-        // The lab speaks plaintext; a loopback socket never leaves the machine.
-        _ if loopback_lab => EncryptionLevel::NotSupported,
+        // The lab speaks plaintext; a loopback socket or a local pipe never leaves the machine
+        // (and WID has no certificate a client could validate).
+        _ if loopback_lab || via_pipe => EncryptionLevel::NotSupported,
         Encrypt::DangerPlaintext => match options.connect_via {
             Some(addr) => return Err(SettingsError::PlaintextOffLoopback(addr)),
             None => EncryptionLevel::NotSupported,
@@ -105,14 +109,15 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
             let password = read_secret(user, password)?;
             config.authentication(AuthMethod::sql_server(user, password));
         }
-        #[cfg(unix)]
         Auth::Windows { user, password } => {
-            // NTLM through sspi-rs; `user` is `DOMAIN\\user`.
+            // NTLM: through sspi-rs on Unix, through winauth on Windows; `user` is `DOMAIN\\user`.
             let password = read_secret(user, password)?;
             config.authentication(AuthMethod::windows(user, password));
         }
-        #[cfg(not(unix))]
-        Auth::Windows { .. } => return Err(SettingsError::AuthUnavailable("windows")),
+        // The process's own Windows identity (SSPI).
+        #[cfg(windows)]
+        Auth::Integrated => config.authentication(AuthMethod::Integrated),
+        #[cfg(not(windows))]
         Auth::Integrated => return Err(SettingsError::AuthUnavailable("integrated")),
     }
     Ok(config)
@@ -134,31 +139,65 @@ fn read_secret(user: &str, source: &SecretSource) -> Result<String, SettingsErro
     }
 }
 
+fn transient(message: String) -> DbError {
+    DbError {
+        transient: true,
+        code: None,
+        message,
+    }
+}
+
+/// The TCP connection: to `--connect-via`, through SQL Browser for a named instance, or to
+/// host:port.
+async fn tcp(
+    server: &Server,
+    config: &Config,
+    options: &ConnectOptions,
+) -> Result<Box<dyn Transport>, DbError> {
+    let tcp = match options.connect_via {
+        Some(addr) => TcpStream::connect(addr)
+            .await
+            .map_err(|e| transient(format!("cannot connect to {addr} (--connect-via): {e}")))?,
+        None if server.sql.instance.is_some() => TcpStream::connect_named(config).await?,
+        None => TcpStream::connect(config.get_addr())
+            .await
+            .map_err(|e| transient(format!("cannot connect to {}: {e}", config.get_addr())))?,
+    };
+    tcp.set_nodelay(true)
+        .map_err(|e| transient(e.to_string()))?;
+    Ok(Box::new(tcp))
+}
+
+/// A local named pipe (`\\.\pipe\MICROSOFT##WID\tsql\query`), waiting a little while every
+/// instance of it is busy.
+#[cfg(windows)]
+async fn pipe(name: &str) -> Result<Box<dyn Transport>, DbError> {
+    use tokio::net::windows::named_pipe::ClientOptions;
+    const ERROR_PIPE_BUSY: i32 = 231;
+    for _ in 0..50 {
+        match ClientOptions::new().open(name) {
+            Ok(pipe) => return Ok(Box::new(pipe)),
+            Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(transient(format!("cannot open pipe {name}: {e}"))),
+        }
+    }
+    Err(transient(format!("pipe {name} stayed busy")))
+}
+
 /// Opens and logs in, within the connect timeout.
 pub async fn connect(server: &Server, options: &ConnectOptions) -> Result<Connection, DbError> {
     let config = config(server, options).map_err(|e| DbError::permanent(e.to_string()))?;
     let attempt = async {
-        let tcp = match options.connect_via {
-            Some(addr) => TcpStream::connect(addr).await.map_err(|e| DbError {
-                transient: true,
-                code: None,
-                message: format!("cannot connect to {addr} (--connect-via): {e}"),
-            })?,
-            None if server.sql.instance.is_some() => TcpStream::connect_named(&config).await?,
-            None => TcpStream::connect(config.get_addr())
-                .await
-                .map_err(|e| DbError {
-                    transient: true,
-                    code: None,
-                    message: format!("cannot connect to {}: {e}", config.get_addr()),
-                })?,
+        #[cfg(windows)]
+        let stream = match (&server.sql.pipe, options.connect_via) {
+            (Some(name), None) => pipe(name).await?,
+            _ => tcp(server, &config, options).await?,
         };
-        tcp.set_nodelay(true).map_err(|e| DbError {
-            transient: true,
-            code: None,
-            message: e.to_string(),
-        })?;
-        Ok::<_, DbError>(Client::connect(config, tcp.compat_write()).await?)
+        #[cfg(not(windows))]
+        let stream = tcp(server, &config, options).await?;
+        Ok::<_, DbError>(Client::connect(config, stream.compat_write()).await?)
     };
     tokio::time::timeout(options.connect_timeout, attempt)
         .await
@@ -186,4 +225,51 @@ pub fn describe(server: &Server) -> String {
     text.push('/');
     text.push_str(&sql.database);
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(sql: &str) -> Server {
+        let yaml = format!("version: 1\nservers:\n  - name: wsus-a\n    sql: {sql}\n");
+        let t = topology::Topology::from_bytes("t.yaml", yaml.as_bytes())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        t.servers()[0].clone()
+    }
+
+    #[test]
+    fn a_missing_password_variable_is_named_and_nothing_else_is_said() {
+        let s = server(
+            "{ host: h, auth: { method: sql, user: u, password_env: WSUS_RESET_SURELY_UNSET_VAR } }",
+        );
+        let e = config(&s, &ConnectOptions::default())
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the password for `u` comes from environment variable WSUS_RESET_SURELY_UNSET_VAR, which is not set: export it before running"
+        );
+    }
+
+    #[cfg(not(windows))]
+    #[test]
+    fn windows_only_settings_are_refused_off_windows_with_the_way_out() {
+        let pipe = server(
+            r"{ pipe: '\\.\pipe\MICROSOFT##WID\tsql\query', auth: { method: sql, user: u, password_env: PATH } }",
+        );
+        let e = config(&pipe, &ConnectOptions::default())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().contains("export-sql"), "{e}");
+        let integrated = server("{ host: h, auth: { method: integrated } }");
+        let e = config(&integrated, &ConnectOptions::default())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("only when wsus-reset runs on Windows"),
+            "{e}"
+        );
+    }
 }

@@ -7,11 +7,21 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use susdb::{action, groups, procs, sql};
 use tiberius::{Client, Command, Row, Uuid};
-use tokio::net::TcpStream;
 use tokio_util::compat::Compat;
 
+/// What a connection runs over: TCP, or on Windows a local named pipe (WID, SSEE).
+pub trait Transport:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug
+{
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug> Transport
+    for T
+{
+}
+
 /// A connection to one server's SUSDB.
-pub type Connection = Client<Compat<TcpStream>>;
+pub type Connection = Client<Compat<Box<dyn Transport>>>;
 
 /// A failed database call, already sorted into worth-retrying or not.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
