@@ -160,7 +160,10 @@ fn cpu_time() -> (Duration, Duration) {
     // tpgid (8) is often -1, so fields are counted as words, not parsed as unsigned.
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |field: usize| {
-        let n: u64 = fields.get(field - 3).and_then(|f| f.parse().ok()).unwrap_or(0);
+        let n: u64 = fields
+            .get(field - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0);
         Duration::from_millis(n * 10)
     };
     (ticks(14), ticks(15))
