@@ -80,6 +80,21 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// Whether `append` waits for this record to be on disk: an intent, before its mutation is
+    /// sent, and the start and end of a run. Other records are held by the writer and written,
+    /// in order, with the next such record (or after a millisecond of quiet), so the facts a
+    /// mutation depends on are on disk before its intent returns; a lost outcome or finish is
+    /// recovered by observation on resume, as a crash between a mutation and its outcome always
+    /// was.
+    pub fn needs_sync(&self) -> bool {
+        matches!(
+            self,
+            Record::Intent { .. } | Record::RunStarted { .. } | Record::RunFinished { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepResult {
@@ -210,19 +225,24 @@ fn read_valid(path: &Path) -> Result<(Vec<Record>, u64), JournalError> {
     Ok((records, valid_len))
 }
 
-type Pending = (Record, oneshot::Sender<Result<(), String>>);
+/// A record (`None`: only a request to sync), and whom to tell once it is on disk (`None`: nobody
+/// waits, see [`Record::needs_sync`]).
+type Pending = (Option<Record>, Option<oneshot::Sender<Result<(), String>>>);
 
 /// Called after each record is on disk, with the count written so far. Tests use it to kill the
 /// process at a chosen journal boundary; it could also feed a replication of the audit log.
 pub type DurableHook = Box<dyn Fn(u64, &Record) + Send>;
 
-/// Appends records from any task. A writer thread batches records that arrive together into one
-/// write and one fsync (group commit), so hundreds of servers in flight do not queue behind one
-/// fsync each; every `append` still returns only once its record is on disk.
+/// Appends records from any task. A writer thread batches records into one write and one fsync
+/// (group commit), so hundreds of servers in flight do not queue behind one fsync each; an
+/// `append` of a record that [needs it](Record::needs_sync) returns only once the record, and
+/// every record before it, is on disk.
 #[derive(Debug, Clone)]
 pub struct Journal {
     path: PathBuf,
     tx: std_mpsc::Sender<Pending>,
+    /// Set by the writer after a failed write: later appends fail at once.
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Journal {
@@ -250,13 +270,16 @@ impl Journal {
         }
         let (tx, rx) = std_mpsc::channel::<Pending>();
         let thread_path = path.to_path_buf();
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer_failed = std::sync::Arc::clone(&failed);
         std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || writer(file, rx, hook, &thread_path))
+            .spawn(move || writer(file, rx, hook, &thread_path, &writer_failed))
             .map_err(write_err)?;
         Ok(Journal {
             path: path.to_path_buf(),
             tx,
+            failed,
         })
     }
 
@@ -264,11 +287,32 @@ impl Journal {
         &self.path
     }
 
-    /// Returns once the record is on disk.
+    /// Appends `record`; returns once it is on disk if it [needs to be](Record::needs_sync).
     pub async fn append(&self, record: Record) -> Result<(), JournalError> {
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(JournalError::Write {
+                path: self.path.clone(),
+                source: std::io::Error::other("an earlier write to the journal failed"),
+            });
+        }
+        if !record.needs_sync() {
+            return self
+                .tx
+                .send((Some(record), None))
+                .map_err(|_| JournalError::Closed);
+        }
+        self.wait_on_disk(Some(record)).await
+    }
+
+    /// Returns once every record appended so far is on disk.
+    pub async fn sync(&self) -> Result<(), JournalError> {
+        self.wait_on_disk(None).await
+    }
+
+    async fn wait_on_disk(&self, record: Option<Record>) -> Result<(), JournalError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send((record, done))
+            .send((record, Some(done)))
             .map_err(|_| JournalError::Closed)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
@@ -281,34 +325,66 @@ impl Journal {
     }
 }
 
-fn writer(mut file: File, rx: std_mpsc::Receiver<Pending>, hook: Option<DurableHook>, path: &Path) {
+fn writer(
+    mut file: File,
+    rx: std_mpsc::Receiver<Pending>,
+    hook: Option<DurableHook>,
+    path: &Path,
+    failed_flag: &std::sync::atomic::AtomicBool,
+) {
+    /// How long records nobody waits for may sit unwritten when nothing else comes.
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(1);
     let mut written = 0u64;
     let mut failed: Option<String> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
+    let mut held: Vec<Pending> = Vec::new();
+    loop {
+        // Gather: block for the next record, or wait a moment while some are held.
+        let (next, quiet) = if held.is_empty() {
+            (rx.recv().ok(), false)
+        } else {
+            match rx.recv_timeout(QUIET) {
+                Ok(p) => (Some(p), false),
+                Err(_) => (None, true), // quiet, or every sender gone
+            }
+        };
+        if next.is_none() && held.is_empty() {
+            return; // every sender gone, nothing held
+        }
+        held.extend(next);
+        held.extend(rx.try_iter());
+        let sync = held.iter().any(|(_, done)| done.is_some());
+        if !sync && !quiet && held.len() < 1024 {
+            continue;
+        }
+        let batch = std::mem::take(&mut held);
         let result = match &failed {
             // After a failed write the file's tail is unknown: refuse everything after it.
             Some(message) => Err(message.clone()),
             None => {
-                let bytes: Vec<u8> = batch.iter().flat_map(|(r, _)| encode(r)).collect();
+                let mut bytes = Vec::new();
+                for (record, _) in &batch {
+                    bytes.extend(record.iter().flat_map(encode));
+                }
                 file.write_all(&bytes)
-                    .and_then(|()| file.sync_data())
+                    .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
                     .map_err(|e| {
                         let message = format!("{}: {e}", path.display());
                         failed = Some(message.clone());
+                        failed_flag.store(true, std::sync::atomic::Ordering::SeqCst);
                         message
                     })
             }
         };
         for (record, done) in batch {
-            if result.is_ok() {
+            if let (Ok(()), Some(record)) = (&result, &record) {
                 written += 1;
                 if let Some(hook) = &hook {
-                    hook(written, &record);
+                    hook(written, record);
                 }
             }
-            let _ = done.send(result.clone());
+            if let Some(done) = done {
+                let _ = done.send(result.clone());
+            }
         }
     }
 }
@@ -554,6 +630,7 @@ mod tests {
         for r in &records[..3] {
             journal.append(r.clone()).await.unwrap();
         }
+        journal.sync().await.unwrap();
         drop(journal);
         // A crash in the middle of a record, then a new writer appends after it.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
@@ -573,5 +650,23 @@ mod tests {
         let replay = Replay::from_records(&read(&path).unwrap());
         assert!(!replay.is_unfinished());
         assert!(Replay::from_records(&sample()).is_unfinished());
+    }
+
+    #[tokio::test]
+    async fn an_intent_returns_only_with_every_earlier_record_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let records = sample();
+        let journal = Journal::open(&path, None).unwrap();
+        let intent = records
+            .iter()
+            .position(|r| matches!(r, Record::Intent { .. }))
+            .unwrap();
+        assert!(records[..intent].iter().any(|r| !r.needs_sync()));
+        for r in &records[..=intent] {
+            journal.append(r.clone()).await.unwrap();
+        }
+        // No waiting and no dropping the journal: the intent's return is the guarantee.
+        assert_eq!(read(&path).unwrap(), records[..=intent]);
     }
 }

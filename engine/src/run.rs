@@ -506,7 +506,10 @@ impl<W: Workflow> Walk<W> {
         } else {
             RunOutcome::Failed
         };
-        if !interrupts.abort.is_cancelled() {
+        if interrupts.abort.is_cancelled() {
+            // What the finished steps recorded goes to disk; the open ones stay open for resume.
+            self.journal.sync().await?;
+        } else {
             self.journal
                 .append(Record::RunFinished {
                     outcome,
