@@ -545,3 +545,44 @@ async fn the_state_file_is_written_after_every_mutation_and_loaded_at_start() {
         "the state was not loaded"
     );
 }
+
+async fn windows_login(r: &Running, account: &str, password: &str) -> tiberius::Result<()> {
+    let mut config = Config::new();
+    config.host("sql-hq.lab.example");
+    config.port(r.addr.port());
+    config.authentication(AuthMethod::windows(account, password));
+    config.encryption(EncryptionLevel::NotSupported);
+    let tcp = TcpStream::connect(r.addr).await.unwrap();
+    let mut client = Client::connect(config, tcp.compat_write()).await?;
+    client
+        .simple_query(sql::SERVER_VERSION)
+        .await?
+        .into_row()
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn windows_logins_are_checked_by_ntlm_and_refused_where_not_configured() {
+    let plain = start(with_login()).await;
+    let err = windows_login(&plain, "CORP\\repair", "pw")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(18452), "{err}");
+
+    let r = start(LabConfig {
+        windows_login: Some(("CORP\\repair".into(), "Corr3ct!".into())),
+        ..with_login()
+    })
+    .await;
+    windows_login(&r, "CORP\\repair", "Corr3ct!").await.unwrap();
+    let err = windows_login(&r, "CORP\\repair", "wrong")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(18456), "{err}");
+    assert!(err.to_string().contains("CORP\\repair"), "{err}");
+    let err = windows_login(&r, "CORP\\someone", "Corr3ct!")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(18456), "{err}");
+}

@@ -196,6 +196,16 @@ fn the_text_report_names_the_broken_servers_and_the_command_and_clean_logs_exit_
         said.contains("2 broken, 1 suspect, 1 other cause"),
         "{said}"
     );
+    // Each side keeps its own clock, labelled: the client logged 11:55 local for the fault the
+    // server logged at 10:55 UTC.
+    assert!(
+        said.contains("client PC-001: 0x8024400E 1 time(s), 2009-03-27 11:55:29:193 (local time)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("2009-03-27 10:55:29.193 to 2009-03-27 12:10:00.300 UTC"),
+        "{said}"
+    );
 
     let clean = diagnose(dir.path(), &["--client-log", "clients/PC-006.log"]);
     assert_eq!(clean.status.code(), Some(0), "{}", text(&clean));
