@@ -703,14 +703,10 @@ pub fn diagnose(
         None => Vec::new(),
     };
     let file = topology_file.map(|p| p.display().to_string());
-    let command = if topology.is_some() && !broken_servers.is_empty() {
-        let only: String = tops.iter().map(|t| format!(" --only {t}")).collect();
-        let file = file.as_deref().unwrap_or_default();
-        Some(format!(
-            "wsus-reset plan {file} --online{only} --with-downstream && wsus-reset apply {file}{only} --with-downstream"
-        ))
+    let command = if topology.is_some() {
+        (!broken_servers.is_empty()).then(|| diagnose::repair_command(file.as_deref(), &tops))
     } else {
-        diagnosis.repair_command(None, &[])
+        (!diagnosis.broken().is_empty()).then(|| diagnose::repair_command(None, &[]))
     };
     let text = match format {
         PlanFormat::Json => {

@@ -42,6 +42,22 @@ pub fn scan_server(name: String, reader: impl BufRead) -> std::io::Result<Server
     Ok(scanner.finish())
 }
 
+/// The command that repairs broken servers: `plan --online` to review, then `apply`, over the tree
+/// of each top server in `tops` (or the whole hierarchy). `apply` leaves consistent servers
+/// alone, so walking a broken server's whole tree from its top is both safe and top-down.
+pub fn repair_command(topology: Option<&str>, tops: &[String]) -> String {
+    let file = topology.unwrap_or("<topology.yaml>");
+    let only: String = tops.iter().map(|t| format!(" --only {t}")).collect();
+    let downstream = if tops.is_empty() {
+        ""
+    } else {
+        " --with-downstream"
+    };
+    format!(
+        "wsus-reset plan {file} --online{only}{downstream} && wsus-reset apply {file}{only}{downstream}"
+    )
+}
+
 /// The verdict on one WSUS server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -273,24 +289,6 @@ impl Diagnosis {
         self.servers
             .iter()
             .any(|s| matches!(s.verdict, Verdict::Broken | Verdict::Suspect))
-    }
-
-    /// The command that repairs the broken servers. `apply` leaves consistent servers alone, so
-    /// walking each broken server's whole tree from its top is both safe and top-down.
-    pub fn repair_command(&self, topology: Option<&str>, tops: &[String]) -> Option<String> {
-        if self.broken().is_empty() {
-            return None;
-        }
-        let file = topology.unwrap_or("<topology.yaml>");
-        let only: String = tops.iter().map(|t| format!(" --only {t}")).collect();
-        let downstream = if tops.is_empty() {
-            ""
-        } else {
-            " --with-downstream"
-        };
-        Some(format!(
-            "wsus-reset plan {file} --online{only}{downstream} && wsus-reset apply {file}{only}{downstream}"
-        ))
     }
 
     pub fn render_text(&self, command: Option<&str>) -> String {
