@@ -529,13 +529,7 @@ pub fn rehearse(
     };
     let rt = runtime()?;
     let (addr, stop) = rt.block_on(async {
-        let listener = bind(
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|_| Failure::BadInput("address".into()))?,
-            false,
-        )
-        .await?;
+        let listener = bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), false).await?;
         let addr = listener
             .local_addr()
             .map_err(|e| Failure::BadInput(format!("error: {e}")))?;

@@ -58,11 +58,11 @@ pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> 
                     "{} run {run_id}: {servers} servers, {parallel} at a time",
                     if resumed { "resuming" } else { "starting" }
                 )),
+                // A success's notes are in the summary table; a failure's reason was just said.
                 Event::ServerFinished {
                     server,
                     result,
                     duration,
-                    note,
                     ..
                 } => {
                     if let (Some((multi, _)), Some(line)) = (&bars, active.remove(&server)) {
@@ -77,8 +77,6 @@ pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> 
                         ServerResult::Failed => "FAILED",
                         ServerResult::Interrupted => "interrupted",
                     };
-                    // A success's notes are in the summary table; a failure's reason was just said.
-                    let _ = note;
                     print(format!(
                         "{result:<11} {server}  {} ms",
                         duration.as_millis()
