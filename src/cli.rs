@@ -141,9 +141,24 @@ pub enum Command {
         /// Address to listen on (port 0: any free port; the chosen one is printed).
         #[arg(long, default_value = "127.0.0.1:14330")]
         listen: SocketAddr,
-        /// Allow a listen address that is not loopback (the lab speaks plaintext).
+        /// Allow a listen address that is not loopback.
         #[arg(long)]
         listen_any: bool,
+        /// Encrypt with this certificate chain (PEM), as SQL Server does; plaintext without.
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "tls_key",
+            conflicts_with = "tls_generate"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Encrypt with a throwaway authority and a certificate for every host of the topology;
+        /// the authority is written to DIR/ca.pem for clients to trust.
+        #[arg(long, value_name = "DIR")]
+        tls_generate: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = LabSeed::Broken)]
         seed: LabSeed,
         /// Keep the whole lab state in this JSON file (loaded at start, written after each change
@@ -189,6 +204,10 @@ pub struct ConnArgs {
     /// server; plaintext only to a loopback address.
     #[arg(long, value_name = "ADDR")]
     pub connect_via: Option<SocketAddr>,
+    /// With --connect-via: keep each server's `encrypt` and validate the lab's certificate
+    /// against this authority (the `ca.pem` of `lab --tls-generate`).
+    #[arg(long, value_name = "FILE", requires = "connect_via")]
+    pub connect_via_ca: Option<PathBuf>,
     /// Seconds to wait for a connection and login.
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     pub connect_timeout: u64,

@@ -185,6 +185,9 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             file,
             listen,
             listen_any,
+            tls_cert,
+            tls_key,
+            tls_generate,
             seed,
             state,
             faults,
@@ -199,6 +202,11 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
                 online::LabOptions {
                     listen,
                     listen_any,
+                    tls: match (tls_cert.zip(tls_key), tls_generate) {
+                        (Some((cert, key)), _) => online::LabTls::Files { cert, key },
+                        (None, Some(dir)) => online::LabTls::Generate(dir),
+                        (None, None) => online::LabTls::None,
+                    },
                     seed,
                     state,
                     faults,

@@ -30,13 +30,22 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::BadInput(format!("error: cannot start the async runtime: {e}")))
 }
 
-fn connect_options(conn: &ConnArgs) -> ConnectOptions {
-    ConnectOptions {
+fn connect_options(conn: &ConnArgs) -> Result<ConnectOptions, Failure> {
+    if let Some(ca) = &conn.connect_via_ca
+        && let Err(e) = std::fs::metadata(ca)
+    {
+        return Err(Failure::BadInput(format!(
+            "error: --connect-via-ca {}: {e}",
+            ca.display()
+        )));
+    }
+    Ok(ConnectOptions {
         connect_via: conn.connect_via,
+        connect_via_ca: conn.connect_via_ca.clone(),
         connect_timeout: Duration::from_secs(conn.connect_timeout.max(1)),
         command_timeout: Duration::from_secs(conn.command_timeout.max(1)),
         lab_login: None,
-    }
+    })
 }
 
 pub(crate) fn select(topology: &Topology, select: SelectArgs) -> Result<Selection, Failure> {
@@ -109,7 +118,7 @@ pub fn plan_online(
     selection: &Selection,
     conn: &ConnArgs,
 ) -> Result<Plan, Failure> {
-    let options = connect_options(conn);
+    let options = connect_options(conn)?;
     let surveyed = runtime()?.block_on(survey(topology, selection, &options, conn.probe_parallel));
     Ok(Plan::online(topology, selection, &surveyed))
 }
@@ -228,7 +237,7 @@ pub fn apply(
         selection,
         plan,
     } = apply_input(input, select_args)?;
-    let options = connect_options(conn);
+    let options = connect_options(conn)?;
     let rt = runtime()?;
     if let Some(plan) = &plan
         && plan.is_online()
@@ -282,7 +291,7 @@ pub fn resume(run: &RunArgs, conn: &ConnArgs, out: &mut impl Write) -> Result<u8
         topology,
         selection,
         run,
-        connect_options(conn),
+        connect_options(conn)?,
         true,
     ))?;
     finish(&report, run.json, out)
@@ -365,7 +374,7 @@ pub fn verify(
 ) -> Result<u8, Failure> {
     let topology = Topology::load(file)?;
     let selection = select(&topology, select_args)?;
-    let options = connect_options(conn);
+    let options = connect_options(conn)?;
     let surveyed =
         runtime()?.block_on(survey(&topology, &selection, &options, conn.probe_parallel));
     let text = if json {
@@ -409,6 +418,7 @@ async fn bind(addr: std::net::SocketAddr, any: bool) -> Result<TcpListener, Fail
 pub struct LabOptions {
     pub listen: std::net::SocketAddr,
     pub listen_any: bool,
+    pub tls: LabTls,
     pub seed: LabSeed,
     pub state: Option<PathBuf>,
     pub faults: Option<PathBuf>,
@@ -417,6 +427,50 @@ pub struct LabOptions {
     pub login: Option<(String, String)>,
     /// Windows account (`DOMAIN\user`), and the variable holding its password.
     pub windows_login: Option<(String, String)>,
+}
+
+/// What the lab encrypts with.
+#[derive(Debug)]
+pub enum LabTls {
+    /// Plaintext.
+    None,
+    /// A certificate chain and its key, PEM files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A throwaway authority, written to DIR/ca.pem, and a certificate for every host.
+    Generate(PathBuf),
+}
+
+/// A throwaway authority and a certificate naming every host of `topology` (as its clients will
+/// validate it); the authority goes to `dir/ca.pem`, which is returned.
+fn generate_identity(
+    topology: &Topology,
+    dir: &Path,
+) -> Result<(susdb_lab::tls::Identity, PathBuf), Failure> {
+    let mut hosts: Vec<String> = topology
+        .servers()
+        .iter()
+        .filter_map(|s| s.sql.host.clone())
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let (identity, ca) = susdb_lab::tls::Identity::generate(&hosts)
+        .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    let path = dir.join("ca.pem");
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, ca))
+        .map_err(|e| Failure::BadInput(format!("error: cannot write {}: {e}", path.display())))?;
+    Ok((identity, path))
+}
+
+fn read_identity(cert: &Path, key: &Path) -> Result<susdb_lab::tls::Identity, Failure> {
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", path.display())))
+    };
+    Ok(susdb_lab::tls::Identity {
+        cert_chain_pem: read(cert)?,
+        key_pem: read(key)?,
+    })
 }
 
 fn secret_from_env(who: &str, var: &str) -> Result<String, Failure> {
@@ -432,6 +486,7 @@ pub fn lab(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8,
     let LabOptions {
         listen,
         listen_any,
+        tls,
         seed: lab_seed,
         state,
         faults,
@@ -450,6 +505,21 @@ pub fn lab(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8,
         None => Faults::default(),
         Some(path) => Faults::load(&path).map_err(|e| Failure::BadInput(format!("error: {e}")))?,
     };
+    let (tls, trust) = match tls {
+        LabTls::None => (None, String::new()),
+        LabTls::Files { cert, key } => (
+            Some(read_identity(&cert, &key)?),
+            format!("; TLS with {}", cert.display()),
+        ),
+        LabTls::Generate(dir) => {
+            let (identity, ca) = generate_identity(&topology, &dir)?;
+            let trust = format!(
+                "; TLS: clients trust {} (--connect-via-ca, or `ca_file`)",
+                ca.display()
+            );
+            (Some(identity), trust)
+        }
+    };
     let lab = Lab::new(
         &topology,
         LabConfig {
@@ -459,6 +529,7 @@ pub fn lab(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8,
             credentials,
             windows_login,
             state_file: state,
+            tls,
         },
     )
     .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
@@ -471,7 +542,7 @@ pub fn lab(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8,
         crate::emit(
             out,
             &format!(
-                "listening on {addr} ({} servers; connect with --connect-via {addr})\n",
+                "listening on {addr} ({} servers; connect with --connect-via {addr}{trust})\n",
                 topology.servers().len()
             ),
         )?;
@@ -508,25 +579,23 @@ pub fn rehearse(
         "wsus_rehearsal".to_string(),
         format!("rehearsal-{:016x}", fastrand::u64(..)),
     );
+    let temp = tempfile::tempdir()
+        .map_err(|e| Failure::BadInput(format!("error: temporary directory: {e}")))?;
+    // Encrypted as each server's `encrypt` says, its certificate validated against its host
+    // name: the production TLS path, with a throwaway authority in place of the real one.
+    let (identity, ca) = generate_identity(&topology, temp.path())?;
     let lab = Lab::new(
         &topology,
         LabConfig {
             seed: seed(lab_seed),
             latency: Duration::from_millis(latency),
             credentials: Some(login.clone()),
+            tls: Some(identity),
             ..LabConfig::default()
         },
     )
     .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
-    let temp;
-    let state_dir = match state_dir {
-        Some(dir) => dir,
-        None => {
-            temp = tempfile::tempdir()
-                .map_err(|e| Failure::BadInput(format!("error: temporary directory: {e}")))?;
-            temp.path().join("state")
-        }
-    };
+    let state_dir = state_dir.unwrap_or_else(|| temp.path().join("state"));
     let rt = runtime()?;
     let (addr, stop) = rt.block_on(async {
         let listener = bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), false).await?;
@@ -541,6 +610,7 @@ pub fn rehearse(
     })?;
     let options = ConnectOptions {
         connect_via: Some(addr),
+        connect_via_ca: Some(ca),
         lab_login: Some(login),
         ..ConnectOptions::default()
     };
@@ -552,7 +622,7 @@ pub fn rehearse(
         crate::emit(
             out,
             &format!(
-                "Rehearsal: lab on {addr}, seed {}, {} servers\n\n== Online plan (read-only probe) ==\n{}\n== Apply ==\n",
+                "Rehearsal: lab on {addr} (TLS as each server's `encrypt` says, certificates from a throwaway authority), seed {}, {} servers\n\n== Online plan (read-only probe) ==\n{}\n== Apply ==\n",
                 lab_seed.name(),
                 topology.servers().len(),
                 plan.render_text()
@@ -639,7 +709,7 @@ pub fn diagnose(
     let mut broken_servers: Vec<String> = Vec::new();
     if let Some(topology) = &topology {
         let selection = select_all(topology)?;
-        let options = connect_options(conn);
+        let options = connect_options(conn)?;
         let rt = runtime()?;
         let surveyed = rt.block_on(survey(topology, &selection, &options, conn.probe_parallel));
         for (found, &id) in surveyed.iter().zip(&selection.servers) {

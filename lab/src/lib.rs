@@ -10,12 +10,15 @@
 //!   topology, so one topology file describes production and lab), answers exactly the statements
 //!   of the `susdb` contract, and keeps the whole state in a JSON file if asked.
 //!
-//! The lab speaks plaintext only (PRELOGIN answers ENCRYPT_NOT_SUP): it listens on loopback.
+//! Given a certificate ([`tls`]), the lab encrypts as SQL Server does (TDS 7.x TLS inside
+//! PRELOGIN, login-only encryption, TDS 8.0 strict); without one it answers ENCRYPT_NOT_SUP and
+//! speaks plaintext, which is why it listens on loopback.
 
 pub mod faults;
 pub mod model;
 pub mod ntlm;
 pub mod tds;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -24,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +57,8 @@ pub struct LabConfig {
     pub windows_login: Option<(String, String)>,
     /// The whole state as JSON, written atomically after every mutation and loaded at start.
     pub state_file: Option<PathBuf>,
+    /// The certificate and key to encrypt with; plaintext only without one.
+    pub tls: Option<tls::Identity>,
 }
 
 /// The lab's whole state, as written to `--state`.
@@ -81,6 +86,8 @@ pub enum LabError {
     },
     #[error("listener: {0}")]
     Listen(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Where a connection's LOGIN7 can lead: the server's name, found by host, instance and database.
@@ -107,6 +114,7 @@ struct Shared {
     inner: Mutex<Inner>,
     saving: Mutex<()>,
     next_connection: AtomicU64,
+    tls: Option<tls::Acceptors>,
 }
 
 /// A running lab's handle: cheap to clone.
@@ -168,8 +176,10 @@ impl Lab {
                 database: s.sql.database.to_ascii_lowercase(),
             })
             .collect();
+        let tls = config.tls.as_ref().map(tls::Acceptors::new).transpose()?;
         let lab = Lab {
             shared: Arc::new(Shared {
+                tls,
                 config,
                 routes,
                 inner: Mutex::new(Inner {
@@ -301,6 +311,23 @@ impl Lab {
     }
 
     async fn session(&self, stream: TcpStream, id: u64) -> Result<(), tds::ProtocolError> {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await? == 0 {
+            return Ok(());
+        }
+        // A TLS record first (content type 22, handshake): a TDS 8.0 ("strict") client.
+        if first[0] == 0x16 {
+            let Some(acceptors) = &self.shared.tls else {
+                return Err(tds::ProtocolError::Malformed(
+                    "a TDS 8.0 (strict) client, but the lab has no certificate (--tls-cert)".into(),
+                ));
+            };
+            let (mut rd, wr) = tokio::io::split(acceptors.strict.accept(stream).await?);
+            let Some(prelogin) = tds::read_message(&mut rd).await? else {
+                return Ok(());
+            };
+            return self.prelogin(rd, wr, prelogin, id).await;
+        }
         let (mut rd, mut wr) = stream.into_split();
         let Some(first) = tds::read_message(&mut rd).await? else {
             return Ok(());
@@ -309,14 +336,85 @@ impl Lab {
             return Err(tds::ProtocolError::Malformed("expected PRELOGIN".into()));
         }
         let prelogin = tds::parse_prelogin(&first.payload)?;
-        tds::write_message(&mut wr, packet::REPLY, &tds::prelogin_reply(), 4096).await?;
-        let Some(login) = tds::read_message(&mut rd).await? else {
+        // As SQL Server without ForceEncryption: the client's wish, if there is a certificate.
+        let encryption = match (&self.shared.tls, prelogin.encryption) {
+            (None, _) | (Some(_), tds::encrypt::NOT_SUP) => tds::encrypt::NOT_SUP,
+            (Some(_), tds::encrypt::OFF) => tds::encrypt::OFF,
+            (Some(_), _) => tds::encrypt::ON,
+        };
+        tds::write_message(
+            &mut wr,
+            packet::REPLY,
+            &tds::prelogin_reply(encryption),
+            4096,
+        )
+        .await?;
+        let acceptor = match &self.shared.tls {
+            Some(acceptors) if encryption != tds::encrypt::NOT_SUP => acceptors.tds7.clone(),
+            _ => return self.login(rd, wr, &prelogin, None, id).await,
+        };
+        let stream = rd
+            .reunite(wr)
+            .map_err(|e| tds::ProtocolError::Malformed(e.to_string()))?;
+        let mut tls = acceptor.accept(tls::PreloginFramed::new(stream)).await?;
+        tls.get_mut().0.handshake_done();
+        if encryption == tds::encrypt::ON {
+            let (rd, wr) = tokio::io::split(tls);
+            return self.login(rd, wr, &prelogin, None, id).await;
+        }
+        // ENCRYPT_OFF: only LOGIN7 is encrypted, everything after it is plaintext again.
+        let login = tds::read_message(&mut tls).await?;
+        let (framed, _) = tls.into_inner();
+        let (rd, wr) = framed.into_inner().into_split();
+        self.login(rd, wr, &prelogin, Some(login), id).await
+    }
+
+    /// PRELOGIN inside TDS 8.0's TLS: encryption is already on, whatever the client says.
+    async fn prelogin<R, W>(
+        &self,
+        rd: R,
+        mut wr: W,
+        first: Message,
+        id: u64,
+    ) -> Result<(), tds::ProtocolError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send,
+    {
+        if first.kind != packet::PRELOGIN {
+            return Err(tds::ProtocolError::Malformed("expected PRELOGIN".into()));
+        }
+        let prelogin = tds::parse_prelogin(&first.payload)?;
+        let reply = tds::prelogin_reply(tds::encrypt::ON);
+        tds::write_message(&mut wr, packet::REPLY, &reply, 4096).await?;
+        self.login(rd, wr, &prelogin, None, id).await
+    }
+
+    /// LOGIN7 (read here unless `login` already holds it), authentication, then the requests.
+    async fn login<R, W>(
+        &self,
+        mut rd: R,
+        mut wr: W,
+        prelogin: &tds::Prelogin,
+        login: Option<Option<Message>>,
+        id: u64,
+    ) -> Result<(), tds::ProtocolError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let login = match login {
+            Some(login) => login,
+            None => tds::read_message(&mut rd).await?,
+        };
+        let Some(login) = login else {
             return Ok(());
         };
         if login.kind != packet::LOGIN7 {
-            return Err(tds::ProtocolError::Malformed(
-                "expected LOGIN7 (the lab does not speak TLS)".into(),
-            ));
+            return Err(tds::ProtocolError::Malformed(format!(
+                "expected LOGIN7, got packet type {:#04x}",
+                login.kind
+            )));
         }
         let login = tds::parse_login(&login.payload)?;
         let packet_size = usize::try_from(login.packet_size)
@@ -401,8 +499,8 @@ impl Lab {
         &self,
         login: &tds::Login,
         server: &str,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
-        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        rd: &mut (impl AsyncRead + Unpin),
+        wr: &mut (impl AsyncWrite + Unpin),
         packet_size: usize,
     ) -> Result<Option<(i32, String)>, tds::ProtocolError> {
         let Some((account, password)) = &self.shared.config.windows_login else {
@@ -455,7 +553,7 @@ impl Lab {
         server: &str,
         connection: u64,
         rx: &mut mpsc::Receiver<Message>,
-        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        wr: &mut (impl AsyncWrite + Unpin),
         packet_size: usize,
     ) -> Result<(), tds::ProtocolError> {
         while let Some(message) = rx.recv().await {

@@ -235,13 +235,20 @@ pub fn parse_prelogin(payload: &[u8]) -> Result<Prelogin, ProtocolError> {
     }
 }
 
-/// The PRELOGIN reply: version, ENCRYPT_NOT_SUP (the lab speaks plaintext only), no instance,
-/// no thread id, no MARS.
-pub fn prelogin_reply() -> Vec<u8> {
+/// PRELOGIN ENCRYPTION values.
+pub mod encrypt {
+    /// Only LOGIN7 is encrypted.
+    pub const OFF: u8 = 0x00;
+    pub const ON: u8 = 0x01;
+    pub const NOT_SUP: u8 = 0x02;
+}
+
+/// The PRELOGIN reply: version, `encryption`, no instance, no thread id, no MARS.
+pub fn prelogin_reply(encryption: u8) -> Vec<u8> {
     // (token, data); offsets are computed after the option table (5 bytes per option + 0xFF).
     let options: [(u8, &[u8]); 5] = [
         (0x00, &[16, 0, 0x10, 0x00, 0, 0]), // VERSION 16.0.4096, sub-build 0
-        (0x01, &[0x02]),                    // ENCRYPTION: NOT_SUP
+        (0x01, &[encryption]),              // ENCRYPTION
         (0x02, &[0x00]),                    // INSTOPT: empty, accepted
         (0x03, &[]),                        // THREADID
         (0x04, &[0x00]),                    // MARS off

@@ -4,3 +4,4 @@ mod diagnose;
 mod offline;
 mod repair;
 mod third_party;
+mod tls;

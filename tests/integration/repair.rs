@@ -13,7 +13,7 @@ pub(crate) const PASSWORD: &str = "s3cret-Lab-Pw";
 const PASSWORD_VAR: &str = "WSUS_RESET_TEST_PW";
 
 /// hq (top) -> r1 (autonomous) -> r1a (replica); hq -> r2 (replica) -> r2a (replica), r2b.
-const TOPOLOGY: &str = "\
+pub(crate) const TOPOLOGY: &str = "\
 version: 1
 defaults:
   sql:
@@ -48,6 +48,8 @@ pub(crate) struct LabProcess {
     child: Child,
     pub(crate) addr: String,
     dir: tempfile::TempDir,
+    /// Arguments added to `wsus-reset lab`, kept for a restart.
+    extra: Vec<String>,
 }
 
 impl Drop for LabProcess {
@@ -68,18 +70,46 @@ impl LabProcess {
         faults: &str,
         latency_ms: u64,
     ) -> LabProcess {
+        Self::start_extra(topology, seed, faults, latency_ms, &[])
+    }
+
+    /// A lab with a throwaway authority's certificate for every host; the authority is `tls/ca.pem`
+    /// in the scratch directory.
+    pub(crate) fn start_tls(topology: &str, seed: &str) -> LabProcess {
+        Self::start_extra(
+            topology,
+            seed,
+            "faults: []\n",
+            0,
+            &["--tls-generate", "tls"],
+        )
+    }
+
+    fn start_extra(
+        topology: &str,
+        seed: &str,
+        faults: &str,
+        latency_ms: u64,
+        extra: &[&str],
+    ) -> LabProcess {
         let dir = tempfile::tempdir().expect("a scratch directory");
         std::fs::write(dir.path().join("hierarchy.yaml"), topology).expect("topology written");
         std::fs::write(dir.path().join("faults.yaml"), faults).expect("faults written");
-        let (child, addr) = spawn_lab(dir.path(), seed, latency_ms);
-        LabProcess { child, addr, dir }
+        let extra: Vec<String> = extra.iter().map(ToString::to_string).collect();
+        let (child, addr) = spawn_lab(dir.path(), seed, latency_ms, &extra);
+        LabProcess {
+            child,
+            addr,
+            dir,
+            extra,
+        }
     }
 
     /// Kills the lab with SIGKILL and starts a new one on the same state file.
     fn kill_and_restart(mut self) -> LabProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr) = spawn_lab(self.dir.path(), "healthy", 0);
+        let (child, addr) = spawn_lab(self.dir.path(), "healthy", 0, &self.extra);
         self.child = child;
         self.addr = addr;
         self
@@ -90,10 +120,16 @@ impl LabProcess {
     }
 
     /// `wsus-reset ARGS --connect-via ADDR`, in the scratch directory.
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.direct(args);
+        cmd.args(["--connect-via", &self.addr]);
+        cmd
+    }
+
+    /// `wsus-reset ARGS`, in the scratch directory, each server reached at its own address.
+    pub(crate) fn direct(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsus-reset"));
         cmd.args(args)
-            .args(["--connect-via", &self.addr])
             .env(PASSWORD_VAR, PASSWORD)
             .env_remove("RUST_LOG")
             .current_dir(self.dir.path())
@@ -123,7 +159,12 @@ impl LabProcess {
 }
 
 /// `wsus-reset lab` in `dir` on a free loopback port; returns once it says where it listens.
-fn spawn_lab(dir: &std::path::Path, seed: &str, latency_ms: u64) -> (Child, String) {
+fn spawn_lab(
+    dir: &std::path::Path,
+    seed: &str,
+    latency_ms: u64,
+    extra: &[String],
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wsus-reset"))
         .args([
             "lab",
@@ -147,6 +188,7 @@ fn spawn_lab(dir: &std::path::Path, seed: &str, latency_ms: u64) -> (Child, Stri
             "--windows-password-env",
             PASSWORD_VAR,
         ])
+        .args(extra)
         .env(PASSWORD_VAR, PASSWORD)
         .current_dir(dir)
         .stdout(Stdio::piped())
@@ -189,7 +231,7 @@ pub(crate) fn calls(server: &Value) -> Vec<String> {
         .collect()
 }
 
-fn assert_repaired(servers: &serde_json::Map<String, Value>, name: &str) {
+pub(crate) fn assert_repaired(servers: &serde_json::Map<String, Value>, name: &str) {
     let s = &servers[name];
     assert_eq!(
         s["client_sync_ok"], true,
@@ -205,7 +247,7 @@ fn assert_repaired(servers: &serde_json::Map<String, Value>, name: &str) {
     );
 }
 
-const REPLICA_CALLS: &[&str] = &[
+pub(crate) const REPLICA_CALLS: &[&str] = &[
     "set-replica-mode=false",
     "spDeclineUpdate",
     "spDeployUpdate",

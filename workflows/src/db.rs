@@ -74,6 +74,25 @@ impl From<tiberius::error::Error> for DbError {
                     ),
                 }
             }
+            E::Protocol(text) if text.contains("requested encryption level") => DbError::permanent(
+                "the server does not offer the encryption the topology asks for (`encrypt`): give \
+                 SQL Server a certificate, or lower `encrypt` to `off` (only the login encrypted)",
+            ),
+            E::Tls(text) if text.contains("certificate was rejected") => {
+                // tiberius's advice names its own API; say it in topology terms.
+                let reason = text
+                    .split_once("handshake: ")
+                    .map_or(text.as_ref(), |(_, rest)| rest);
+                let reason = reason
+                    .split_once(". ")
+                    .map_or(reason, |(first, _)| first)
+                    .trim_end_matches('.');
+                DbError::permanent(format!(
+                    "TLS: the server's certificate was rejected ({reason}): name the authority \
+                     that issued it in `ca_file`, or reach the server by a name its certificate \
+                     holds; `trust_cert: true` skips validation (only on a network you trust)"
+                ))
+            }
             E::Io { .. } | E::Protocol(_) => DbError {
                 transient: true,
                 code: None,
@@ -397,4 +416,28 @@ pub async fn key_objects(c: &mut Connection, key: i32) -> Result<Vec<String>, Db
         .iter()
         .filter_map(|row| row.try_get::<&str, _>(0).ok().flatten().map(str::to_string))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encryption_refusals_are_permanent_and_say_what_to_change_in_the_topology() {
+        // The texts tiberius 0.13 uses.
+        let refused = DbError::from(tiberius::error::Error::Protocol(
+            "Server does not allow the requested encryption level.".into(),
+        ));
+        assert!(!refused.transient);
+        assert!(refused.message.contains("`encrypt`"), "{refused}");
+        let rejected = DbError::from(tiberius::error::Error::Tls(
+            "the server's certificate was rejected during the TLS handshake: UnknownIssuer. To connect anyway you can: (1) trust ..."
+                .into(),
+        ));
+        assert!(!rejected.transient);
+        assert_eq!(
+            rejected.message,
+            "TLS: the server's certificate was rejected (UnknownIssuer): name the authority that issued it in `ca_file`, or reach the server by a name its certificate holds; `trust_cert: true` skips validation (only on a network you trust)"
+        );
+    }
 }

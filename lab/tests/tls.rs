@@ -1,0 +1,235 @@
+//! Encryption against the lab, through tiberius's own TLS and certificate validation: every
+//! level a topology can ask for, what goes over the wire in each, and the refusals.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use susdb::sql;
+use susdb_lab::tls::Identity;
+use susdb_lab::{Lab, LabConfig};
+use tiberius::{AuthMethod, Client, Config, EncryptionLevel};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::compat::TokioAsyncWriteCompatExt;
+use tokio_util::sync::CancellationToken;
+use topology::Topology;
+
+const TOPOLOGY: &str = "\
+version: 1
+servers:
+  - name: wsus-hq
+    sql: { host: sql-hq.lab.example }
+  - name: wsus-branch
+    upstream: wsus-hq
+    mode: replica
+    sql: { host: sql-branch.lab.example }
+";
+const USER: &str = "wsus_repair";
+const PASSWORD: &str = "s3cret!";
+
+struct Running {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+    /// The throwaway CA the lab's certificate chains to, as a file for `trust_cert_ca`.
+    ca_file: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A lab whose certificate names only `sql-hq.lab.example`, or none at all.
+async fn start(with_certificate: bool) -> Running {
+    let topology = Topology::from_bytes("lab.yaml", TOPOLOGY.as_bytes()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    let tls = if with_certificate {
+        let (identity, ca) = Identity::generate(&["sql-hq.lab.example".into()]).unwrap();
+        std::fs::write(&ca_file, ca).unwrap();
+        Some(identity)
+    } else {
+        None
+    };
+    let config = LabConfig {
+        credentials: Some((USER.into(), PASSWORD.into())),
+        tls,
+        ..LabConfig::default()
+    };
+    let lab = Lab::new(&topology, config).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move { lab.serve(listener, token).await });
+    Running {
+        addr,
+        stop,
+        ca_file: ca_file.to_string_lossy().into_owned(),
+        _dir: dir,
+    }
+}
+
+fn config(host: &str, encryption: EncryptionLevel, ca_file: Option<&str>) -> Config {
+    let mut config = Config::new();
+    config.host(host);
+    config.database("SUSDB");
+    config.authentication(AuthMethod::sql_server(USER, PASSWORD));
+    config.encryption(encryption);
+    if let Some(ca) = ca_file {
+        config.trust_cert_ca(ca);
+    }
+    config
+}
+
+/// Logs in through `to` and asks the server's version: the answer, or the error's text.
+async fn version(to: SocketAddr, config: Config) -> Result<String, String> {
+    let tcp = TcpStream::connect(to).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut client = Client::connect(config, tcp.compat_write())
+        .await
+        .map_err(|e| e.to_string())?;
+    let row = client
+        .simple_query(sql::SERVER_VERSION)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_row()
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap();
+    Ok(row.try_get::<&str, _>(0).unwrap().unwrap().to_string())
+}
+
+/// A loopback relay to `to` that keeps every byte the client sent: the wire, as an observer on
+/// the network would see it. Each relayed connection ends when either side closes.
+async fn tap(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(to).await.unwrap();
+            let (mut client_rd, mut client_wr) = client.into_split();
+            let (mut server_rd, mut server_wr) = server.into_split();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = client_rd.read(&mut buf).await {
+                    if n == 0 || server_wr.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = server_wr.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_rd, &mut client_wr).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn utf16(text: &str) -> Vec<u8> {
+    text.encode_utf16().flat_map(u16::to_le_bytes).collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+const HQ: &str = "sql-hq.lab.example";
+
+#[tokio::test]
+async fn every_encryption_level_logs_in_with_the_certificate_validated() {
+    let r = start(true).await;
+    for level in [
+        EncryptionLevel::Required,
+        EncryptionLevel::On,
+        EncryptionLevel::Off,
+        EncryptionLevel::Strict,
+        EncryptionLevel::NotSupported,
+    ] {
+        let answer = version(r.addr, config(HQ, level, Some(&r.ca_file))).await;
+        assert_eq!(answer.as_deref(), Ok("9.00.4035.00"), "{level:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_observer_sees_nothing_of_an_encrypted_session_and_only_the_queries_of_login_only_encryption()
+ {
+    let r = start(true).await;
+    let login_name = utf16(USER);
+    let query = utf16(sql::SERVER_VERSION);
+    for (level, login_visible, query_visible) in [
+        (EncryptionLevel::NotSupported, true, true),
+        (EncryptionLevel::Off, false, true),
+        (EncryptionLevel::Required, false, false),
+        (EncryptionLevel::Strict, false, false),
+    ] {
+        let (via, seen) = tap(r.addr).await;
+        version(via, config(HQ, level, Some(&r.ca_file)))
+            .await
+            .unwrap();
+        let wire = seen.lock().unwrap().clone();
+        assert_eq!(
+            contains(&wire, &login_name),
+            login_visible,
+            "{level:?}: login"
+        );
+        assert_eq!(contains(&wire, &query), query_visible, "{level:?}: query");
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_authority_or_for_another_name_is_refused() {
+    let r = start(true).await;
+    let other = start(true).await;
+    for level in [EncryptionLevel::Required, EncryptionLevel::Strict] {
+        let e = version(r.addr, config(HQ, level, Some(&other.ca_file)))
+            .await
+            .unwrap_err();
+        assert!(e.contains("certificate"), "{level:?}: {e}");
+        // The lab's certificate names sql-hq only.
+        let e = version(
+            r.addr,
+            config("sql-branch.lab.example", level, Some(&r.ca_file)),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("certificate"), "{level:?}: {e}");
+    }
+    // Trusting blindly (`trust_cert`) gets through both.
+    let mut blind = config("sql-branch.lab.example", EncryptionLevel::Required, None);
+    blind.trust_cert();
+    assert!(version(r.addr, blind).await.is_ok());
+}
+
+#[tokio::test]
+async fn without_a_certificate_the_lab_refuses_encryption_and_a_client_requiring_it_stops() {
+    let r = start(false).await;
+    let e = version(r.addr, config(HQ, EncryptionLevel::Required, None))
+        .await
+        .unwrap_err();
+    assert!(e.contains("encryption"), "{e}");
+    let plain = version(r.addr, config(HQ, EncryptionLevel::NotSupported, None)).await;
+    assert_eq!(plain.as_deref(), Ok("9.00.4035.00"));
+}
+
+#[test]
+fn a_certificate_that_is_not_pem_is_refused_with_what_is_wrong() {
+    let e = susdb_lab::tls::Acceptors::new(&Identity {
+        cert_chain_pem: b"not a certificate".to_vec(),
+        key_pem: Vec::new(),
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+}
