@@ -157,10 +157,17 @@ pub enum JournalError {
     Closed,
 }
 
-fn encode(record: &Record) -> Vec<u8> {
-    // Serializing this enum cannot fail: every field is a string, number, map or enum.
-    let json = serde_json::to_string(record).unwrap_or_default();
-    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes())).into_bytes()
+/// Appends `record` as one journal line: `crc32-hex json\n`.
+fn encode_into(record: &Record, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(b"00000000 ");
+    // Serializing this enum into memory cannot fail: every field is a string, number, map or
+    // enum.
+    let _ = serde_json::to_writer(&mut *out, record);
+    let crc = crc32fast::hash(&out[start + 9..]);
+    let hex = format!("{crc:08x}");
+    out[start..start + 8].copy_from_slice(hex.as_bytes());
+    out.push(b'\n');
 }
 
 fn decode(line: &str) -> Result<Record, String> {
@@ -337,6 +344,7 @@ fn writer(
     let mut written = 0u64;
     let mut failed: Option<String> = None;
     let mut held: Vec<Pending> = Vec::new();
+    let mut bytes = Vec::new();
     loop {
         // Gather: block for the next record, or wait a moment while some are held.
         let (next, quiet) = if held.is_empty() {
@@ -361,9 +369,11 @@ fn writer(
             // After a failed write the file's tail is unknown: refuse everything after it.
             Some(message) => Err(message.clone()),
             None => {
-                let mut bytes = Vec::new();
+                bytes.clear();
                 for (record, _) in &batch {
-                    bytes.extend(record.iter().flat_map(encode));
+                    if let Some(record) = record {
+                        encode_into(record, &mut bytes);
+                    }
                 }
                 file.write_all(&bytes)
                     .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
@@ -570,7 +580,10 @@ mod tests {
     }
 
     fn write_all(path: &Path, records: &[Record]) -> Vec<u8> {
-        let bytes: Vec<u8> = records.iter().flat_map(encode).collect();
+        let mut bytes = Vec::new();
+        for record in records {
+            encode_into(record, &mut bytes);
+        }
         std::fs::write(path, &bytes).unwrap();
         bytes
     }

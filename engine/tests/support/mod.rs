@@ -71,7 +71,9 @@ impl Store {
                     .append(true)
                     .open(dir.join(server))
                     .unwrap();
-                writeln!(f, "{step}").unwrap();
+                // One write: an effect on a server is all or nothing, and `writeln!` may issue
+                // the number and the newline as two writes, with a SIGKILL between them.
+                f.write_all(format!("{step}\n").as_bytes()).unwrap();
                 f.sync_data().unwrap();
             }
         }
