@@ -144,6 +144,10 @@ pub enum Command {
         /// Allow a listen address that is not loopback.
         #[arg(long)]
         listen_any: bool,
+        /// Windows only: serve this local named pipe instead of TCP, as WID and SSEE do
+        /// (`\\.\pipe\MICROSOFT##WID\tsql\query`); plaintext.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["listen_any", "tls_cert", "tls_generate"])]
+        listen_pipe: Option<String>,
         /// Encrypt with this certificate chain (PEM), as SQL Server does; plaintext without.
         #[arg(
             long,

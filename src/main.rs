@@ -185,6 +185,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             file,
             listen,
             listen_any,
+            listen_pipe,
             tls_cert,
             tls_key,
             tls_generate,
@@ -202,6 +203,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
                 online::LabOptions {
                     listen,
                     listen_any,
+                    listen_pipe,
                     tls: match (tls_cert.zip(tls_key), tls_generate) {
                         (Some((cert, key)), _) => online::LabTls::Files { cert, key },
                         (None, Some(dir)) => online::LabTls::Generate(dir),

@@ -418,6 +418,8 @@ async fn bind(addr: std::net::SocketAddr, any: bool) -> Result<TcpListener, Fail
 pub struct LabOptions {
     pub listen: std::net::SocketAddr,
     pub listen_any: bool,
+    /// A local named pipe to serve instead of TCP (Windows).
+    pub listen_pipe: Option<String>,
     pub tls: LabTls,
     pub seed: LabSeed,
     pub state: Option<PathBuf>,
@@ -486,6 +488,7 @@ pub fn lab(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8,
     let LabOptions {
         listen,
         listen_any,
+        listen_pipe,
         tls,
         seed: lab_seed,
         state,
@@ -535,26 +538,45 @@ pub fn lab(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8,
     .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let listener = bind(listen, listen_any).await?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
-        crate::emit(
-            out,
-            &format!(
-                "listening on {addr} ({} servers; connect with --connect-via {addr}{trust})\n",
-                topology.servers().len()
-            ),
-        )?;
         let stop = CancellationToken::new();
-        let serving = {
-            let stop = stop.clone();
-            let lab = lab.clone();
-            tokio::spawn(async move { lab.serve(listener, stop).await })
+        let servers = topology.servers().len();
+        let mut serving = match listen_pipe {
+            #[cfg(windows)]
+            Some(name) => {
+                crate::emit(out, &format!("listening on pipe {name} ({servers} servers)\n"))?;
+                let (lab, stop) = (lab.clone(), stop.clone());
+                tokio::spawn(async move { lab.serve_pipe(&name, stop).await })
+            }
+            #[cfg(not(windows))]
+            Some(_) => {
+                return Err(Failure::BadInput(
+                    "error: --listen-pipe works only on Windows; here, listen on a loopback address (--listen)".into(),
+                ));
+            }
+            None => {
+                let listener = bind(listen, listen_any).await?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+                crate::emit(
+                    out,
+                    &format!(
+                        "listening on {addr} ({servers} servers; connect with --connect-via {addr}{trust})\n"
+                    ),
+                )?;
+                let (lab, stop) = (lab.clone(), stop.clone());
+                tokio::spawn(async move { lab.serve(listener, stop).await })
+            }
         };
-        wait_for_signal().await;
-        stop.cancel();
-        match serving.await {
+        // Until a signal, or until serving fails by itself (a pipe that cannot be created).
+        let result = tokio::select! {
+            _ = wait_for_signal() => {
+                stop.cancel();
+                serving.await
+            }
+            result = &mut serving => result,
+        };
+        match result {
             Ok(Ok(())) => Ok(exit::OK),
             Ok(Err(e)) => Err(Failure::BadInput(format!("error: {e}"))),
             Err(e) => Err(Failure::BadInput(format!("error: the lab stopped: {e}"))),

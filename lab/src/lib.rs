@@ -97,6 +97,7 @@ struct Route {
     host: String,
     instance: String,
     database: String,
+    pipe: Option<String>,
 }
 
 #[derive(Debug)]
@@ -174,6 +175,7 @@ impl Lab {
                     .unwrap_or_default()
                     .to_ascii_lowercase(),
                 database: s.sql.database.to_ascii_lowercase(),
+                pipe: s.sql.pipe.clone(),
             })
             .collect();
         let tls = config.tls.as_ref().map(tls::Acceptors::new).transpose()?;
@@ -257,6 +259,20 @@ impl Lab {
         self.save()
     }
 
+    /// The one server of the topology reached through this local pipe, if exactly one is: a
+    /// client of a local pipe names no host.
+    fn route_pipe(&self, pipe: &str) -> Option<String> {
+        let mut servers = self.shared.routes.iter().filter(|r| {
+            r.pipe
+                .as_deref()
+                .is_some_and(|p| p.eq_ignore_ascii_case(pipe))
+        });
+        match (servers.next(), servers.next()) {
+            (Some(one), None) => Some(one.name.clone()),
+            _ => None,
+        }
+    }
+
     fn route(&self, host: &str, instance: &str, database: &str) -> Option<String> {
         let (host, instance, database) = (
             host.to_ascii_lowercase(),
@@ -303,11 +319,59 @@ impl Lab {
     async fn connection(self, stream: TcpStream) -> Result<(), tds::ProtocolError> {
         let id = self.shared.next_connection.fetch_add(1, Ordering::Relaxed);
         let result = self.session(stream, id).await;
-        // Session-owned application locks go with the connection, as on SQL Server.
+        self.release(id);
+        result
+    }
+
+    /// Session-owned application locks go with the connection, as on SQL Server.
+    fn release(&self, connection: u64) {
         lock(&self.shared.inner)
             .applocks
-            .retain(|_, owner| *owner != id);
-        result
+            .retain(|_, owner| *owner != connection);
+    }
+
+    /// Serves a local named pipe (as WID and SSEE do) until `shutdown`, then writes the state.
+    /// Plaintext, as on those servers: a pipe never leaves the machine.
+    #[cfg(windows)]
+    pub async fn serve_pipe(
+        &self,
+        name: &str,
+        shutdown: CancellationToken,
+    ) -> Result<(), LabError> {
+        use tokio::net::windows::named_pipe::ServerOptions;
+        let mut next = ServerOptions::new()
+            .first_pipe_instance(true)
+            .create(name)
+            .map_err(LabError::Listen)?;
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                connected = next.connect() => {
+                    connected.map_err(LabError::Listen)?;
+                    // A new instance for the next client before this one is served.
+                    let fresh = ServerOptions::new().create(name).map_err(LabError::Listen)?;
+                    let pipe = std::mem::replace(&mut next, fresh);
+                    let (lab, stop, name) = (self.clone(), shutdown.clone(), name.to_string());
+                    connections.spawn(async move {
+                        let id = lab.shared.next_connection.fetch_add(1, Ordering::Relaxed);
+                        let (rd, wr) = tokio::io::split(pipe);
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            result = lab.prelogin(rd, wr, tds::encrypt::NOT_SUP, id, Some(&name)) => {
+                                if let Err(e) = result {
+                                    tracing::debug!(error = %e, "pipe connection ended");
+                                }
+                            }
+                        }
+                        lab.release(id);
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        connections.shutdown().await;
+        self.save()
     }
 
     async fn session(&self, stream: TcpStream, id: u64) -> Result<(), tds::ProtocolError> {
@@ -322,11 +386,8 @@ impl Lab {
                     "a TDS 8.0 (strict) client, but the lab has no certificate (--tls-cert)".into(),
                 ));
             };
-            let (mut rd, wr) = tokio::io::split(acceptors.strict.accept(stream).await?);
-            let Some(prelogin) = tds::read_message(&mut rd).await? else {
-                return Ok(());
-            };
-            return self.prelogin(rd, wr, prelogin, id).await;
+            let (rd, wr) = tokio::io::split(acceptors.strict.accept(stream).await?);
+            return self.prelogin(rd, wr, tds::encrypt::ON, id, None).await;
         }
         let (mut rd, mut wr) = stream.into_split();
         let Some(first) = tds::read_message(&mut rd).await? else {
@@ -351,7 +412,7 @@ impl Lab {
         .await?;
         let acceptor = match &self.shared.tls {
             Some(acceptors) if encryption != tds::encrypt::NOT_SUP => acceptors.tds7.clone(),
-            _ => return self.login(rd, wr, &prelogin, None, id).await,
+            _ => return self.login(rd, wr, &prelogin, None, id, None).await,
         };
         let stream = rd
             .reunite(wr)
@@ -360,34 +421,39 @@ impl Lab {
         tls.get_mut().0.handshake_done();
         if encryption == tds::encrypt::ON {
             let (rd, wr) = tokio::io::split(tls);
-            return self.login(rd, wr, &prelogin, None, id).await;
+            return self.login(rd, wr, &prelogin, None, id, None).await;
         }
         // ENCRYPT_OFF: only LOGIN7 is encrypted, everything after it is plaintext again.
         let login = tds::read_message(&mut tls).await?;
         let (framed, _) = tls.into_inner();
         let (rd, wr) = framed.into_inner().into_split();
-        self.login(rd, wr, &prelogin, Some(login), id).await
+        self.login(rd, wr, &prelogin, Some(login), id, None).await
     }
 
-    /// PRELOGIN inside TDS 8.0's TLS: encryption is already on, whatever the client says.
+    /// PRELOGIN where the transport settles encryption, whatever the client asks: on inside TDS
+    /// 8.0's TLS, not supported over a local pipe.
     async fn prelogin<R, W>(
         &self,
-        rd: R,
+        mut rd: R,
         mut wr: W,
-        first: Message,
+        encryption: u8,
         id: u64,
+        pipe: Option<&str>,
     ) -> Result<(), tds::ProtocolError>
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send,
     {
+        let Some(first) = tds::read_message(&mut rd).await? else {
+            return Ok(());
+        };
         if first.kind != packet::PRELOGIN {
             return Err(tds::ProtocolError::Malformed("expected PRELOGIN".into()));
         }
         let prelogin = tds::parse_prelogin(&first.payload)?;
-        let reply = tds::prelogin_reply(tds::encrypt::ON);
+        let reply = tds::prelogin_reply(encryption);
         tds::write_message(&mut wr, packet::REPLY, &reply, 4096).await?;
-        self.login(rd, wr, &prelogin, None, id).await
+        self.login(rd, wr, &prelogin, None, id, pipe).await
     }
 
     /// LOGIN7 (read here unless `login` already holds it), authentication, then the requests.
@@ -398,6 +464,7 @@ impl Lab {
         prelogin: &tds::Prelogin,
         login: Option<Option<Message>>,
         id: u64,
+        pipe: Option<&str>,
     ) -> Result<(), tds::ProtocolError>
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -426,7 +493,10 @@ impl Lab {
             login.database.clone()
         };
         let mut reply = Reply::default();
-        let Some(server) = self.route(&login.server, &prelogin.instance, &database) else {
+        let by_pipe = pipe.and_then(|name| self.route_pipe(name));
+        let Some(server) =
+            by_pipe.or_else(|| self.route(&login.server, &prelogin.instance, &database))
+        else {
             reply.error(
                 18456,
                 14,

@@ -82,6 +82,23 @@ fn usage_errors_exit_2() {
         "{}",
         stderr(&out)
     );
+    // A named pipe is Windows's; here the lab says what to use instead, and does not start.
+    let out = wsus_reset(&["lab", CONTOSO, "--listen-pipe", r"\\.\pipe\sql\query"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("only on Windows"), "{}", stderr(&out));
+    let out = wsus_reset(&[
+        "lab",
+        CONTOSO,
+        "--listen-pipe",
+        "p",
+        "--tls-generate",
+        "tls",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a pipe is plaintext: no certificate"
+    );
 }
 
 #[test]

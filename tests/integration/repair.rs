@@ -231,6 +231,12 @@ pub(crate) fn calls(server: &Value) -> Vec<String> {
         .collect()
 }
 
+pub(crate) fn assert_all_repaired(servers: &serde_json::Map<String, Value>) {
+    for name in servers.keys() {
+        assert_repaired(servers, name);
+    }
+}
+
 pub(crate) fn assert_repaired(servers: &serde_json::Map<String, Value>, name: &str) {
     let s = &servers[name];
     assert_eq!(
@@ -321,9 +327,7 @@ fn mixed_and_healthy_hierarchies_end_repaired_and_healthy_ones_untouched() {
         let out = lab.apply("state");
         assert_eq!(out.status.code(), Some(0), "{seed}: {}", text(&out));
         let servers = lab.servers();
-        for name in servers.keys() {
-            assert_repaired(&servers, name);
-        }
+        assert_all_repaired(&servers);
         if seed == "healthy" {
             assert!(
                 servers.values().all(|s| calls(s).is_empty()),
@@ -354,9 +358,7 @@ faults:
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("retry"), "{}", text(&out));
     let servers = lab.servers();
-    for name in servers.keys() {
-        assert_repaired(&servers, name);
-    }
+    assert_all_repaired(&servers);
     assert_eq!(calls(&servers["r2"]), REPLICA_CALLS, "each change once");
     assert_eq!(calls(&servers["hq"]), AUTONOMOUS_CALLS);
     assert_eq!(calls(&servers["r1"]), AUTONOMOUS_CALLS);
@@ -725,9 +727,7 @@ fn an_interrupt_restores_every_switched_replica_exits_4_and_resume_finishes() {
     let resumed = lab.run(&["resume", "--state-dir", "state"]);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
     let servers = lab.servers();
-    for name in servers.keys() {
-        assert_repaired(&servers, name);
-    }
+    assert_all_repaired(&servers);
 }
 
 #[test]
@@ -813,8 +813,6 @@ fn a_windows_login_logs_in_over_ntlm_and_a_wrong_password_fails_that_server_only
         .expect("runs");
     assert_eq!(right.status.code(), Some(0), "{}", text(&right));
     let servers = lab.servers();
-    for name in servers.keys() {
-        assert_repaired(&servers, name);
-    }
+    assert_all_repaired(&servers);
     assert_eq!(calls(&servers["r2"]), REPLICA_CALLS);
 }

@@ -1,7 +1,9 @@
 //! Encrypted connections end to end: `wsus-reset lab --tls-generate` holds a certificate from a
 //! throwaway authority, and the client validates it exactly as it would a production server's.
 
-use crate::repair::{LabProcess, REPLICA_CALLS, TOPOLOGY, assert_repaired, calls, text};
+use crate::repair::{
+    LabProcess, REPLICA_CALLS, TOPOLOGY, assert_all_repaired, assert_repaired, calls, text,
+};
 
 /// A self-signed certificate for the same name as the lab's: trusted by nobody but itself.
 fn impostor_ca(lab: &LabProcess) -> String {
@@ -68,9 +70,7 @@ fn a_hierarchy_with_every_encryption_level_is_repaired_and_a_foreign_authority_c
         .expect("runs");
     assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
     let servers = lab.servers();
-    for name in servers.keys() {
-        assert_repaired(&servers, name);
-    }
+    assert_all_repaired(&servers);
     assert_eq!(calls(&servers["r2"]), REPLICA_CALLS);
     let verified = lab
         .command(&["verify", "hierarchy.yaml", "--connect-via-ca", "tls/ca.pem"])
