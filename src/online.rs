@@ -401,11 +401,12 @@ fn seed(seed: LabSeed) -> Seed {
     }
 }
 
-/// Binds a listener; the lab speaks plaintext, so only loopback unless told otherwise.
+/// Binds a listener: only loopback unless told otherwise, since the lab is a stand-in that accepts
+/// a made-up login and, without a certificate, speaks plaintext.
 async fn bind(addr: std::net::SocketAddr, any: bool) -> Result<TcpListener, Failure> {
     if !addr.ip().is_loopback() && !any {
         return Err(Failure::BadInput(format!(
-            "error: {addr} is not a loopback address and the lab speaks plaintext: use 127.0.0.1, or add --listen-any"
+            "error: {addr} is not a loopback address, and the lab is a stand-in for tests (plaintext without a certificate): use 127.0.0.1, or add --listen-any"
         )));
     }
     TcpListener::bind(addr)
