@@ -473,6 +473,7 @@ fn read_identity(cert: &Path, key: &Path) -> Result<susdb_lab::tls::Identity, Fa
     Ok(susdb_lab::tls::Identity {
         cert_chain_pem: read(cert)?,
         key_pem: read(key)?,
+        by_name: Vec::new(),
     })
 }
 

@@ -6,6 +6,7 @@
 //! the LOGIN7 message is encrypted and the connection goes back to plaintext after it. TDS 8.0
 //! ("strict") starts TLS on the bare socket before anything else, with ALPN `tds/8.0`.
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,8 +14,11 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::crypto::aws_lc_rs::sign::any_supported_type;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{ServerConfig, SupportedProtocolVersion, version};
 
 use crate::tds::packet;
@@ -25,24 +29,35 @@ const HEADER: usize = 8;
 /// Handshake flights are cut into packets of at most this size, as SQL Server's default.
 const PACKET: usize = 4096;
 
-/// The lab's certificate chain and private key, both PEM.
+/// The lab's certificates and their private key, all PEM.
 #[derive(Clone)]
 pub struct Identity {
+    /// The chain served when the client names no host listed in `by_name` (or no host at all,
+    /// as a client of an IP address does).
     pub cert_chain_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
+    /// Chains for the same key, each for one host name (lower case), chosen by the name the client
+    /// asks for (SNI), as each production server has its own certificate.
+    pub by_name: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Identity {
     // Never print the key.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("names", &self.by_name.len())
+            .finish_non_exhaustive()
     }
 }
 
+/// One certificate cannot name many more hosts: its size passes what TLS carries in one message.
+const MAX_NAMES_IN_ONE_CERTIFICATE: usize = 1000;
+
 impl Identity {
-    /// A throwaway certificate authority and a certificate it signs for every name in `hosts`
-    /// (DNS names or IP addresses): the identity, and the authority's certificate (PEM) for the
-    /// clients to trust. Certificate validation then runs exactly as against production.
+    /// A throwaway certificate authority, and certificates it signs for `hosts` (DNS names or IP
+    /// addresses): one per DNS name, and one naming every IP address (a client of an address
+    /// sends no name to choose by). Returns the identity and the authority's certificate (PEM) for
+    /// the clients to trust; certificate validation then runs exactly as against production.
     pub fn generate(hosts: &[String]) -> Result<(Identity, String), TlsError> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let failed = |e: rcgen::Error| TlsError::Generate(e.to_string());
@@ -53,14 +68,38 @@ impl Identity {
             .push(DnType::CommonName, "susdb-lab throwaway CA");
         let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).map_err(failed)?;
         let key = KeyPair::generate().map_err(failed)?;
-        let mut params = CertificateParams::new(hosts.to_vec()).map_err(failed)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "susdb-lab");
-        let cert = params.signed_by(&key, &ca).map_err(failed)?;
+        let certificate = |names: Vec<String>| -> Result<Vec<u8>, TlsError> {
+            let mut params = CertificateParams::new(names).map_err(failed)?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "susdb-lab");
+            Ok(params
+                .signed_by(&key, &ca)
+                .map_err(failed)?
+                .pem()
+                .into_bytes())
+        };
+        let (addresses, names): (Vec<&String>, Vec<&String>) = hosts
+            .iter()
+            .partition(|h| h.parse::<std::net::IpAddr>().is_ok());
+        if addresses.len() > MAX_NAMES_IN_ONE_CERTIFICATE {
+            return Err(TlsError::Generate(format!(
+                "{} servers are reached by IP address, and one certificate names at most {MAX_NAMES_IN_ONE_CERTIFICATE} of them: give them DNS names in `sql.host`",
+                addresses.len()
+            )));
+        }
+        let default = if addresses.is_empty() {
+            vec!["susdb-lab".to_string()]
+        } else {
+            addresses.into_iter().cloned().collect()
+        };
         let identity = Identity {
-            cert_chain_pem: cert.pem().into_bytes(),
+            cert_chain_pem: certificate(default)?,
             key_pem: key.serialize_pem().into_bytes(),
+            by_name: names
+                .into_iter()
+                .map(|name| Ok((name.to_ascii_lowercase(), certificate(vec![name.clone()])?)))
+                .collect::<Result<_, TlsError>>()?,
         };
         Ok((identity, ca.pem()))
     }
@@ -91,19 +130,55 @@ impl std::fmt::Debug for Acceptors {
     }
 }
 
+/// Picks the certificate by the host name the client asks for.
+#[derive(Debug)]
+struct ByName {
+    default: Arc<CertifiedKey>,
+    names: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ByName {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let named = hello
+            .server_name()
+            .and_then(|name| self.names.get(&name.to_ascii_lowercase()));
+        Some(Arc::clone(named.unwrap_or(&self.default)))
+    }
+}
+
+fn chain(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(TlsError::Certificate(
+            "no CERTIFICATE block in the PEM".into(),
+        ));
+    }
+    Ok(chain)
+}
+
 impl Acceptors {
     pub fn new(identity: &Identity) -> Result<Acceptors, TlsError> {
-        let chain = CertificateDer::pem_slice_iter(&identity.cert_chain_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
-        if chain.is_empty() {
-            return Err(TlsError::Certificate(
-                "no CERTIFICATE block in the PEM".into(),
-            ));
-        }
         let key = PrivateKeyDer::from_pem_slice(&identity.key_pem)
             .map_err(|e| TlsError::Key(e.to_string()))?;
-        let config = |alpn: Option<&[u8]>| -> Result<TlsAcceptor, TlsError> {
+        let signing = any_supported_type(&key).map_err(|e| TlsError::Key(e.to_string()))?;
+        let certified = |pem: &[u8]| -> Result<Arc<CertifiedKey>, TlsError> {
+            let certified = CertifiedKey::new(chain(pem)?, Arc::clone(&signing));
+            certified
+                .keys_match()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            Ok(Arc::new(certified))
+        };
+        let resolver = Arc::new(ByName {
+            default: certified(&identity.cert_chain_pem)?,
+            names: identity
+                .by_name
+                .iter()
+                .map(|(name, pem)| Ok((name.to_ascii_lowercase(), certified(pem)?)))
+                .collect::<Result<_, TlsError>>()?,
+        });
+        let config = |alpn: Option<&[u8]>| -> TlsAcceptor {
             // TLS 1.2 inside PRELOGIN, as SQL Server does: with TLS 1.3, tiberius's last
             // handshake flight reached the lab without its PRELOGIN framing. TDS 8.0 has no
             // framing and takes TLS 1.3.
@@ -114,16 +189,15 @@ impl Acceptors {
             };
             let mut config = ServerConfig::builder_with_protocol_versions(versions)
                 .with_no_client_auth()
-                .with_single_cert(chain.clone(), key.clone_key())
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+                .with_cert_resolver(resolver.clone());
             // The lab resumes no sessions.
             config.send_tls13_tickets = 0;
             config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
-            Ok(TlsAcceptor::from(Arc::new(config)))
+            TlsAcceptor::from(Arc::new(config))
         };
         Ok(Acceptors {
-            tds7: config(None)?,
-            strict: config(Some(TDS_ALPN))?,
+            tds7: config(None),
+            strict: config(Some(TDS_ALPN)),
         })
     }
 }

@@ -46,13 +46,18 @@ impl Drop for Running {
     }
 }
 
-/// A lab whose certificate names only `sql-hq.lab.example`, or none at all.
+/// A lab whose certificates name only `sql-hq.lab.example`, or none at all.
 async fn start(with_certificate: bool) -> Running {
+    start_naming(with_certificate.then(|| vec![HQ.to_string()])).await
+}
+
+/// A lab with certificates for `names`, or none.
+async fn start_naming(names: Option<Vec<String>>) -> Running {
     let topology = Topology::from_bytes("lab.yaml", TOPOLOGY.as_bytes()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
-    let tls = if with_certificate {
-        let (identity, ca) = Identity::generate(&["sql-hq.lab.example".into()]).unwrap();
+    let tls = if let Some(names) = names {
+        let (identity, ca) = Identity::generate(&names).unwrap();
         std::fs::write(&ca_file, ca).unwrap();
         Some(identity)
     } else {
@@ -224,11 +229,49 @@ async fn without_a_certificate_the_lab_refuses_encryption_and_a_client_requiring
     assert_eq!(plain.as_deref(), Ok("9.00.4035.00"));
 }
 
+#[tokio::test]
+async fn thousands_of_hosts_each_get_a_certificate_of_their_own() {
+    // One certificate naming 3,000 hosts would pass the size of a TLS handshake message.
+    let mut names: Vec<String> = (0..3000)
+        .map(|i| format!("sql-{i:04}.lab.example"))
+        .collect();
+    names.push(HQ.to_string());
+    let r = start_naming(Some(names)).await;
+    let answer = version(
+        r.addr,
+        config(HQ, EncryptionLevel::Required, Some(&r.ca_file)),
+    )
+    .await;
+    assert_eq!(answer.as_deref(), Ok("9.00.4035.00"));
+    // The lab has no server by that name, but the handshake got as far as the login.
+    let e = version(
+        r.addr,
+        config(
+            "sql-2999.lab.example",
+            EncryptionLevel::Strict,
+            Some(&r.ca_file),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("18456") || e.contains("no server"), "{e}");
+}
+
+#[test]
+fn more_hosts_by_address_than_one_certificate_holds_are_refused_with_the_way_out() {
+    let addresses: Vec<String> = (0..1001)
+        .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+        .collect();
+    let e = Identity::generate(&addresses).unwrap_err();
+    assert!(e.to_string().contains("give them DNS names"), "{e}");
+}
+
 #[test]
 fn a_certificate_that_is_not_pem_is_refused_with_what_is_wrong() {
     let e = susdb_lab::tls::Acceptors::new(&Identity {
         cert_chain_pem: b"not a certificate".to_vec(),
-        key_pem: Vec::new(),
+        key_pem: Identity::generate(&[]).unwrap().0.key_pem,
+        by_name: Vec::new(),
     })
     .unwrap_err();
     assert!(e.to_string().contains("certificate"), "{e}");
