@@ -443,7 +443,7 @@ pub enum LabTls {
     Generate(PathBuf),
 }
 
-/// A throwaway authority and a certificate naming every host of `topology` (as its clients will
+/// A throwaway authority and a certificate for each host of `topology` (as its clients will
 /// validate it); the authority goes to `dir/ca.pem`, which is returned.
 fn generate_identity(
     topology: &Topology,
