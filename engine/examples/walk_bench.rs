@@ -69,10 +69,20 @@ impl Workflow for Sleepy {
         step: &StepSpec,
         _: &StepContext,
     ) -> Result<StepOutput, StepError> {
-        let index = steps(server.mode)
-            .iter()
-            .position(|s| s.name == step.name)
-            .unwrap();
+        // Without building the step list again: the fake should cost nothing beside the engine.
+        let names: &[&str] = match server.mode {
+            Mode::Replica => &[
+                "probe",
+                "switch",
+                "decline",
+                "approve",
+                "decline-again",
+                "restore",
+                "verify",
+            ],
+            Mode::Autonomous => &["probe", "decline", "approve", "decline-again", "verify"],
+        };
+        let index = names.iter().position(|n| *n == step.name).unwrap();
         let latency = self.latencies[&server.name][index];
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;

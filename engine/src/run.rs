@@ -815,11 +815,10 @@ impl<W: Workflow> ServerRun<'_, W> {
             let span = info_span!("step", name = %spec.name, attempt);
             let result: Result<(StepHow, crate::workflow::StepOutput), StepError> = async {
                 if check_first {
-                    let (workflow, context) =
-                        (Arc::clone(&self.shared.workflow), self.context.clone());
-                    let session = open_session(&mut self.session, &*workflow, &self.server).await?;
+                    let workflow = &*self.shared.workflow;
+                    let session = open_session(&mut self.session, workflow, &self.server).await?;
                     if workflow
-                        .took_effect(session, &self.server, &spec, &context)
+                        .took_effect(session, &self.server, &spec, &self.context)
                         .await?
                     {
                         return Ok((StepHow::AlreadyDone, crate::workflow::StepOutput::default()));
@@ -841,9 +840,11 @@ impl<W: Workflow> ServerRun<'_, W> {
                     step: spec.name.clone(),
                     attempt,
                 });
-                let (workflow, context) = (Arc::clone(&self.shared.workflow), self.context.clone());
-                let session = open_session(&mut self.session, &*workflow, &self.server).await?;
-                let output = workflow.run(session, &self.server, &spec, &context).await?;
+                let workflow = &*self.shared.workflow;
+                let session = open_session(&mut self.session, workflow, &self.server).await?;
+                let output = workflow
+                    .run(session, &self.server, &spec, &self.context)
+                    .await?;
                 Ok((StepHow::Ran, output))
             }
             .instrument(span)
