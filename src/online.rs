@@ -710,6 +710,27 @@ struct DbEvidence {
     keys: Vec<(String, Vec<String>)>,
 }
 
+/// Which objects of `server` carry each logged dictionary key as their ID, over one connection.
+async fn place_keys(
+    server: &topology::Server,
+    options: &ConnectOptions,
+    logged: &[String],
+) -> Vec<(String, Vec<String>)> {
+    let mut connection = workflows::connect::connect(server, options).await;
+    let mut keys = Vec::new();
+    for key in logged {
+        let objects = match (key.parse::<i32>(), &mut connection) {
+            (Err(_), _) => vec!["not a number".to_string()],
+            (Ok(number), Ok(c)) => workflows::db::key_objects(c, number)
+                .await
+                .unwrap_or_else(|e| vec![format!("cannot ask: {}", e.message)]),
+            (Ok(_), Err(e)) => vec![format!("cannot ask: {}", e.message)],
+        };
+        keys.push((key.clone(), objects));
+    }
+    keys
+}
+
 /// `diagnose`: the logs, and with a topology the databases, side by side.
 pub fn diagnose(
     client_logs: &[PathBuf],
@@ -730,9 +751,13 @@ pub fn diagnose(
     let topology = topology_file.map(Topology::load).transpose()?;
     let diagnosis = Diagnosis::run(client_logs, server_logs);
     let mut evidence = Vec::new();
-    let mut broken_servers: Vec<String> = Vec::new();
+    // The top of each broken server's tree: repairing those trees is top-down, and `apply` leaves
+    // the consistent servers in them alone.
+    let mut tops = std::collections::BTreeSet::new();
+    let mut any_broken = false;
     if let Some(topology) = &topology {
         let selection = select_all(topology)?;
+        let top_of = tops_of(topology, &selection);
         let options = connect_options(conn)?;
         let rt = runtime()?;
         let surveyed = rt.block_on(survey(topology, &selection, &options, conn.probe_parallel));
@@ -744,24 +769,16 @@ pub fn diagnose(
                 .servers
                 .iter()
                 .find(|v| aliases.contains(&v.server));
-            let mut keys = Vec::new();
-            for key in logged.map(|v| v.keys.clone()).unwrap_or_default() {
-                let Ok(number) = key.parse::<i32>() else {
-                    keys.push((key, vec!["not a number".to_string()]));
-                    continue;
-                };
-                let objects = rt.block_on(async {
-                    let mut c = workflows::connect::connect(server, &options).await?;
-                    workflows::db::key_objects(&mut c, number).await
-                });
-                keys.push((
-                    key,
-                    objects.unwrap_or_else(|e| vec![format!("cannot ask: {}", e.message)]),
-                ));
-            }
+            let logged_keys = logged.map(|v| v.keys.as_slice()).unwrap_or_default();
+            let keys = if logged_keys.is_empty() {
+                Vec::new()
+            } else {
+                rt.block_on(place_keys(server, &options, logged_keys))
+            };
             let log_broken = logged.is_some_and(|v| v.verdict == diagnose::Verdict::Broken);
             if log_broken || found.needs_repair {
-                broken_servers.push(server.name.clone());
+                any_broken = true;
+                tops.extend(top_of.get(&server.name).cloned());
             }
             evidence.push(DbEvidence {
                 server: server.name.clone(),
@@ -775,24 +792,10 @@ pub fn diagnose(
             });
         }
     }
-    // The top of each broken server's tree: repairing those trees is top-down, and `apply` leaves
-    // the consistent servers in them alone.
-    let tops: Vec<String> = match &topology {
-        Some(t) => {
-            let all = select_all(t)?;
-            let top_of = tops_of(t, &all);
-            broken_servers
-                .iter()
-                .filter_map(|s| top_of.get(s).cloned())
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect()
-        }
-        None => Vec::new(),
-    };
     let file = topology_file.map(|p| p.display().to_string());
     let command = if topology.is_some() {
-        (!broken_servers.is_empty()).then(|| diagnose::repair_command(file.as_deref(), &tops))
+        let tops: Vec<String> = tops.into_iter().collect();
+        any_broken.then(|| diagnose::repair_command(file.as_deref(), &tops))
     } else {
         (!diagnosis.broken().is_empty()).then(|| diagnose::repair_command(None, &[]))
     };
