@@ -85,11 +85,7 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
     config.database(&sql.database);
     config.application_name("wsus-reset");
     config.encryption(encryption(server, options)?);
-    if let Some(ca) = options
-        .connect_via_ca
-        .as_ref()
-        .filter(|_| sql.pipe.is_none())
-    {
+    if let Some(ca) = lab_ca(server, options) {
         // A lab's certificate, validated against the lab's authority. The base store is the
         // compiled-in one: tiberius reads the whole OS store again for every connection, which
         // made a rehearsal of 1,000 servers ten times slower, and no OS root signs a lab.
@@ -124,6 +120,15 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
     Ok(config)
 }
 
+/// The authority of a lab with a certificate, when this server is reached through it (a
+/// server given as a local pipe stays plaintext, as it would be on its own machine).
+fn lab_ca<'a>(server: &Server, options: &'a ConnectOptions) -> Option<&'a PathBuf> {
+    options
+        .connect_via_ca
+        .as_ref()
+        .filter(|_| server.sql.pipe.is_none())
+}
+
 /// The encryption a connection asks for: the server's `encrypt`, except towards a plaintext
 /// lab on loopback (no `connect_via_ca`) and over a local pipe.
 fn encryption(server: &Server, options: &ConnectOptions) -> Result<EncryptionLevel, SettingsError> {
@@ -132,7 +137,7 @@ fn encryption(server: &Server, options: &ConnectOptions) -> Result<EncryptionLev
     // client could validate; a lab given a certificate (and its authority here) encrypts as
     // production does.
     let via_pipe = sql.pipe.is_some() && options.connect_via.is_none();
-    let lab_tls = options.connect_via_ca.is_some() && sql.pipe.is_none();
+    let lab_tls = lab_ca(server, options).is_some();
     let loopback = options.connect_via.map(|a| a.ip().is_loopback());
     Ok(match sql.encrypt {
         _ if via_pipe || (loopback == Some(true) && !lab_tls) => EncryptionLevel::NotSupported,
@@ -164,14 +169,6 @@ fn read_secret(user: &str, source: &SecretSource) -> Result<String, SettingsErro
     }
 }
 
-fn transient(message: String) -> DbError {
-    DbError {
-        transient: true,
-        code: None,
-        message,
-    }
-}
-
 /// The TCP connection: to `--connect-via`, through SQL Browser for a named instance, or to
 /// host:port.
 async fn tcp(
@@ -180,16 +177,16 @@ async fn tcp(
     options: &ConnectOptions,
 ) -> Result<Box<dyn Transport>, DbError> {
     let tcp = match options.connect_via {
-        Some(addr) => TcpStream::connect(addr)
-            .await
-            .map_err(|e| transient(format!("cannot connect to {addr} (--connect-via): {e}")))?,
+        Some(addr) => TcpStream::connect(addr).await.map_err(|e| {
+            DbError::transient(format!("cannot connect to {addr} (--connect-via): {e}"))
+        })?,
         None if server.sql.instance.is_some() => TcpStream::connect_named(config).await?,
-        None => TcpStream::connect(config.get_addr())
-            .await
-            .map_err(|e| transient(format!("cannot connect to {}: {e}", config.get_addr())))?,
+        None => TcpStream::connect(config.get_addr()).await.map_err(|e| {
+            DbError::transient(format!("cannot connect to {}: {e}", config.get_addr()))
+        })?,
     };
     tcp.set_nodelay(true)
-        .map_err(|e| transient(e.to_string()))?;
+        .map_err(|e| DbError::transient(e.to_string()))?;
     Ok(Box::new(tcp))
 }
 
@@ -205,10 +202,10 @@ async fn pipe(name: &str) -> Result<Box<dyn Transport>, DbError> {
             Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => return Err(transient(format!("cannot open pipe {name}: {e}"))),
+            Err(e) => return Err(DbError::transient(format!("cannot open pipe {name}: {e}"))),
         }
     }
-    Err(transient(format!("pipe {name} stayed busy")))
+    Err(DbError::transient(format!("pipe {name} stayed busy")))
 }
 
 /// Opens and logs in, within the connect timeout.

@@ -42,12 +42,17 @@ impl DbError {
         }
     }
 
-    pub fn timeout(what: &str, after: Duration) -> Self {
+    /// Worth another try: the connection, not the request, failed.
+    pub fn transient(message: impl Into<String>) -> Self {
         DbError {
             transient: true,
             code: None,
-            message: format!("{what} timed out after {} ms", after.as_millis()),
+            message: message.into(),
         }
+    }
+
+    pub fn timeout(what: &str, after: Duration) -> Self {
+        DbError::transient(format!("{what} timed out after {} ms", after.as_millis()))
     }
 }
 
@@ -93,11 +98,7 @@ impl From<tiberius::error::Error> for DbError {
                      holds; `trust_cert: true` skips validation (only on a network you trust)"
                 ))
             }
-            E::Io { .. } | E::Protocol(_) => DbError {
-                transient: true,
-                code: None,
-                message: format!("connection lost: {e}"),
-            },
+            E::Io { .. } | E::Protocol(_) => DbError::transient(format!("connection lost: {e}")),
             _ => DbError {
                 transient: false,
                 code: None,
