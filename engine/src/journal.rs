@@ -165,8 +165,8 @@ fn encode_into(record: &Record, out: &mut Vec<u8>) {
     // enum.
     let _ = serde_json::to_writer(&mut *out, record);
     let crc = crc32fast::hash(&out[start + 9..]);
-    let hex = format!("{crc:08x}");
-    out[start..start + 8].copy_from_slice(hex.as_bytes());
+    // Eight hex digits fill the eight placeholder bytes exactly.
+    let _ = write!(&mut out[start..start + 8], "{crc:08x}");
     out.push(b'\n');
 }
 
@@ -370,10 +370,8 @@ fn writer(
             Some(message) => Err(message.clone()),
             None => {
                 bytes.clear();
-                for (record, _) in &batch {
-                    if let Some(record) = record {
-                        encode_into(record, &mut bytes);
-                    }
+                for record in batch.iter().filter_map(|(record, _)| record.as_ref()) {
+                    encode_into(record, &mut bytes);
                 }
                 file.write_all(&bytes)
                     .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
