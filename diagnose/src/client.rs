@@ -9,6 +9,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::input;
+
 /// The lines the client scanner looks for; the lines after a failure (its `ErrorCode:` and `ID:`)
 /// it asks for by number instead of by marker.
 pub const MARKERS: &[&str] = &[
@@ -88,10 +90,6 @@ fn after<'a>(text: &'a [u8], marker: &str) -> Option<&'a [u8]> {
         .map(|i| &text[i + m.len()..])
 }
 
-fn string(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_string()
-}
-
 impl Scanner {
     pub fn new(client: String) -> Self {
         Scanner {
@@ -110,7 +108,7 @@ impl Scanner {
         };
         if let Some(url) = after(text, "Server URL = ") {
             let thread = self.threads.entry(tid.to_vec()).or_default();
-            thread.server_url = Some(string(url));
+            thread.server_url = Some(input::text(url));
         } else if let Some(rest) = after(text, "SyncUpdates failure, error = ") {
             if !rest
                 .get(..10)
@@ -120,7 +118,7 @@ impl Scanner {
             }
             let thread = self.threads.entry(tid.to_vec()).or_default();
             self.log.failures.push(Failure {
-                time: format!("{} {}", string(date), string(time)),
+                time: format!("{} {}", input::text(date), input::text(time)),
                 server_url: thread.server_url.clone(),
                 id: None,
                 error_code: None,
@@ -130,11 +128,11 @@ impl Scanner {
             return FAILURE_DETAIL_LINES;
         } else if let Some(id) = warning(text).and_then(|w| w.strip_prefix(b"ID:")) {
             if let Some(i) = self.threads.get_mut(tid).and_then(|t| t.open.take()) {
-                self.log.failures[i].id = Some(string(id).to_ascii_lowercase());
+                self.log.failures[i].id = Some(input::text(id).to_ascii_lowercase());
             }
         } else if let Some(code) = warning(text).and_then(|w| w.strip_prefix(b"ErrorCode:")) {
             if let Some(i) = self.threads.get(tid).and_then(|t| t.open) {
-                self.log.failures[i].error_code = Some(string(code));
+                self.log.failures[i].error_code = Some(input::text(code));
             }
         } else if component.eq_ignore_ascii_case(b"Agent")
             && after(text, "* Found ").is_some_and(|r| after(r, " updates").is_some())

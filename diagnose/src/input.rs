@@ -214,6 +214,11 @@ fn follow_lines(
 
 /// The name a log stands for, from its path: the file's stem, or its directory's name when the
 /// stem is the log's standard name (`hosts/PC-042/WindowsUpdate.log` is `PC-042`).
+/// A field of a log line as text: lossy UTF-8, trimmed.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_string()
+}
+
 pub fn name_from_path(path: &Path) -> String {
     let mut stem = path
         .file_name()

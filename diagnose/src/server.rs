@@ -9,6 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
+use crate::input;
+
 /// The lines the server scanner looks for; the stack after an ArgumentException it asks for by
 /// number instead.
 pub const MARKERS: &[&str] = &[
@@ -67,8 +69,7 @@ pub struct Scanner {
 }
 
 fn find(text: &[u8], marker: &str) -> Option<usize> {
-    text.windows(marker.len())
-        .position(|w| w == marker.as_bytes())
+    memchr::memmem::find(text, marker.as_bytes())
 }
 
 fn between<'a>(text: &'a [u8], open: &str, close: u8) -> Option<&'a [u8]> {
@@ -76,10 +77,6 @@ fn between<'a>(text: &'a [u8], open: &str, close: u8) -> Option<&'a [u8]> {
     let rest = &text[start..];
     let end = rest.iter().position(|b| *b == close).unwrap_or(rest.len());
     Some(&rest[..end])
-}
-
-fn string(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_string()
 }
 
 impl Scanner {
@@ -129,12 +126,12 @@ impl Scanner {
             return 0;
         };
         let thread = process_thread.to_vec();
-        let when = format!("{} {}", string(date), string(time));
+        let when = format!("{} {}", input::text(date), input::text(time));
         if find(trimmed, "ArgumentException: Item has already been added").is_some() {
             self.last_thread = Some(thread.clone());
             let key = between(trimmed, "Key in dictionary: '", b'\'')
                 .or_else(|| between(trimmed, "Key being added: '", b'\''))
-                .map(string)
+                .map(input::text)
                 .unwrap_or_default();
             self.pending.insert(
                 thread,
@@ -147,9 +144,10 @@ impl Scanner {
             return STACK_LINES;
         } else if find(trimmed, "ThrowException: actor = ").is_some() {
             let actor = between(trimmed, "actor = ", b',')
-                .map(string)
+                .map(input::text)
                 .unwrap_or_default();
-            let Some(id) = between(trimmed, "ID=", b',').map(|id| string(id).to_ascii_lowercase())
+            let Some(id) =
+                between(trimmed, "ID=", b',').map(|id| input::text(id).to_ascii_lowercase())
             else {
                 return 0;
             };
