@@ -5,54 +5,19 @@
     reason = "a test fails loudly on the first unexpected error"
 )]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use susdb::{KB954960_UPDATE_ID, groups, procs, sql};
+use susdb_lab::LabConfig;
 use susdb_lab::faults::Faults;
 use susdb_lab::model::Seed;
-use susdb_lab::{Lab, LabConfig};
 use tiberius::{AuthMethod, Client, Command, Config, EncryptionLevel, Uuid};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
-use tokio_util::sync::CancellationToken;
-use topology::Topology;
 
-const TOPOLOGY: &str = "\
-version: 1
-servers:
-  - name: wsus-hq
-    sql: { host: sql-hq.lab.example }
-  - name: wsus-branch
-    upstream: wsus-hq
-    mode: replica
-    sql: { host: sql-branch.lab.example, instance: WSUS }
-";
-
-struct Running {
-    addr: SocketAddr,
-    lab: Lab,
-    stop: CancellationToken,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn start(config: LabConfig) -> Running {
-    let topology = Topology::from_bytes("lab.yaml", TOPOLOGY.as_bytes()).unwrap();
-    let lab = Lab::new(&topology, config).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let serving = lab.clone();
-    let token = stop.clone();
-    tokio::spawn(async move { serving.serve(listener, token).await });
-    Running { addr, lab, stop }
-}
+mod support;
+use support::{Running, start};
 
 fn with_login() -> LabConfig {
     LabConfig {

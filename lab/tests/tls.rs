@@ -10,73 +10,49 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use susdb::sql;
+use susdb_lab::LabConfig;
 use susdb_lab::tls::Identity;
-use susdb_lab::{Lab, LabConfig};
 use tiberius::{AuthMethod, Client, Config, EncryptionLevel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::compat::TokioAsyncWriteCompatExt;
-use tokio_util::sync::CancellationToken;
-use topology::Topology;
 
-const TOPOLOGY: &str = "\
-version: 1
-servers:
-  - name: wsus-hq
-    sql: { host: sql-hq.lab.example }
-  - name: wsus-branch
-    upstream: wsus-hq
-    mode: replica
-    sql: { host: sql-branch.lab.example }
-";
+mod support;
+use support::Running;
+
 const USER: &str = "wsus_repair";
 const PASSWORD: &str = "s3cret!";
 
-struct Running {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    _dir: tempfile::TempDir,
-    /// The throwaway CA the lab's certificate chains to, as a file for `trust_cert_ca`.
+/// A serving lab, and the throwaway authority its certificates chain to, as a file for
+/// `trust_cert_ca`.
+struct Encrypted {
+    lab: Running,
     ca_file: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _dir: tempfile::TempDir,
 }
 
 /// A lab whose certificates name only `sql-hq.lab.example`, or none at all.
-async fn start(with_certificate: bool) -> Running {
+async fn start(with_certificate: bool) -> Encrypted {
     start_naming(with_certificate.then(|| vec![HQ.to_string()])).await
 }
 
 /// A lab with certificates for `names`, or none.
-async fn start_naming(names: Option<Vec<String>>) -> Running {
-    let topology = Topology::from_bytes("lab.yaml", TOPOLOGY.as_bytes()).unwrap();
+async fn start_naming(names: Option<Vec<String>>) -> Encrypted {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
-    let tls = if let Some(names) = names {
+    let tls = names.map(|names| {
         let (identity, ca) = Identity::generate(&names).unwrap();
         std::fs::write(&ca_file, ca).unwrap();
-        Some(identity)
-    } else {
-        None
-    };
-    let config = LabConfig {
+        identity
+    });
+    let lab = support::start(LabConfig {
         credentials: Some((USER.into(), PASSWORD.into())),
         tls,
         ..LabConfig::default()
-    };
-    let lab = Lab::new(&topology, config).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    tokio::spawn(async move { lab.serve(listener, token).await });
-    Running {
-        addr,
-        stop,
+    })
+    .await;
+    Encrypted {
+        lab,
         ca_file: ca_file.to_string_lossy().into_owned(),
         _dir: dir,
     }
@@ -163,7 +139,7 @@ async fn every_encryption_level_logs_in_with_the_certificate_validated() {
         EncryptionLevel::Strict,
         EncryptionLevel::NotSupported,
     ] {
-        let answer = version(r.addr, config(HQ, level, Some(&r.ca_file))).await;
+        let answer = version(r.lab.addr, config(HQ, level, Some(&r.ca_file))).await;
         assert_eq!(answer.as_deref(), Ok("9.00.4035.00"), "{level:?}");
     }
 }
@@ -180,7 +156,7 @@ async fn an_observer_sees_nothing_of_an_encrypted_session_and_only_the_queries_o
         (EncryptionLevel::Required, false, false),
         (EncryptionLevel::Strict, false, false),
     ] {
-        let (via, seen) = tap(r.addr).await;
+        let (via, seen) = tap(r.lab.addr).await;
         version(via, config(HQ, level, Some(&r.ca_file)))
             .await
             .unwrap();
@@ -199,13 +175,13 @@ async fn a_certificate_from_another_authority_or_for_another_name_is_refused() {
     let r = start(true).await;
     let other = start(true).await;
     for level in [EncryptionLevel::Required, EncryptionLevel::Strict] {
-        let e = version(r.addr, config(HQ, level, Some(&other.ca_file)))
+        let e = version(r.lab.addr, config(HQ, level, Some(&other.ca_file)))
             .await
             .unwrap_err();
         assert!(e.contains("certificate"), "{level:?}: {e}");
         // The lab's certificate names sql-hq only.
         let e = version(
-            r.addr,
+            r.lab.addr,
             config("sql-branch.lab.example", level, Some(&r.ca_file)),
         )
         .await
@@ -215,17 +191,17 @@ async fn a_certificate_from_another_authority_or_for_another_name_is_refused() {
     // Trusting blindly (`trust_cert`) gets through both.
     let mut blind = config("sql-branch.lab.example", EncryptionLevel::Required, None);
     blind.trust_cert();
-    assert!(version(r.addr, blind).await.is_ok());
+    assert!(version(r.lab.addr, blind).await.is_ok());
 }
 
 #[tokio::test]
 async fn without_a_certificate_the_lab_refuses_encryption_and_a_client_requiring_it_stops() {
     let r = start(false).await;
-    let e = version(r.addr, config(HQ, EncryptionLevel::Required, None))
+    let e = version(r.lab.addr, config(HQ, EncryptionLevel::Required, None))
         .await
         .unwrap_err();
     assert!(e.contains("encryption"), "{e}");
-    let plain = version(r.addr, config(HQ, EncryptionLevel::NotSupported, None)).await;
+    let plain = version(r.lab.addr, config(HQ, EncryptionLevel::NotSupported, None)).await;
     assert_eq!(plain.as_deref(), Ok("9.00.4035.00"));
 }
 
@@ -238,14 +214,14 @@ async fn thousands_of_hosts_each_get_a_certificate_of_their_own() {
     names.push(HQ.to_string());
     let r = start_naming(Some(names)).await;
     let answer = version(
-        r.addr,
+        r.lab.addr,
         config(HQ, EncryptionLevel::Required, Some(&r.ca_file)),
     )
     .await;
     assert_eq!(answer.as_deref(), Ok("9.00.4035.00"));
     // The lab has no server by that name, but the handshake got as far as the login.
     let e = version(
-        r.addr,
+        r.lab.addr,
         config(
             "sql-2999.lab.example",
             EncryptionLevel::Strict,
