@@ -165,6 +165,18 @@ pub enum Command {
         tls_generate: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = LabSeed::Broken)]
         seed: LabSeed,
+        /// The SQL Server release to behave as: what it reports, the TDS version it speaks, what
+        /// it refuses (2005: SSEE as WSUS 3.0 installs it; TDS 8.0 `strict` only from 2022).
+        #[arg(
+            long,
+            default_value = "2005",
+            value_name = "2005|2008|2008r2|2012|2014|2016|2022"
+        )]
+        sql_version: susdb_lab::version::SqlVersion,
+        /// Every N milliseconds each server in replica mode synchronizes from its upstream (its
+        /// declined state and approvals), as WSUS replicas do; off when not given.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        replica_sync_ms: Option<u64>,
         /// Keep the whole lab state in this JSON file (loaded at start, written after each change
         /// and at exit).
         #[arg(long)]
@@ -199,6 +211,8 @@ pub enum LabSeed {
     Healthy,
     /// A deterministic variety.
     Mixed,
+    /// Broken, with two revisions flagged latest.
+    SeveralLatest,
 }
 
 /// How to reach the servers.

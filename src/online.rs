@@ -398,6 +398,7 @@ fn seed(seed: LabSeed) -> Seed {
         LabSeed::Broken => Seed::Broken,
         LabSeed::Healthy => Seed::Healthy,
         LabSeed::Mixed => Seed::Mixed,
+        LabSeed::SeveralLatest => Seed::SeveralLatest,
     }
 }
 
@@ -423,6 +424,8 @@ pub struct LabOptions {
     pub listen_pipe: Option<String>,
     pub tls: LabTls,
     pub seed: LabSeed,
+    pub sql_version: susdb_lab::version::SqlVersion,
+    pub replica_sync_ms: Option<u64>,
     pub state: Option<PathBuf>,
     pub faults: Option<PathBuf>,
     pub latency: u64,
@@ -493,6 +496,8 @@ pub fn lab(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8,
         listen_pipe,
         tls,
         seed: lab_seed,
+        sql_version,
+        replica_sync_ms,
         state,
         faults,
         latency,
@@ -535,6 +540,8 @@ pub fn lab(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8,
             windows_login,
             state_file: state,
             tls,
+            sql_version,
+            replica_sync: replica_sync_ms.map(Duration::from_millis),
         },
     )
     .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
@@ -646,7 +653,8 @@ pub fn rehearse(
         crate::emit(
             out,
             &format!(
-                "Rehearsal: lab on {addr} (TLS as each server's `encrypt` says, certificates from a throwaway authority), seed {}, {} servers\n\n== Online plan (read-only probe) ==\n{}\n== Apply ==\n",
+                "Rehearsal: lab on {addr} (SQL Server {}, TLS as each server's `encrypt` says, certificates from a throwaway authority), seed {}, {} servers\n\n== Online plan (read-only probe) ==\n{}\n== Apply ==\n",
+                susdb_lab::version::SqlVersion::default().product_version(),
                 lab_seed.name(),
                 topology.servers().len(),
                 plan.render_text()
@@ -694,6 +702,7 @@ impl LabSeed {
             LabSeed::Broken => "broken",
             LabSeed::Healthy => "healthy",
             LabSeed::Mixed => "mixed",
+            LabSeed::SeveralLatest => "several-latest",
         }
     }
 }

@@ -10,6 +10,9 @@
 //!     error: 1205              # optional: answer with this SQL Server error (1205 deadlock, -2 timeout)
 //!   - server: wsus-tokyo
 //!     unreachable: true        # every connection to it is closed at login
+//!   - server: wsus-oslo
+//!     signature: spDeployUpdate   # a procedure or a table/view of the lab's catalog
+//!     without: "@isReplica"       # ... as if this parameter or column did not exist there
 //! ```
 
 use std::collections::HashMap;
@@ -36,6 +39,10 @@ pub struct Fault {
     pub error: Option<i32>,
     #[serde(default)]
     pub unreachable: bool,
+    /// With `without`: a procedure, table or view of this server's catalog that lacks a
+    /// parameter or column (a SUSDB of another schema).
+    pub signature: Option<String>,
+    pub without: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -85,6 +92,20 @@ impl Faults {
             .iter()
             .any(|f| f.unreachable && matches(f.server.as_deref(), server))
     }
+
+    /// The parameters or columns of `object` that faults remove on `server`.
+    pub fn removed(&self, server: &str, object: &str) -> Vec<String> {
+        self.faults
+            .iter()
+            .filter(|f| matches(f.server.as_deref(), server))
+            .filter(|f| {
+                f.signature
+                    .as_deref()
+                    .is_some_and(|o| o.trim_start_matches("dbo.").eq_ignore_ascii_case(object))
+            })
+            .filter_map(|f| f.without.clone())
+            .collect()
+    }
 }
 
 fn matches(filter: Option<&str>, value: &str) -> bool {
@@ -118,6 +139,7 @@ impl Counter {
         let mut action = Action::default();
         for f in &faults.faults {
             if f.unreachable
+                || f.signature.is_some()
                 || !matches(f.server.as_deref(), server)
                 || !matches(f.target.as_deref(), target)
                 || f.nth.is_some_and(|nth| nth != n)

@@ -1,11 +1,16 @@
-//! The SUSDB lab: emulated WSUS 3.0 databases behind one TDS 7.4 listener, for rehearsals and
-//! tests of the real client path (tiberius over TCP).
+//! The SUSDB lab: emulated WSUS 3.0 databases behind one TDS listener, for rehearsals and tests
+//! of the real client path (tiberius over TCP), as strict as the SQL Server release it claims to
+//! be ([`version`]; SQL Server 2005, TDS 7.2, by default).
 //!
 //! A tour:
 //! - [`tds`]: the protocol, server side (packets, PRELOGIN, LOGIN7, batches, RPC, reply tokens);
 //! - [`model`]: one server's SUSDB (revisions, approvals, replica flag) and the semantics of
 //!   `spDeclineUpdate` / `spDeployUpdate`, including when a client's sync would fail;
-//! - [`faults`]: injected latency, dropped connections, server errors, unreachable servers;
+//! - [`catalog`]: the procedures' signatures and the tables' columns as public sources show
+//!   them; RPC calls are checked against it as SQL Server checks them;
+//! - [`version`]: the SQL Server release emulated and what follows from it;
+//! - [`faults`]: injected latency, dropped connections, server errors, unreachable servers,
+//!   altered signatures;
 //! - [`Lab`]: routes each connection to the emulated server named in LOGIN7 (the `sql.host` of the
 //!   topology, so one topology file describes production and lab), answers exactly the statements
 //!   of the `susdb` contract, and keeps the whole state in a JSON file if asked.
@@ -14,11 +19,13 @@
 //! PRELOGIN, login-only encryption, TDS 8.0 strict); without one it answers ENCRYPT_NOT_SUP and
 //! speaks plaintext, which is why it listens on loopback.
 
+pub mod catalog;
 pub mod faults;
 pub mod model;
 pub mod ntlm;
 pub mod tds;
 pub mod tls;
+pub mod version;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -36,9 +43,8 @@ use faults::{Counter, Drop, Faults};
 use model::{Call, Seed, ServerDb, SqlError};
 use tds::{Cell, ColType, Message, Param, Reply, ResultSet, Rpc, Value, done, packet};
 use topology::Topology;
+use version::SqlVersion;
 
-/// SQL Server 2005 SP3: what a WSUS 3.0 server on SSEE reports.
-const PRODUCT_VERSION: &str = "9.00.4035.00";
 /// `tbSchemaVersion.SchemaVersion` the lab reports (the real WSUS 3.0 value is an open question,
 /// susdb.md section 7).
 const SCHEMA_VERSION: i32 = 926;
@@ -59,6 +65,10 @@ pub struct LabConfig {
     pub state_file: Option<PathBuf>,
     /// The certificate and key to encrypt with; plaintext only without one.
     pub tls: Option<tls::Identity>,
+    /// The SQL Server release emulated (SQL Server 2005 by default, as WSUS 3.0 installs it).
+    pub sql_version: SqlVersion,
+    /// How often each replica synchronizes from its upstream; never when `None`.
+    pub replica_sync: Option<Duration>,
 }
 
 /// The lab's whole state, as written to `--state`.
@@ -108,12 +118,30 @@ struct Inner {
     counter: Counter,
 }
 
+/// Where the state file's group commit stands: changes are numbered as they ask to be durable.
+#[derive(Debug, Default)]
+struct Commit {
+    /// The newest change that asked.
+    requested: u64,
+    /// Every change up to this one is on disk (or its write failed, see `failed`).
+    durable: u64,
+    /// A write is under way.
+    writing: bool,
+    /// The last failed write: the changes it covered (from, to) and why.
+    failed: Option<(u64, u64, String)>,
+}
+
 #[derive(Debug)]
 struct Shared {
     config: LabConfig,
     routes: Vec<Route>,
     inner: Mutex<Inner>,
     saving: Mutex<()>,
+    /// Group commit of the state file: see [`Lab::persist`].
+    commit: Mutex<Commit>,
+    committed: tokio::sync::Notify,
+    /// Each server and its upstream, in execution order (replica synchronization goes top-down).
+    order: Vec<(String, Option<String>)>,
     next_connection: AtomicU64,
     tls: Option<tls::Acceptors>,
 }
@@ -129,12 +157,18 @@ impl Lab {
     /// taken from the state file when it exists.
     pub fn new(topology: &Topology, config: LabConfig) -> Result<Lab, LabError> {
         let mut servers = BTreeMap::new();
+        let upstreams: std::collections::HashSet<String> = topology
+            .servers()
+            .iter()
+            .filter_map(|s| s.upstream.as_deref().map(str::to_ascii_lowercase))
+            .collect();
         for (index, server) in topology.servers().iter().enumerate() {
             let db = ServerDb::seeded(
                 config.seed,
                 index,
                 server.mode == topology::Mode::Replica,
                 server.upstream.clone(),
+                upstreams.contains(&server.name.to_ascii_lowercase()),
             );
             servers.insert(server.name.clone(), db);
         }
@@ -190,6 +224,13 @@ impl Lab {
                     counter: Counter::default(),
                 }),
                 saving: Mutex::new(()),
+                commit: Mutex::new(Commit::default()),
+                committed: tokio::sync::Notify::new(),
+                order: topology
+                    .servers()
+                    .iter()
+                    .map(|s| (s.name.clone(), s.upstream.clone()))
+                    .collect(),
                 next_connection: AtomicU64::new(1),
             }),
         };
@@ -221,12 +262,133 @@ impl Lab {
         save_state(&self.shared.config, &servers)
     }
 
+    /// Makes every change made so far durable, writing the state file at most once for all the
+    /// changes that ask meanwhile (group commit, as the engine's journal does): the first to ask
+    /// writes, the others wait for a write that began after their change. Without a state file,
+    /// nothing to do.
+    async fn persist(&self) -> Result<(), LabError> {
+        if self.shared.config.state_file.is_none() {
+            return Ok(());
+        }
+        let mine = {
+            let mut commit = lock(&self.shared.commit);
+            commit.requested += 1;
+            commit.requested
+        };
+        loop {
+            let notified = self.shared.committed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let target = {
+                let mut commit = lock(&self.shared.commit);
+                if commit.durable >= mine {
+                    return match &commit.failed {
+                        Some((from, to, why)) if (*from..=*to).contains(&mine) => {
+                            Err(LabError::WriteState {
+                                path: self
+                                    .shared
+                                    .config
+                                    .state_file
+                                    .as_ref()
+                                    .map(|p| p.display().to_string())
+                                    .unwrap_or_default(),
+                                source: std::io::Error::other(why.clone()),
+                            })
+                        }
+                        _ => Ok(()),
+                    };
+                }
+                if commit.writing {
+                    None
+                } else {
+                    commit.writing = true;
+                    Some((commit.durable, commit.requested))
+                }
+            };
+            let Some((before, target)) = target else {
+                notified.await;
+                continue;
+            };
+            // Every change numbered up to `target` was made before this snapshot is taken.
+            let lab = self.clone();
+            let written = tokio::task::spawn_blocking(move || lab.save())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(LabError::WriteState {
+                        path: String::new(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                });
+            {
+                let mut commit = lock(&self.shared.commit);
+                commit.durable = target;
+                commit.writing = false;
+                if let Err(e) = written {
+                    commit.failed = Some((before + 1, target, e.to_string()));
+                }
+            }
+            self.shared.committed.notify_waiters();
+        }
+    }
+
+    /// One synchronization of every replica from its upstream, top-down (MS-WSUSSS 3.2.4.3;
+    /// [`ServerDb::sync_from`]). A server switched to autonomous does not synchronize. Each sync
+    /// is recorded in the server's `calls` as `replica-sync`.
+    pub async fn sync_replicas(&self) -> Result<(), LabError> {
+        let mut synced = false;
+        {
+            let mut inner = lock(&self.shared.inner);
+            for (name, upstream) in &self.shared.order {
+                let Some(upstream) = upstream else { continue };
+                if !inner.servers.get(name).is_some_and(|db| db.replica_mode) {
+                    continue;
+                }
+                let Some(mut db) = inner.servers.remove(name) else {
+                    continue;
+                };
+                if let Some(up) = inner.servers.get(upstream) {
+                    let changed = db.sync_from(up);
+                    let mut params = serde_json::Map::new();
+                    params.insert("from".into(), upstream.clone().into());
+                    params.insert("changed".into(), changed.into());
+                    db.calls.push(Call {
+                        procedure: "replica-sync".into(),
+                        params,
+                    });
+                    synced = true;
+                }
+                inner.servers.insert(name.clone(), db);
+            }
+        }
+        if synced {
+            self.persist().await?;
+        }
+        Ok(())
+    }
+
     /// Serves connections until `shutdown`, then writes the state.
     pub async fn serve(
         &self,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), LabError> {
+        if let Some(period) = self.shared.config.replica_sync {
+            let (lab, stop) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = tick.tick() => {
+                            if let Err(e) = lab.sync_replicas().await {
+                                tracing::warn!(error = %e, "replica synchronization");
+                            }
+                        }
+                    }
+                }
+            });
+        }
         let mut connections = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
@@ -381,6 +543,14 @@ impl Lab {
         }
         // A TLS record first (content type 22, handshake): a TDS 8.0 ("strict") client.
         if first[0] == 0x16 {
+            let version = self.shared.config.sql_version;
+            if !version.strict() {
+                // Before SQL Server 2022 a TLS record where PRELOGIN belongs is a malformed
+                // packet: the server closes the connection.
+                return Err(tds::ProtocolError::Malformed(format!(
+                    "a TDS 8.0 (strict) client, but SQL Server {version} has no TDS 8.0 (2022 on)"
+                )));
+            }
             let Some(acceptors) = &self.shared.tls else {
                 return Err(tds::ProtocolError::Malformed(
                     "a TDS 8.0 (strict) client, but the lab has no certificate (--tls-cert)".into(),
@@ -406,7 +576,7 @@ impl Lab {
         tds::write_message(
             &mut wr,
             packet::REPLY,
-            &tds::prelogin_reply(encryption),
+            &tds::prelogin_reply(encryption, self.shared.config.sql_version.version_parts()),
             4096,
         )
         .await?;
@@ -451,7 +621,7 @@ impl Lab {
             return Err(tds::ProtocolError::Malformed("expected PRELOGIN".into()));
         }
         let prelogin = tds::parse_prelogin(&first.payload)?;
-        let reply = tds::prelogin_reply(encryption);
+        let reply = tds::prelogin_reply(encryption, self.shared.config.sql_version.version_parts());
         tds::write_message(&mut wr, packet::REPLY, &reply, 4096).await?;
         self.login(rd, wr, &prelogin, None, id, pipe).await
     }
@@ -539,10 +709,14 @@ impl Lab {
             tds::write_message(&mut wr, packet::REPLY, &reply.bytes, packet_size).await?;
             return Ok(());
         }
+        let version = self.shared.config.sql_version;
+        let tds_version = version.negotiate(login.tds_version);
         reply.login_ok(
             &database,
             &server,
             u32::try_from(packet_size).unwrap_or(4096),
+            tds_version,
+            version.version_parts(),
         );
         tds::write_message(&mut wr, packet::REPLY, &reply.bytes, packet_size).await?;
 
@@ -555,8 +729,13 @@ impl Lab {
                 }
             }
         });
+        let session = Session {
+            server: &server,
+            connection: id,
+            tds_version,
+        };
         let result = self
-            .serve_requests(&server, id, &mut rx, &mut wr, packet_size)
+            .serve_requests(&session, &mut rx, &mut wr, packet_size)
             .await;
         reader.abort();
         let _ = wr.shutdown().await;
@@ -620,12 +799,12 @@ impl Lab {
 
     async fn serve_requests(
         &self,
-        server: &str,
-        connection: u64,
+        session: &Session<'_>,
         rx: &mut mpsc::Receiver<Message>,
         wr: &mut (impl AsyncWrite + Unpin),
         packet_size: usize,
     ) -> Result<(), tds::ProtocolError> {
+        let server = session.server;
         while let Some(message) = rx.recv().await {
             let mut reply = Reply::default();
             if message.kind == packet::ATTENTION {
@@ -689,7 +868,17 @@ impl Lab {
                 tds::write_message(wr, packet::REPLY, &reply.bytes, packet_size).await?;
                 continue;
             }
-            let reply = self.execute(server, connection, &request).await;
+            let mut reply = self.execute(session, &request).await;
+            // A change's reply waits until the state file holds it.
+            let changes = ["set-replica-mode", "spDeclineUpdate", "spDeployUpdate"];
+            if changes.iter().any(|c| c.eq_ignore_ascii_case(&target))
+                && let Err(e) = self.persist().await
+            {
+                let e = state_error(e);
+                reply = Reply::default();
+                reply.error(e.number, e.class, &e.message, server, "");
+                reply.done(done::ERROR, None);
+            }
             if action.drop == Some(Drop::After) {
                 return Ok(());
             }
@@ -698,7 +887,8 @@ impl Lab {
         Ok(())
     }
 
-    async fn execute(&self, server: &str, connection: u64, request: &Request) -> Reply {
+    async fn execute(&self, session: &Session<'_>, request: &Request) -> Reply {
+        let (server, connection) = (session.server, session.connection);
         let mut reply = Reply::default();
         match request {
             Request::Transaction(kind) => {
@@ -714,6 +904,7 @@ impl Lab {
                 reply.done(done::FINAL, None);
             }
             Request::Batch(text) => match self.statement(server, text, &[]) {
+                Ok(sets) if sets.is_empty() => reply.done(done::FINAL, None),
                 Ok(sets) => {
                     for (k, set) in sets.iter().enumerate() {
                         if let Some(set) = set {
@@ -737,6 +928,11 @@ impl Lab {
                     .procedure
                     .trim_start_matches("dbo.")
                     .trim_start_matches("[dbo].");
+                if let Some(e) = unknown_type(rpc, session.tds_version) {
+                    reply.error(e.number, e.class, &e.message, server, "");
+                    reply.done(done::ERROR, None);
+                    return reply;
+                }
                 let result = match procedure.to_ascii_lowercase().as_str() {
                     "sp_executesql" => self.sp_executesql(server, rpc).map(|sets| (sets, 0)),
                     "spdeclineupdate" | "spdeployupdate" => self
@@ -821,9 +1017,27 @@ impl Lab {
             message: "Cannot open database \"SUSDB\".".into(),
         })?;
         let text_trimmed = text.trim();
+        let faults = &self.shared.config.faults;
         if text_trimmed == susdb::sql::PROBE {
+            // SQL Server compiles the whole batch first: a column the probe names and this
+            // server lacks fails it before any row (error 207).
+            for (object, _) in catalog::COLUMNS {
+                if let Some(column) = faults.removed(server, object).into_iter().next() {
+                    return Err(SqlError {
+                        number: 207,
+                        class: 16,
+                        message: format!("Invalid column name '{column}'."),
+                    });
+                }
+            }
             let update = arg(0).as_str().unwrap_or_default().to_ascii_uppercase();
-            return Ok(probe(db, &update).into_iter().map(Some).collect());
+            return Ok(probe(db, &update, self.shared.config.sql_version)
+                .into_iter()
+                .map(Some)
+                .collect());
+        }
+        if text_trimmed == susdb::sql::SIGNATURES {
+            return Ok(signatures(faults, server).into_iter().map(Some).collect());
         }
         if text_trimmed == susdb::sql::SET_REPLICA_MODE {
             let replica = arg(0).as_bool().ok_or_else(|| SqlError {
@@ -844,8 +1058,6 @@ impl Lab {
                 columns: vec![("ReplicaMode".into(), ColType::Bit)],
                 rows: vec![vec![Cell::Bit(db.replica_mode)]],
             };
-            drop(inner);
-            self.save().map_err(state_error)?;
             return Ok(vec![None, Some(mode)]);
         }
         if text_trimmed == susdb::sql::KEY_OBJECT {
@@ -869,11 +1081,8 @@ impl Lab {
                 rows,
             })]);
         }
-        if text_trimmed == susdb::sql::SERVER_VERSION {
-            return Ok(vec![Some(ResultSet {
-                columns: vec![("ProductVersion".into(), ColType::NVarChar)],
-                rows: vec![vec![Cell::Text(PRODUCT_VERSION.into())]],
-            })]);
+        if let Some(answer) = session_statement(text_trimmed, self.shared.config.sql_version) {
+            return answer;
         }
         let first_line = text_trimmed.lines().next().unwrap_or_default();
         Err(SqlError {
@@ -884,50 +1093,52 @@ impl Lab {
     }
 
     fn procedure(&self, server: &str, procedure: &str, params: &[Param]) -> Result<(), SqlError> {
-        let get = |name: &str| {
-            params
-                .iter()
-                .find(|p| p.name.eq_ignore_ascii_case(name))
-                .map(|p| &p.value)
-        };
-        let missing = |name: &str| SqlError {
-            number: 201,
+        let (name, signature) = catalog::procedure(procedure).ok_or_else(|| SqlError {
+            number: 2812,
             class: 16,
-            message: format!(
-                "Procedure or function '{procedure}' expects parameter '{name}', which was not supplied."
-            ),
+            message: format!("Could not find stored procedure '{procedure}'."),
+        })?;
+        let without = self.shared.config.faults.removed(server, name);
+        let bound = catalog::bind(name, signature, params, &without)?;
+        let get = |wanted: &str| {
+            bound
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(wanted))
+                .and_then(|(_, v)| v.as_ref())
         };
         let text = |name: &str| {
             get(name)
                 .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| missing(name))
+                .unwrap_or_default()
+                .to_string()
         };
-        let update = text(susdb::procs::UPDATE_ID)?;
-        let admin = text(susdb::procs::ADMIN_NAME)?;
+        let update = text(susdb::procs::UPDATE_ID);
+        let admin = text(susdb::procs::ADMIN_NAME);
         let fail_if_replica = get(susdb::procs::FAIL_IF_REPLICA)
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let mut inner = lock(&self.shared.inner);
-        let db = inner
-            .servers
-            .get_mut(server)
-            .ok_or_else(|| missing("server"))?;
+        let db = inner.servers.get_mut(server).ok_or_else(|| SqlError {
+            number: 4060,
+            class: 11,
+            message: "Cannot open database \"SUSDB\".".into(),
+        })?;
         let params_json: serde_json::Map<String, serde_json::Value> = params
             .iter()
             .map(|p| (p.name.clone(), p.value.to_json()))
             .collect();
-        let result = if procedure.eq_ignore_ascii_case("spDeclineUpdate") {
+        let result = if name == "spDeclineUpdate" {
             db.decline(&update, &admin, fail_if_replica)
         } else {
             let int = |name: &str| {
                 get(name)
                     .and_then(Value::as_i64)
-                    .ok_or_else(|| missing(name))
+                    .and_then(|n| i32::try_from(n).ok())
+                    .unwrap_or(-1)
             };
-            let revision = i32::try_from(int(susdb::procs::REVISION_NUMBER)?).unwrap_or(-1);
-            let action = i32::try_from(int(susdb::procs::ACTION_ID)?).unwrap_or(-1);
-            let group = text(susdb::procs::TARGET_GROUP_ID)?;
+            let revision = int(susdb::procs::REVISION_NUMBER);
+            let action = int(susdb::procs::ACTION_ID);
+            let group = text(susdb::procs::TARGET_GROUP_ID);
             db.deploy(&update, revision, action, &group, &admin, fail_if_replica)
         };
         let mut call = Call {
@@ -936,8 +1147,6 @@ impl Lab {
         };
         call.params.insert("ok".into(), result.is_ok().into());
         db.calls.push(call);
-        drop(inner);
-        self.save().map_err(state_error)?;
         result
     }
 
@@ -947,6 +1156,7 @@ impl Lab {
         connection: u64,
         params: &[Param],
     ) -> Result<i32, SqlError> {
+        check_system_call("sp_getapplock", params)?;
         let get = |name: &str| {
             params
                 .iter()
@@ -990,6 +1200,7 @@ impl Lab {
         connection: u64,
         params: &[Param],
     ) -> Result<i32, SqlError> {
+        check_system_call("sp_releaseapplock", params)?;
         let resource = params
             .iter()
             .find(|p| p.name.eq_ignore_ascii_case(susdb::procs::RESOURCE))
@@ -1011,6 +1222,46 @@ impl Lab {
             })
         }
     }
+}
+
+/// One logged-in connection.
+#[derive(Debug)]
+struct Session<'a> {
+    server: &'a str,
+    connection: u64,
+    /// The TDS version of the session (LOGINACK): the lower of the client's and the server's.
+    tds_version: u32,
+}
+
+/// A parameter of a type the session's TDS version does not have (the date and time types of
+/// TDS 7.3 on SQL Server 2005), refused as SQL Server refuses an unknown type ([`version`]).
+fn unknown_type(rpc: &Rpc, tds_version: u32) -> Option<SqlError> {
+    if tds_version >= version::TDS_73 {
+        return None;
+    }
+    let (ordinal, param) = rpc
+        .params
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.type_info.first().is_some_and(|t| version::tds73_type(*t)))?;
+    Some(SqlError {
+        number: 8009,
+        class: 16,
+        message: format!(
+            "The incoming tabular data stream (TDS) remote procedure call (RPC) protocol stream is incorrect. Parameter {} (\"{}\"): Data type 0x{:02X} is unknown.",
+            ordinal + 1,
+            param.name,
+            param.type_info[0]
+        ),
+    })
+}
+
+/// A system procedure's parameters checked against its signature (the lab's catalog).
+fn check_system_call(name: &str, params: &[Param]) -> Result<(), SqlError> {
+    if let Some((name, signature)) = catalog::procedure(name) {
+        catalog::bind(name, signature, params, &[])?;
+    }
+    Ok(())
 }
 
 fn state_error(e: LabError) -> SqlError {
@@ -1066,8 +1317,138 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The two result sets of `susdb::sql::SIGNATURES`, from the lab's catalog less what faults
+/// removed on this server.
+fn signatures(faults: &Faults, server: &str) -> Vec<ResultSet> {
+    let text = |s: &str| Cell::Text(s.to_string());
+    let mut params = ResultSet {
+        columns: vec![
+            ("ObjectName".into(), ColType::NVarChar),
+            ("ParameterName".into(), ColType::NVarChar),
+            ("TypeName".into(), ColType::NVarChar),
+        ],
+        rows: Vec::new(),
+    };
+    for (name, signature) in catalog::PROCEDURES {
+        if !["spDeclineUpdate", "spDeployUpdate"].contains(name) {
+            continue;
+        }
+        let without = faults.removed(server, name);
+        for p in *signature {
+            if !without.iter().any(|w| w.eq_ignore_ascii_case(p.name)) {
+                params
+                    .rows
+                    .push(vec![text(name), text(p.name), text(p.ty.name())]);
+            }
+        }
+    }
+    let mut columns = ResultSet {
+        columns: vec![
+            ("ObjectName".into(), ColType::NVarChar),
+            ("ColumnName".into(), ColType::NVarChar),
+        ],
+        rows: Vec::new(),
+    };
+    for (object, names) in catalog::COLUMNS {
+        let without = faults.removed(server, object);
+        for column in *names {
+            if !without.iter().any(|w| w.eq_ignore_ascii_case(column)) {
+                columns.rows.push(vec![text(object), text(column)]);
+            }
+        }
+    }
+    vec![params, columns]
+}
+
+/// What every client may send besides the contract: the session `SET` options drivers send at
+/// connect (tedious, the .NET and JDBC drivers; SQL Server docs "SET Statements"), and the
+/// version queries (`@@VERSION`, `SERVERPROPERTY('ProductVersion' | 'ProductLevel' | 'Edition' |
+/// 'MachineName')`) that tools send to learn whom they talk to. `None`: not one of these.
+fn session_statement(
+    text: &str,
+    version: SqlVersion,
+) -> Option<Result<Vec<Option<ResultSet>>, SqlError>> {
+    const SET_OPTIONS: &[&str] = &[
+        "TEXTSIZE",
+        "QUOTED_IDENTIFIER",
+        "ARITHABORT",
+        "NUMERIC_ROUNDABORT",
+        "ANSI_WARNINGS",
+        "ANSI_PADDING",
+        "ANSI_NULLS",
+        "ANSI_NULL_DFLT_ON",
+        "CONCAT_NULL_YIELDS_NULL",
+        "CURSOR_CLOSE_ON_COMMIT",
+        "IMPLICIT_TRANSACTIONS",
+        "LANGUAGE",
+        "DATEFORMAT",
+        "DATEFIRST",
+        "TRANSACTION",
+        "NOCOUNT",
+        "XACT_ABORT",
+        "LOCK_TIMEOUT",
+        "DEADLOCK_PRIORITY",
+    ];
+    let statements: Vec<&str> = text
+        .split(['\n', ';'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let upper: Vec<String> = statements.iter().map(|s| s.to_ascii_uppercase()).collect();
+    if !upper.is_empty() && upper.iter().all(|s| s.starts_with("SET ")) {
+        for statement in &upper {
+            let option = statement[4..].split_whitespace().next().unwrap_or_default();
+            if !SET_OPTIONS.contains(&option) {
+                return Some(Err(SqlError {
+                    number: 195,
+                    class: 15,
+                    message: format!("'{option}' is not a recognized SET option."),
+                }));
+            }
+        }
+        return Some(Ok(Vec::new()));
+    }
+    let [one] = upper.as_slice() else {
+        return None;
+    };
+    let one = one.replace(' ', "");
+    let nvarchar = |name: &str, value: String| {
+        Some(Ok(vec![Some(ResultSet {
+            columns: vec![(name.to_string(), ColType::NVarChar)],
+            rows: vec![vec![Cell::Text(value)]],
+        })]))
+    };
+    // The column's name: the alias after the last closing parenthesis, if any.
+    let statement = statements[0];
+    let tail = statement
+        .rsplit_once(')')
+        .map_or(statement, |(_, rest)| rest);
+    let alias = tail
+        .to_ascii_uppercase()
+        .find(" AS ")
+        .map_or(String::new(), |at| {
+            tail[at + 4..].trim().trim_matches(['[', ']']).to_string()
+        });
+    if one == "SELECT@@VERSION" || one.starts_with("SELECT@@VERSIONAS") {
+        return nvarchar(&alias, version.at_at_version());
+    }
+    for (property, value) in [
+        ("PRODUCTVERSION", version.product_version().to_string()),
+        ("PRODUCTLEVEL", "SP3".to_string()),
+        ("EDITION", version.edition().to_string()),
+        ("MACHINENAME", "WSUS".to_string()),
+    ] {
+        let plain = format!("SELECTSERVERPROPERTY('{property}')");
+        let cast = format!("SELECTCAST(SERVERPROPERTY('{property}')ASNVARCHAR(128))");
+        if one == plain || one.starts_with(&format!("{plain}AS")) || one.starts_with(&cast) {
+            return nvarchar(&alias, value);
+        }
+    }
+    None
+}
+
 /// The four result sets of `susdb::sql::PROBE`.
-fn probe(db: &ServerDb, update: &str) -> Vec<ResultSet> {
+fn probe(db: &ServerDb, update: &str, version: SqlVersion) -> Vec<ResultSet> {
     let present = db.update_present && update == susdb::KB954960_UPDATE_ID;
     let config = ResultSet {
         columns: vec![
@@ -1079,7 +1460,7 @@ fn probe(db: &ServerDb, update: &str) -> Vec<ResultSet> {
             ("SyncToMU".into(), ColType::Bit),
         ],
         rows: vec![vec![
-            Cell::Text(PRODUCT_VERSION.into()),
+            Cell::Text(version.product_version().into()),
             Cell::Int(SCHEMA_VERSION),
             Cell::Bit(db.replica_mode),
             db.upstream_server_name
@@ -1129,6 +1510,7 @@ fn probe(db: &ServerDb, update: &str) -> Vec<ResultSet> {
             ("DeploymentID".into(), ColType::Int),
             ("RevisionNumber".into(), ColType::Int),
             ("TargetGroupID".into(), ColType::Guid),
+            ("TargetGroupTypeID".into(), ColType::Int),
             ("ActionID".into(), ColType::Int),
         ],
         rows: if present {
@@ -1139,6 +1521,7 @@ fn probe(db: &ServerDb, update: &str) -> Vec<ResultSet> {
                         Cell::Int(d.deployment_id),
                         Cell::Int(number_of(d.revision_id)),
                         Cell::Guid(d.target_group_id.clone()),
+                        Cell::Int(d.target_group_type_id),
                         Cell::Int(d.action_id),
                     ]
                 })

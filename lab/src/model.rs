@@ -17,6 +17,9 @@ pub enum Seed {
     Healthy,
     /// A deterministic variety: broken, declined and consistent, approved for install, absent.
     Mixed,
+    /// Broken, and two revisions flagged `IsLatestRevision` (the anomaly susdb.md section 5
+    /// names), each with an approval.
+    SeveralLatest,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +35,11 @@ pub struct Deployment {
     pub deployment_id: i32,
     pub revision_id: i32,
     pub target_group_id: String,
+    /// `TargetGroupTypeID`: 0 a computer group, 1 the Downstream Servers group (susdb-audit.md
+    /// item 9: WSUS's own SQL filters `TargetGroupTypeID = 0`, and its error texts speak of
+    /// "Non DSS Target Group" deployments).
+    #[serde(default)]
+    pub target_group_type_id: i32,
     pub action_id: i32,
     pub is_assigned: bool,
     pub admin_name: String,
@@ -88,8 +96,15 @@ impl SqlError {
 }
 
 impl ServerDb {
-    /// The database of the `index`-th server (execution order) under `seed`.
-    pub fn seeded(seed: Seed, index: usize, replica: bool, upstream: Option<String>) -> ServerDb {
+    /// The database of the `index`-th server (execution order) under `seed`. A server with
+    /// downstream servers also holds an approval for the Downstream Servers group.
+    pub fn seeded(
+        seed: Seed,
+        index: usize,
+        replica: bool,
+        upstream: Option<String>,
+        has_downstream: bool,
+    ) -> ServerDb {
         // Local ids differ per server, as on real servers (the logged dictionary key is local).
         let base = i32::try_from(index % 100_000).unwrap_or(0) * 10 + 8_000;
         let mut db = ServerDb {
@@ -121,6 +136,7 @@ impl ServerDb {
             Seed::Broken => 0,
             Seed::Healthy => 1,
             Seed::Mixed => index % 4,
+            Seed::SeveralLatest => 4,
         };
         match variant {
             0 => {
@@ -156,9 +172,48 @@ impl ServerDb {
                     "WSUS Server",
                 );
             }
-            _ => {
+            3 => {
                 db.update_present = false;
                 db.revisions.clear();
+            }
+            _ => {
+                db.revisions[0].is_latest = true;
+                db.push_deployment(
+                    base + 1,
+                    groups::ALL_COMPUTERS,
+                    susdb::action::INSTALL,
+                    "WSUS Server",
+                );
+                db.push_deployment(
+                    base + 2,
+                    groups::ALL_COMPUTERS,
+                    susdb::action::INSTALL,
+                    "WSUS Server",
+                );
+            }
+        }
+        if has_downstream && db.update_present {
+            // WSUS keeps deployments for the Downstream Servers group on a server that has
+            // downstream servers. Whether spDeclineUpdate retires them is not public: here they
+            // survive it, the harsher case for a verdict that must ignore them.
+            let latest = db
+                .revisions
+                .iter()
+                .rev()
+                .find(|r| r.is_latest)
+                .map(|r| r.revision_id);
+            if let Some(revision) = latest {
+                db.deployments.push(Deployment {
+                    deployment_id: db.next_deployment_id,
+                    revision_id: revision,
+                    target_group_id: groups::DOWNSTREAM_SERVERS.to_string(),
+                    target_group_type_id: susdb::target_group_type::DOWNSTREAM_SERVER,
+                    action_id: susdb::action::INSTALL,
+                    is_assigned: true,
+                    admin_name: "WSUS Server".into(),
+                    deleted_by: None,
+                });
+                db.next_deployment_id += 1;
             }
         }
         db.refresh();
@@ -170,6 +225,7 @@ impl ServerDb {
             deployment_id: self.next_deployment_id,
             revision_id,
             target_group_id: group.to_string(),
+            target_group_type_id: susdb::target_group_type::COMPUTER,
             action_id: action,
             is_assigned: true,
             admin_name: admin.to_string(),
@@ -178,8 +234,14 @@ impl ServerDb {
         self.next_deployment_id += 1;
     }
 
+    /// Retires every computer-group approval (see [`ServerDb::seeded`] for the others).
     fn retire_all(&mut self, admin: &str) {
-        for mut d in self.deployments.drain(..) {
+        let (computers, others): (Vec<Deployment>, Vec<Deployment>) = self
+            .deployments
+            .drain(..)
+            .partition(|d| d.target_group_type_id == susdb::target_group_type::COMPUTER);
+        self.deployments = others;
+        for mut d in computers {
             d.deleted_by = Some(admin.to_string());
             self.dead_deployments.push(d);
         }
@@ -192,6 +254,7 @@ impl ServerDb {
         let mut groups: Vec<&str> = self
             .deployments
             .iter()
+            .filter(|d| d.target_group_type_id == susdb::target_group_type::COMPUTER)
             .map(|d| d.target_group_id.as_str())
             .collect();
         groups.sort_unstable();
@@ -264,7 +327,9 @@ impl ServerDb {
         }
         let (same, other): (Vec<Deployment>, Vec<Deployment>) =
             self.deployments.drain(..).partition(|d| {
-                d.revision_id == revision && d.target_group_id.eq_ignore_ascii_case(group)
+                d.revision_id == revision
+                    && d.target_group_type_id == susdb::target_group_type::COMPUTER
+                    && d.target_group_id.eq_ignore_ascii_case(group)
             });
         self.deployments = other;
         for mut d in same {
@@ -281,8 +346,83 @@ impl ServerDb {
         self.replica_mode = replica;
     }
 
-    pub fn latest_revision(&self) -> Option<&Revision> {
-        self.revisions.iter().find(|r| r.is_latest)
+    /// A replica's synchronization from its upstream (MS-WSUSSS 3.2.4.3, Deployments
+    /// Synchronization): the upstream's dead deployments are removed here, its deployments added
+    /// or updated, and the updates it hides (declines) marked declined here. Revisions are
+    /// matched by number (local ids differ per server); only computer-group deployments travel
+    /// (the Downstream Servers group's rows are each server's own). Returns whether anything
+    /// changed.
+    pub fn sync_from(&mut self, upstream: &ServerDb) -> bool {
+        if !upstream.update_present || !self.update_present {
+            return false;
+        }
+        let number_of = |db: &ServerDb, id: i32| {
+            db.revisions
+                .iter()
+                .find(|r| r.revision_id == id)
+                .map(|r| r.revision_number)
+        };
+        let wanted: Vec<(i32, String, i32, bool)> = upstream
+            .deployments
+            .iter()
+            .filter(|d| d.target_group_type_id == susdb::target_group_type::COMPUTER)
+            .filter_map(|d| {
+                let number = number_of(upstream, d.revision_id)?;
+                let local = self
+                    .revisions
+                    .iter()
+                    .find(|r| r.revision_number == number)?;
+                Some((
+                    local.revision_id,
+                    d.target_group_id.to_ascii_uppercase(),
+                    d.action_id,
+                    d.is_assigned,
+                ))
+            })
+            .collect();
+        let before = (self.deployments.clone(), self.update_declined);
+        let (computers, mut kept): (Vec<Deployment>, Vec<Deployment>) = self
+            .deployments
+            .drain(..)
+            .partition(|d| d.target_group_type_id == susdb::target_group_type::COMPUTER);
+        for d in computers {
+            let key = (
+                d.revision_id,
+                d.target_group_id.to_ascii_uppercase(),
+                d.action_id,
+                d.is_assigned,
+            );
+            if wanted.contains(&key) {
+                kept.push(d);
+            } else {
+                let mut dead = d;
+                dead.deleted_by = Some("WSUS Server (replica synchronization)".into());
+                self.dead_deployments.push(dead);
+            }
+        }
+        self.deployments = kept;
+        for (revision, group, action, assigned) in wanted {
+            let present = self.deployments.iter().any(|d| {
+                d.revision_id == revision
+                    && d.target_group_id.eq_ignore_ascii_case(&group)
+                    && d.action_id == action
+                    && d.target_group_type_id == susdb::target_group_type::COMPUTER
+            });
+            if !present {
+                self.push_deployment(
+                    revision,
+                    &group,
+                    action,
+                    "WSUS Server (replica synchronization)",
+                );
+                if let Some(d) = self.deployments.last_mut() {
+                    d.is_assigned = assigned;
+                }
+            }
+        }
+        self.update_declined = upstream.update_declined;
+        self.refresh();
+        (self.deployments.clone(), self.update_declined) != before
     }
 }
 
@@ -294,7 +434,7 @@ mod tests {
 
     #[test]
     fn the_broken_seed_fails_client_sync_and_the_repair_fixes_it() {
-        let mut db = ServerDb::seeded(Seed::Broken, 3, false, None);
+        let mut db = ServerDb::seeded(Seed::Broken, 3, false, None, false);
         assert!(!db.client_sync_ok);
         db.decline(UPDATE, "op", true).unwrap();
         assert!(db.client_sync_ok && db.update_declined && db.deployments.is_empty());
@@ -315,7 +455,7 @@ mod tests {
 
     #[test]
     fn approving_the_latest_revision_alone_leaves_the_stale_approval() {
-        let mut db = ServerDb::seeded(Seed::Broken, 0, false, None);
+        let mut db = ServerDb::seeded(Seed::Broken, 0, false, None, false);
         db.deploy(
             UPDATE,
             101,
@@ -333,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_replica_refuses_approval_changes_only_when_asked_to() {
-        let mut db = ServerDb::seeded(Seed::Broken, 0, true, Some("up".into()));
+        let mut db = ServerDb::seeded(Seed::Broken, 0, true, Some("up".into()), false);
         let err = db.decline(UPDATE, "op", true).unwrap_err();
         assert_eq!(err.number, 50000);
         assert!(err.message.contains("replica"));
@@ -342,11 +482,11 @@ mod tests {
 
     #[test]
     fn seeds_are_what_they_say() {
-        let healthy = ServerDb::seeded(Seed::Healthy, 0, false, None);
+        let healthy = ServerDb::seeded(Seed::Healthy, 0, false, None, false);
         assert!(healthy.client_sync_ok && healthy.update_declined);
         let kinds: Vec<(bool, bool, bool)> = (0..4)
             .map(|i| {
-                let db = ServerDb::seeded(Seed::Mixed, i, false, None);
+                let db = ServerDb::seeded(Seed::Mixed, i, false, None, false);
                 (db.update_present, db.update_declined, db.client_sync_ok)
             })
             .collect();
@@ -359,5 +499,38 @@ mod tests {
                 (false, false, true)
             ]
         );
+    }
+
+    #[test]
+    fn downstream_server_approvals_survive_a_decline_and_do_not_break_client_sync() {
+        let mut db = ServerDb::seeded(Seed::Broken, 0, false, None, true);
+        assert_eq!(db.deployments.len(), 3);
+        db.decline(UPDATE, "op", true).unwrap();
+        assert!(db.client_sync_ok && db.update_declined);
+        assert_eq!(db.deployments.len(), 1);
+        assert_eq!(db.deployments[0].target_group_type_id, 1);
+    }
+
+    #[test]
+    fn a_replica_takes_its_upstreams_approvals_and_declined_state_when_it_syncs() {
+        let mut upstream = ServerDb::seeded(Seed::Broken, 0, false, None, true);
+        let mut replica = ServerDb::seeded(Seed::Healthy, 1, true, Some("up".into()), false);
+        assert!(replica.client_sync_ok);
+        assert!(replica.sync_from(&upstream), "the broken state travels");
+        assert!(!replica.client_sync_ok && !replica.update_declined);
+        assert_eq!(replica.deployments.len(), 2, "computer approvals only");
+        assert!(!replica.sync_from(&upstream), "nothing new the second time");
+        upstream.decline(UPDATE, "op", false).unwrap();
+        assert!(replica.sync_from(&upstream));
+        assert!(
+            replica.client_sync_ok && replica.update_declined && replica.deployments.is_empty()
+        );
+    }
+
+    #[test]
+    fn the_several_latest_seed_flags_two_revisions_latest() {
+        let db = ServerDb::seeded(Seed::SeveralLatest, 0, false, None, false);
+        assert_eq!(db.revisions.iter().filter(|r| r.is_latest).count(), 2);
+        assert!(!db.client_sync_ok);
     }
 }

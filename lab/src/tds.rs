@@ -243,15 +243,18 @@ pub mod encrypt {
     pub const NOT_SUP: u8 = 0x02;
 }
 
-/// The PRELOGIN reply: version, `encryption`, no instance, no thread id, no MARS.
-pub fn prelogin_reply(encryption: u8) -> Vec<u8> {
+/// The PRELOGIN reply: version (major, minor, build), `encryption`, no instance, no thread id,
+/// no MARS.
+pub fn prelogin_reply(encryption: u8, version: (u8, u8, u16)) -> Vec<u8> {
+    let (major, minor, build) = version;
+    let [build_hi, build_lo] = build.to_be_bytes();
     // (token, data); offsets are computed after the option table (5 bytes per option + 0xFF).
     let options: [(u8, &[u8]); 5] = [
-        (0x00, &[16, 0, 0x10, 0x00, 0, 0]), // VERSION 16.0.4096, sub-build 0
-        (0x01, &[encryption]),              // ENCRYPTION
-        (0x02, &[0x00]),                    // INSTOPT: empty, accepted
-        (0x03, &[]),                        // THREADID
-        (0x04, &[0x00]),                    // MARS off
+        (0x00, &[major, minor, build_hi, build_lo, 0, 0]), // VERSION, sub-build 0
+        (0x01, &[encryption]),                             // ENCRYPTION
+        (0x02, &[0x00]),                                   // INSTOPT: empty, accepted
+        (0x03, &[]),                                       // THREADID
+        (0x04, &[0x00]),                                   // MARS off
     ];
     let mut table = Vec::new();
     let mut data = Vec::new();
@@ -273,6 +276,8 @@ pub fn prelogin_reply(encryption: u8) -> Vec<u8> {
 
 /// What the lab reads from LOGIN7. The password is deobfuscated only to be compared.
 pub struct Login {
+    /// The newest TDS version the client speaks (`0x74000004` for 7.4).
+    pub tds_version: u32,
     pub packet_size: u32,
     pub user: String,
     pub password: String,
@@ -298,7 +303,7 @@ impl fmt::Debug for Login {
 pub fn parse_login(payload: &[u8]) -> Result<Login, ProtocolError> {
     let mut c = Cursor::new(payload);
     let _length = c.u32()?;
-    let _tds_version = c.u32()?;
+    let tds_version = c.u32()?;
     let packet_size = c.u32()?;
     c.take(12)?; // client version, pid, connection id
     let _flags1 = c.u8()?;
@@ -338,6 +343,7 @@ pub fn parse_login(payload: &[u8]) -> Result<Login, ProtocolError> {
         .map(<[u8]>::to_vec)
         .unwrap_or_default();
     Ok(Login {
+        tds_version,
         packet_size,
         user: text(user)?,
         password,
@@ -758,11 +764,14 @@ impl Reply {
         self.message(0xAA, number, class, text, server, procedure);
     }
 
-    pub fn login_ack(&mut self, program: &str) {
+    /// LOGINACK (2.2.7.14): the session's TDS version and the server's product version.
+    pub fn login_ack(&mut self, program: &str, tds: u32, version: (u8, u8, u16)) {
         let mut body = vec![0x01]; // SQL_TSQL
-        body.extend_from_slice(&0x7400_0004u32.to_be_bytes());
+        body.extend_from_slice(&tds.to_be_bytes());
         put_b_varchar(&mut body, program);
-        body.extend_from_slice(&[16, 0, 0x10, 0x00]); // 16.0.4096
+        let (major, minor, build) = version;
+        body.extend_from_slice(&[major, minor]);
+        body.extend_from_slice(&build.to_be_bytes());
         self.token_with_len(0xAD, &body);
     }
 
@@ -881,7 +890,14 @@ impl Reply {
     }
 
     /// The login reply as SQL Server sends it (tiberius waits for the final DONE).
-    pub fn login_ok(&mut self, database: &str, server: &str, packet_size: u32) {
+    pub fn login_ok(
+        &mut self,
+        database: &str,
+        server: &str,
+        packet_size: u32,
+        tds: u32,
+        version: (u8, u8, u16),
+    ) {
         self.env_change_text(1, database, "master");
         self.info(
             5701,
@@ -891,7 +907,7 @@ impl Reply {
         self.env_change_bytes(7, &COLLATION, &[]);
         self.env_change_text(2, "us_english", "");
         self.info(5703, "Changed language setting to us_english.", server);
-        self.login_ack("Microsoft SQL Server");
+        self.login_ack("Microsoft SQL Server", tds, version);
         let size = packet_size.to_string();
         self.env_change_text(4, &size, &size);
         self.done(done::FINAL, None);

@@ -164,10 +164,6 @@ async fn approve(c: &mut Client<Compat<TcpStream>>) -> tiberius::Result<u32> {
     cmd.bind_param(procs::DOWNLOAD_PRIORITY, 1i32);
     cmd.bind_param(procs::FAIL_IF_REPLICA, true);
     cmd.bind_param(procs::IS_REPLICA, false);
-    cmd.bind_param(
-        procs::DEADLINE,
-        Option::<tiberius::time::chrono::NaiveDateTime>::None,
-    );
     Ok(cmd
         .exec(c)
         .await?
@@ -183,10 +179,16 @@ async fn decline_approve_decline_repairs_a_server_and_every_call_is_recorded() {
     assert_eq!(decline(&mut c, true).await.unwrap(), 0);
     assert_eq!(approve(&mut c).await.unwrap(), 0);
     let mid = r.lab.snapshot().servers["wsus-hq"].clone();
-    assert!(!mid.update_declined && mid.client_sync_ok && mid.deployments.len() == 1);
+    let computer_rows = |db: &susdb_lab::model::ServerDb| {
+        db.deployments
+            .iter()
+            .filter(|d| d.target_group_type_id == 0)
+            .count()
+    };
+    assert!(!mid.update_declined && mid.client_sync_ok && computer_rows(&mid) == 1);
     assert_eq!(decline(&mut c, true).await.unwrap(), 0);
     let db = r.lab.snapshot().servers["wsus-hq"].clone();
-    assert!(db.update_declined && db.client_sync_ok && db.deployments.is_empty());
+    assert!(db.update_declined && db.client_sync_ok && computer_rows(&db) == 0);
     let calls: Vec<&str> = db.calls.iter().map(|c| c.procedure.as_str()).collect();
     assert_eq!(
         calls,
@@ -195,7 +197,142 @@ async fn decline_approve_decline_repairs_a_server_and_every_call_is_recorded() {
     let deploy = &db.calls[1].params;
     assert_eq!(deploy["@actionID"], 2);
     assert_eq!(deploy["@targetGroupID"], groups::ALL_COMPUTERS);
-    assert_eq!(deploy["@deadline"], serde_json::Value::Null);
+    assert!(!deploy.contains_key("@deadline"));
+}
+
+/// The approve call as wsus-reset sent it before it was checked against SQL Server 2005, with a
+/// `@deadline`: tiberius (`tds73`) sends a `NaiveDateTime` as `datetime2`, and `None` as the NULL
+/// type (0x1F).
+async fn approve_with_deadline(
+    c: &mut Client<Compat<TcpStream>>,
+    deadline: Option<tiberius::time::chrono::NaiveDateTime>,
+) -> tiberius::error::Error {
+    let mut cmd = Command::new(procs::DEPLOY_UPDATE);
+    cmd.bind_param(procs::UPDATE_ID, update());
+    cmd.bind_param(procs::REVISION_NUMBER, 101i32);
+    cmd.bind_param(procs::ACTION_ID, susdb::action::DETECT_ONLY);
+    cmd.bind_param(
+        procs::TARGET_GROUP_ID,
+        Uuid::parse_str(groups::ALL_COMPUTERS).unwrap(),
+    );
+    cmd.bind_param(procs::ADMIN_NAME, "CONTOSO\\operator");
+    cmd.bind_param(procs::IS_ASSIGNED, true);
+    cmd.bind_param(procs::DOWNLOAD_PRIORITY, 1i32);
+    cmd.bind_param(procs::FAIL_IF_REPLICA, true);
+    cmd.bind_param(procs::IS_REPLICA, false);
+    cmd.bind_param("@deadline", deadline);
+    match cmd.exec(c).await {
+        Ok(stream) => stream.into_command_result().await.unwrap_err(),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn sql_server_2005_refuses_a_tds_7_3_type_and_every_version_an_unknown_parameter() {
+    // SQL Server 2005 speaks TDS 7.2: a datetime2 (0x2A) parameter is an unknown type.
+    let r = start(with_login()).await;
+    let mut c = connect(&r, "sql-hq.lab.example").await;
+    let no_deadline = tiberius::time::chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_opt(23, 59, 59));
+    let e = approve_with_deadline(&mut c, no_deadline).await;
+    assert_eq!(e.code(), Some(8009), "{e}");
+    assert!(
+        e.to_string()
+            .contains("Parameter 10 (\"@deadline\"): Data type 0x2A is unknown"),
+        "{e}"
+    );
+    // A NULL travels as the NULL type, which 2005 knows; but a WSUS 3.0 spDeployUpdate has no
+    // @deadline (only modern WSUS is shown with one), on any SQL Server release.
+    let e = approve_with_deadline(&mut c, None).await;
+    assert_eq!(e.code(), Some(8145), "{e}");
+    let r = start(LabConfig {
+        sql_version: "2016".parse().unwrap(),
+        ..with_login()
+    })
+    .await;
+    let mut c = connect(&r, "sql-hq.lab.example").await;
+    let e = approve_with_deadline(&mut c, no_deadline).await;
+    assert_eq!(e.code(), Some(8145), "{e}");
+    assert!(
+        e.to_string()
+            .contains("@deadline is not a parameter for procedure spDeployUpdate."),
+        "{e}"
+    );
+    // Nothing happened on either server.
+    assert!(r.lab.snapshot().servers["wsus-hq"].calls.is_empty());
+}
+
+/// The error a call ends with, whether tiberius reports it at once or in the result stream.
+async fn refusal(cmd: Command<'_>, c: &mut Client<Compat<TcpStream>>) -> tiberius::error::Error {
+    match cmd.exec(c).await {
+        Ok(stream) => stream.into_command_result().await.unwrap_err(),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn a_missing_parameter_or_a_value_that_does_not_convert_is_refused_as_sql_server_does() {
+    let r = start(with_login()).await;
+    let mut c = connect(&r, "sql-hq.lab.example").await;
+    let mut cmd = Command::new(procs::DECLINE_UPDATE);
+    cmd.bind_param(procs::UPDATE_ID, update());
+    cmd.bind_param(procs::ADMIN_NAME, "op");
+    let e = refusal(cmd, &mut c).await;
+    assert_eq!(e.code(), Some(201), "{e}");
+    let mut cmd = Command::new(procs::DECLINE_UPDATE);
+    cmd.bind_param(procs::UPDATE_ID, "not a GUID");
+    cmd.bind_param(procs::ADMIN_NAME, "op");
+    cmd.bind_param(procs::FAIL_IF_REPLICA, true);
+    let e = refusal(cmd, &mut c).await;
+    assert_eq!(e.code(), Some(8114), "{e}");
+    assert!(
+        e.to_string()
+            .contains("Error converting data type nvarchar to uniqueidentifier"),
+        "{e}"
+    );
+    assert!(r.lab.snapshot().servers["wsus-hq"].calls.is_empty());
+}
+
+#[tokio::test]
+async fn the_lab_reports_the_sql_server_it_emulates_and_accepts_session_options() {
+    for (version, expected) in [("2005", "9.00.4035.00"), ("2008r2", "10.50.6000.34")] {
+        let r = start(LabConfig {
+            sql_version: version.parse().unwrap(),
+            ..with_login()
+        })
+        .await;
+        let mut c = connect(&r, "sql-hq.lab.example").await;
+        c.simple_query("SET TEXTSIZE 2147483647\nSET QUOTED_IDENTIFIER ON\nSET ANSI_NULLS ON")
+            .await
+            .unwrap()
+            .into_results()
+            .await
+            .unwrap();
+        let row = c
+            .simple_query("SELECT @@VERSION")
+            .await
+            .unwrap()
+            .into_row()
+            .await
+            .unwrap()
+            .unwrap();
+        let text: &str = row.get(0).unwrap();
+        assert!(text.contains(expected), "{text}");
+        let row = c
+            .simple_query(sql::SERVER_VERSION)
+            .await
+            .unwrap()
+            .into_row()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.get::<&str, _>("ProductVersion"), Some(expected));
+        let e = match c.simple_query("SET NO_SUCH_OPTION ON").await {
+            Ok(stream) => stream.into_results().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert_eq!(e.code(), Some(195), "{e}");
+    }
 }
 
 #[tokio::test]
@@ -307,11 +444,10 @@ async fn multi_packet_requests_and_replies() {
 async fn output_parameters_and_return_status() {
     let r = start(with_login()).await;
     let mut c = connect(&r, "sql-hq.lab.example").await;
-    let mut cmd = Command::new(procs::GET_APPLOCK);
-    cmd.bind_param(procs::RESOURCE, procs::APPLOCK_RESOURCE);
-    cmd.bind_param(procs::LOCK_MODE, "Exclusive");
-    cmd.bind_param(procs::LOCK_OWNER, "Session");
-    cmd.bind_param(procs::LOCK_TIMEOUT, 0i32);
+    // sp_executesql passes an OUTPUT parameter through unchanged when the statement sets none.
+    let mut cmd = Command::new("sp_executesql");
+    cmd.bind_param("@stmt", sql::SERVER_VERSION);
+    cmd.bind_param("@params", "@echo int OUTPUT");
     cmd.bind_out_param("@echo", 41i32);
     let result = cmd
         .exec(&mut c)

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use susdb::sql;
 use susdb_lab::LabConfig;
 use susdb_lab::tls::Identity;
+use susdb_lab::version::SqlVersion;
 use tiberius::{AuthMethod, Client, Config, EncryptionLevel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,6 +32,10 @@ struct Encrypted {
     _dir: tempfile::TempDir,
 }
 
+/// The release these tests emulate: SQL Server 2022, the first with TDS 8.0 (`strict`), so that
+/// every level a topology can ask for exists.
+const RELEASE: SqlVersion = SqlVersion::V2022;
+
 /// A lab whose certificates name only `sql-hq.lab.example`, or none at all.
 async fn start(with_certificate: bool) -> Encrypted {
     start_naming(with_certificate.then(|| vec![HQ.to_string()])).await
@@ -48,6 +53,7 @@ async fn start_naming(names: Option<Vec<String>>) -> Encrypted {
     let lab = support::start(LabConfig {
         credentials: Some((USER.into(), PASSWORD.into())),
         tls,
+        sql_version: RELEASE,
         ..LabConfig::default()
     })
     .await;
@@ -140,7 +146,11 @@ async fn every_encryption_level_logs_in_with_the_certificate_validated() {
         EncryptionLevel::NotSupported,
     ] {
         let answer = version(r.lab.addr, config(HQ, level, Some(&r.ca_file))).await;
-        assert_eq!(answer.as_deref(), Ok("9.00.4035.00"), "{level:?}");
+        assert_eq!(
+            answer.as_deref(),
+            Ok(RELEASE.product_version()),
+            "{level:?}"
+        );
     }
 }
 
@@ -195,6 +205,25 @@ async fn a_certificate_from_another_authority_or_for_another_name_is_refused() {
 }
 
 #[tokio::test]
+async fn sql_server_2005_encrypts_inside_prelogin_and_has_no_tds_8() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    let (identity, ca) = Identity::generate(&[HQ.to_string()]).unwrap();
+    std::fs::write(&ca_file, ca).unwrap();
+    let lab = support::start(LabConfig {
+        credentials: Some((USER.into(), PASSWORD.into())),
+        tls: Some(identity),
+        ..LabConfig::default()
+    })
+    .await;
+    let ca = ca_file.to_string_lossy();
+    let required = version(lab.addr, config(HQ, EncryptionLevel::Required, Some(&ca))).await;
+    assert_eq!(required.as_deref(), Ok("9.00.4035.00"));
+    let strict = version(lab.addr, config(HQ, EncryptionLevel::Strict, Some(&ca))).await;
+    assert!(strict.is_err(), "{strict:?}");
+}
+
+#[tokio::test]
 async fn without_a_certificate_the_lab_refuses_encryption_and_a_client_requiring_it_stops() {
     let r = start(false).await;
     let e = version(r.lab.addr, config(HQ, EncryptionLevel::Required, None))
@@ -202,7 +231,7 @@ async fn without_a_certificate_the_lab_refuses_encryption_and_a_client_requiring
         .unwrap_err();
     assert!(e.contains("encryption"), "{e}");
     let plain = version(r.lab.addr, config(HQ, EncryptionLevel::NotSupported, None)).await;
-    assert_eq!(plain.as_deref(), Ok("9.00.4035.00"));
+    assert_eq!(plain.as_deref(), Ok(RELEASE.product_version()));
 }
 
 #[tokio::test]
@@ -218,7 +247,7 @@ async fn thousands_of_hosts_each_get_a_certificate_of_their_own() {
         config(HQ, EncryptionLevel::Required, Some(&r.ca_file)),
     )
     .await;
-    assert_eq!(answer.as_deref(), Ok("9.00.4035.00"));
+    assert_eq!(answer.as_deref(), Ok(RELEASE.product_version()));
     // The lab has no server by that name, but the handshake got as far as the login.
     let e = version(
         r.lab.addr,

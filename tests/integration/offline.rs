@@ -339,8 +339,13 @@ fn export_sql_writes_one_guarded_script_per_server_named_in_execution_order() {
         let text = std::fs::read_to_string(out_dir.join(file)).expect("script");
         let machine = server["name"].as_str().expect("name").to_ascii_uppercase();
         assert!(
-            text.contains(&format!("@expectedMachine nvarchar(128) = N'{machine}'")),
+            text.contains(&format!("SET @expectedMachine = N'{machine}';")),
             "{file} is not guarded against the wrong machine"
+        );
+        assert_eq!(
+            susdb::sql2005::violations(&text),
+            Vec::<String>::new(),
+            "{file} would not compile on SQL Server 2005 (SSEE)"
         );
         let replica = server["mode"] == "replica";
         assert_eq!(text.contains("SET ReplicaMode = 0"), replica, "{file}");

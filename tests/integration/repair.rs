@@ -60,7 +60,7 @@ impl Drop for LabProcess {
 }
 
 impl LabProcess {
-    fn start(seed: &str, faults: &str, latency_ms: u64) -> LabProcess {
+    pub(crate) fn start(seed: &str, faults: &str, latency_ms: u64) -> LabProcess {
         Self::start_with(TOPOLOGY, seed, faults, latency_ms)
     }
 
@@ -74,18 +74,19 @@ impl LabProcess {
     }
 
     /// A lab with a throwaway authority's certificate for every host; the authority is `tls/ca.pem`
-    /// in the scratch directory.
+    /// in the scratch directory. It emulates SQL Server 2022, the first release with TDS 8.0
+    /// (`encrypt: strict`); `rehearse` covers TLS against the default, 2005.
     pub(crate) fn start_tls(topology: &str, seed: &str) -> LabProcess {
         Self::start_extra(
             topology,
             seed,
             "faults: []\n",
             0,
-            &["--tls-generate", "tls"],
+            &["--tls-generate", "tls", "--sql-version", "2022"],
         )
     }
 
-    fn start_extra(
+    pub(crate) fn start_extra(
         topology: &str,
         seed: &str,
         faults: &str,
@@ -137,7 +138,7 @@ impl LabProcess {
         cmd
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("wsus-reset runs")
     }
 
@@ -217,13 +218,13 @@ pub(crate) fn text(output: &Output) -> String {
 }
 
 /// The procedures a server received, in order, with the replica flag written for
-/// `set-replica-mode`; only calls that took effect.
+/// `set-replica-mode`; only calls that took effect (not the lab's own replica synchronizations).
 pub(crate) fn calls(server: &Value) -> Vec<String> {
     server["calls"]
         .as_array()
         .expect("calls")
         .iter()
-        .filter(|c| c["params"]["ok"] != Value::Bool(false))
+        .filter(|c| c["params"]["ok"] != Value::Bool(false) && c["procedure"] != "replica-sync")
         .map(|c| match c["procedure"].as_str().expect("procedure") {
             "set-replica-mode" => format!("set-replica-mode={}", c["params"]["@P1"]),
             other => other.to_string(),

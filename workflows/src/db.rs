@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use susdb::{action, groups, procs, sql};
+use susdb::{action, groups, procs, schema, sql, target_group_type};
 use tiberius::{Client, Command, Row, Uuid};
 use tokio_util::compat::Compat;
 
@@ -121,7 +121,19 @@ pub struct Approval {
     pub deployment_id: i32,
     pub revision: i32,
     pub target_group: String,
+    /// `TargetGroupTypeID`: 0 a computer group (what clients see), 1 the Downstream Servers
+    /// group (`susdb::target_group_type`).
+    #[serde(default)]
+    pub target_group_type: i32,
     pub action: i32,
+}
+
+impl Approval {
+    /// An approval for a computer target group: what GetSyncInfo reads, and what the fault and
+    /// the repair are about.
+    pub fn for_computers(&self) -> bool {
+        self.target_group_type == target_group_type::COMPUTER
+    }
 }
 
 /// What the probe reads, in one round trip (`susdb::sql::PROBE`).
@@ -145,30 +157,29 @@ pub struct UpdateState {
 }
 
 impl UpdateState {
+    /// The revision the approval goes on: the highest `RevisionNumber` flagged latest (WSUS
+    /// should flag one; when several are, the newest is the one clients are offered).
     pub fn latest_revision(&self) -> Option<i32> {
-        self.revisions.iter().find(|r| r.latest).map(|r| r.number)
-    }
-
-    /// The inconsistencies of susdb.md section 5, in words; empty when consistent.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let latest: Vec<i32> = self
-            .revisions
+        self.revisions
             .iter()
             .filter(|r| r.latest)
             .map(|r| r.number)
-            .collect();
-        if latest.len() > 1 {
-            problems.push(format!(
-                "{} revisions flagged latest ({})",
-                latest.len(),
-                join(&latest)
-            ));
-        }
+            .max()
+    }
+
+    /// The approvals for computer target groups (`TargetGroupTypeID` 0).
+    pub fn computer_approvals(&self) -> impl Iterator<Item = &Approval> {
+        self.approvals.iter().filter(|a| a.for_computers())
+    }
+
+    /// The inconsistencies of susdb.md section 5 among computer-group approvals, in words;
+    /// empty when consistent.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let latest = self.latest_revision();
         let stale: Vec<i32> = self
-            .approvals
-            .iter()
-            .filter(|a| !latest.contains(&a.revision))
+            .computer_approvals()
+            .filter(|a| Some(a.revision) != latest)
             .map(|a| a.revision)
             .collect();
         if !stale.is_empty() {
@@ -176,7 +187,7 @@ impl UpdateState {
         }
         let mut seen: Vec<&str> = Vec::new();
         let mut doubled: Vec<&str> = Vec::new();
-        for a in &self.approvals {
+        for a in self.computer_approvals() {
             if seen.contains(&a.target_group.as_str()) {
                 if !doubled.contains(&a.target_group.as_str()) {
                     doubled.push(&a.target_group);
@@ -194,9 +205,38 @@ impl UpdateState {
         problems
     }
 
-    /// The end state of the repair: declined, with nothing left approved or inconsistent.
+    /// What is odd on this server but neither caused by nor repaired by the tool, in words:
+    /// several revisions flagged latest (susdb.md 5), and approvals WSUS keeps for its
+    /// downstream servers (`TargetGroupTypeID` other than 0), which a decline may leave.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let flagged: Vec<i32> = self
+            .revisions
+            .iter()
+            .filter(|r| r.latest)
+            .map(|r| r.number)
+            .collect();
+        if flagged.len() > 1 {
+            notes.push(format!(
+                "{} revisions flagged latest ({}): the highest, {}, is the one approved",
+                flagged.len(),
+                join(&flagged),
+                flagged.iter().max().copied().unwrap_or_default()
+            ));
+        }
+        let downstream = self.approvals.iter().filter(|a| !a.for_computers()).count();
+        if downstream > 0 {
+            notes.push(format!(
+                "{downstream} approval(s) for downstream servers (TargetGroupTypeID other than 0) \
+                 left as WSUS keeps them"
+            ));
+        }
+        notes
+    }
+
+    /// The end state of the repair: declined, with no computer-group approval left.
     pub fn repaired(&self) -> bool {
-        self.declined && self.approvals.is_empty() && self.problems().is_empty()
+        self.declined && self.computer_approvals().next().is_none()
     }
 }
 
@@ -278,6 +318,8 @@ pub async fn probe(c: &mut Connection, update: &str) -> Result<Observed, DbError
                         .ok_or_else(|| missing("TargetGroupID"))?
                         .to_string()
                         .to_ascii_uppercase(),
+                    target_group_type: get::<i32>(row, "TargetGroupTypeID")?
+                        .ok_or_else(|| missing("TargetGroupTypeID"))?,
                     action: get::<i32>(row, "ActionID")?.ok_or_else(|| missing("ActionID"))?,
                 })
             })
@@ -371,20 +413,91 @@ pub async fn approve_detect_only(
     cmd.bind_param(procs::DOWNLOAD_PRIORITY, 1i32);
     cmd.bind_param(procs::FAIL_IF_REPLICA, true);
     cmd.bind_param(procs::IS_REPLICA, false);
-    cmd.bind_param(
-        procs::DEADLINE,
-        Option::<tiberius::time::chrono::NaiveDateTime>::None,
-    );
     exec_checked(c, cmd, procs::DEPLOY_UPDATE).await
 }
 
 /// Whether the approval of [`approve_detect_only`] is live on `revision`.
 pub fn detect_only_approval_live(state: &UpdateState, revision: i32) -> bool {
-    state.approvals.iter().any(|a| {
+    state.computer_approvals().any(|a| {
         a.revision == revision
             && a.action == action::DETECT_ONLY
             && a.target_group.eq_ignore_ascii_case(groups::ALL_COMPUTERS)
     })
+}
+
+/// Where this server's procedures and tables differ from what this build sends and reads
+/// (`susdb::sql::SIGNATURES` against `susdb::procs::SIGNATURES` and `susdb::schema::COLUMNS`), in
+/// words; empty when they match. Read-only, one round trip.
+pub async fn signature_differences(c: &mut Connection) -> Result<Vec<String>, DbError> {
+    let sets = c
+        .simple_query(sql::SIGNATURES)
+        .await?
+        .into_results()
+        .await?;
+    let [params, columns] = sets.as_slice() else {
+        return Err(DbError::permanent(format!(
+            "the catalog read returned {} result sets, expected 2",
+            sets.len()
+        )));
+    };
+    let text = |row: &Row, column: &str| -> Result<String, DbError> {
+        Ok(get::<&str>(row, column)?.unwrap_or_default().to_string())
+    };
+    let mut found_params = Vec::new();
+    for row in params {
+        found_params.push((
+            text(row, "ObjectName")?,
+            text(row, "ParameterName")?,
+            text(row, "TypeName")?,
+        ));
+    }
+    let mut found_columns = Vec::new();
+    for row in columns {
+        found_columns.push((text(row, "ObjectName")?, text(row, "ColumnName")?));
+    }
+    Ok(compare_signatures(&found_params, &found_columns))
+}
+
+const UNKNOWN_SCHEMA: &str = "this SUSDB is not the schema wsus-reset knows";
+
+/// The differences between the catalog rows a server gave and what this build uses.
+fn compare_signatures(
+    params: &[(String, String, String)],
+    columns: &[(String, String)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (procedure, expected) in procs::SIGNATURES {
+        let has: Vec<&(String, String, String)> = params
+            .iter()
+            .filter(|(p, _, _)| p.eq_ignore_ascii_case(procedure))
+            .collect();
+        if has.is_empty() {
+            out.push(format!("{procedure} does not exist: {UNKNOWN_SCHEMA}"));
+            continue;
+        }
+        for (name, ty) in *expected {
+            match has.iter().find(|(_, n, _)| n.eq_ignore_ascii_case(name)) {
+                None => out.push(format!(
+                    "{procedure} has no parameter {name}: {UNKNOWN_SCHEMA}"
+                )),
+                Some((_, _, actual)) if !actual.eq_ignore_ascii_case(ty) => out.push(format!(
+                    "{procedure} declares {name} as {actual}, wsus-reset sends {ty}: {UNKNOWN_SCHEMA}"
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    for (object, expected) in schema::COLUMNS {
+        for column in *expected {
+            let present = columns
+                .iter()
+                .any(|(o, c)| o.eq_ignore_ascii_case(object) && c.eq_ignore_ascii_case(column));
+            if !present {
+                out.push(format!("{object} has no column {column}: {UNKNOWN_SCHEMA}"));
+            }
+        }
+    }
+    out
 }
 
 /// `sp_getapplock` owned by the session, without waiting: `Ok(false)` when another session holds

@@ -83,15 +83,19 @@ pub fn script(topology: &Topology, server: &Server, file: &str) -> String {
             ""
         }
     );
+    // SQL Server 2005 syntax throughout (SSEE, WSUS 3.0's default database): DECLARE without an
+    // initial value, then SET or SELECT (susdb-audit.md item 34).
     let _ = writeln!(
         s,
         "SET NOCOUNT ON;\nSET XACT_ABORT ON;\nUSE [SUSDB];\n\n\
-         DECLARE @expectedMachine nvarchar(128) = {machine};\n\
-         DECLARE @expectedUpstream nvarchar(256) = {upstream};\n\
-         DECLARE @expectedReplica bit = {replica};\n\
-         DECLARE @updateID uniqueidentifier = '{update}';\n\
-         DECLARE @allComputers uniqueidentifier = '{all}';\n\
-         DECLARE @admin nvarchar(256) = N'wsus-reset export-sql (' + SUSER_SNAME() + N')';\n",
+         DECLARE @expectedMachine nvarchar(128), @expectedUpstream nvarchar(256), @expectedReplica bit;\n\
+         DECLARE @updateID uniqueidentifier, @allComputers uniqueidentifier, @admin nvarchar(256);\n\
+         SET @expectedMachine = {machine};\n\
+         SET @expectedUpstream = {upstream};\n\
+         SET @expectedReplica = {replica};\n\
+         SET @updateID = '{update}';\n\
+         SET @allComputers = '{all}';\n\
+         SET @admin = N'wsus-reset export-sql (' + SUSER_SNAME() + N')';\n",
         machine = literal(&machine_name(server)),
         upstream = literal(upstream),
         replica = u8::from(replica),
@@ -102,9 +106,10 @@ pub fn script(topology: &Topology, server: &Server, file: &str) -> String {
         "-- Guard: the right machine, the mode and upstream the topology declares (the probe's check).\n\
          IF UPPER(CAST(SERVERPROPERTY('MachineName') AS nvarchar(128))) <> @expectedMachine\n\
          BEGIN RAISERROR(N'wrong server: this script is for %s, this is %s', 16, 1, @expectedMachine, @@SERVERNAME); RETURN; END;\n\
-         DECLARE @replica bit = (SELECT TOP (1) c.ReplicaMode FROM dbo.tbConfigurationC AS c);\n\
-         DECLARE @upstream nvarchar(256) = (SELECT TOP (1) ISNULL(a.UpstreamServerName, N'') FROM dbo.tbConfigurationA AS a);\n\
-         DECLARE @syncFromMU bit = (SELECT TOP (1) a.SyncToMU FROM dbo.tbConfigurationA AS a);\n\
+         DECLARE @replica bit, @upstream nvarchar(256), @syncFromMU bit;\n\
+         SELECT TOP (1) @replica = CAST(c.ReplicaMode AS bit) FROM dbo.tbConfigurationC AS c;\n\
+         SELECT TOP (1) @upstream = ISNULL(a.UpstreamServerName, N''), @syncFromMU = CAST(a.SyncToMU AS bit)\n\
+         \x20  FROM dbo.tbConfigurationA AS a;\n\
          IF @replica <> @expectedReplica\n\
          BEGIN RAISERROR(N'the server''s ReplicaMode differs from the topology: nothing changed', 16, 1); RETURN; END;\n\
          IF @expectedUpstream = N'' AND @syncFromMU = 0 AND @upstream <> N''\n\
@@ -116,10 +121,12 @@ pub fn script(topology: &Topology, server: &Server, file: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "-- Probe: the latest revision; a server without the update is left alone.\n\
-         DECLARE @latest int = (SELECT MAX(r.RevisionNumber) FROM dbo.tbUpdate AS u\n\
+        "-- Probe: the latest revision (the highest flagged latest, as the tool approves); a server\n\
+         -- without the update is left alone.\n\
+         DECLARE @latest int;\n\
+         SELECT @latest = MAX(r.RevisionNumber) FROM dbo.tbUpdate AS u\n\
          \x20  JOIN dbo.tbRevision AS r ON r.LocalUpdateID = u.LocalUpdateID\n\
-         \x20  WHERE u.UpdateID = @updateID AND r.IsLatestRevision = 1);\n\
+         \x20  WHERE u.UpdateID = @updateID AND r.IsLatestRevision = 1;\n\
          IF @latest IS NULL BEGIN PRINT N'update not present: nothing to do'; RETURN; END;\n"
     );
     let switch = if replica {
@@ -138,11 +145,15 @@ pub fn script(topology: &Topology, server: &Server, file: &str) -> String {
     let _ = writeln!(
         s,
         "BEGIN TRY\n{switch}{decline}    EXEC dbo.{deploy} {uid} = @updateID, {rev} = @latest, {act} = {detect}, {grp} = @allComputers,\n\
-         \x20       {adm} = @admin, {assigned} = 1, {prio} = 1, {fail} = 1, {isrep} = 0, {deadline} = NULL;\n\
+         \x20       {adm} = @admin, {assigned} = 1, {prio} = 1, {fail} = 1, {isrep} = 0;\n\
          \x20   PRINT N'approve: detect only, All Computers, revision ' + CAST(@latest AS nvarchar(12));\n\
          {decline}END TRY\n\
          BEGIN CATCH\n\
-         \x20   DECLARE @error nvarchar(2048) = ERROR_MESSAGE();\n{undo}\
+         \x20   DECLARE @error nvarchar(2048);\n\
+         \x20   SET @error = ERROR_MESSAGE();\n\
+         \x20   -- Under XACT_ABORT a failed procedure can leave its transaction uncommittable, and no\n\
+         \x20   -- write (the restore below) runs until it is rolled back (XACT_STATE, SQL Server 2005).\n\
+         \x20   IF XACT_STATE() <> 0 ROLLBACK TRANSACTION;\n{undo}\
          \x20   RAISERROR(N'the repair failed: %s', 16, 1, @error);\n\
          \x20   RETURN;\n\
          END CATCH;\n",
@@ -157,7 +168,6 @@ pub fn script(topology: &Topology, server: &Server, file: &str) -> String {
         prio = procs::DOWNLOAD_PRIORITY,
         fail = procs::FAIL_IF_REPLICA,
         isrep = procs::IS_REPLICA,
-        deadline = procs::DEADLINE,
         undo = if replica {
             format!(
                 "    {restore}\n    PRINT N'restore-replica: ReplicaMode = 1 (after the failure)';\n"
@@ -171,11 +181,13 @@ pub fn script(topology: &Topology, server: &Server, file: &str) -> String {
     }
     let _ = writeln!(
         s,
-        "-- Verify: declined, no live approval left, the declared mode.\n\
+        "-- Verify: declined, no computer-group approval left (TargetGroupTypeID 0: WSUS keeps the\n\
+         -- Downstream Servers group's own), the declared mode.\n\
          IF EXISTS (SELECT 1 FROM dbo.tbUpdate AS u JOIN dbo.tbRevision AS r ON r.LocalUpdateID = u.LocalUpdateID\n\
-         \x20          JOIN dbo.tbDeployment AS d ON d.RevisionID = r.RevisionID WHERE u.UpdateID = @updateID)\n\
-         \x20  OR NOT EXISTS (SELECT 1 FROM dbo.vwMinimalUpdate AS m WHERE m.UpdateID = @updateID AND m.Declined = 1)\n\
-         \x20  OR (SELECT TOP (1) c.ReplicaMode FROM dbo.tbConfigurationC AS c) <> @expectedReplica\n\
+         \x20          JOIN dbo.tbDeployment AS d ON d.RevisionID = r.RevisionID\n\
+         \x20          WHERE u.UpdateID = @updateID AND d.TargetGroupTypeID = 0)\n\
+         \x20  OR NOT EXISTS (SELECT 1 FROM dbo.vwMinimalUpdate AS m WHERE m.UpdateID = @updateID AND CAST(m.Declined AS bit) = 1)\n\
+         \x20  OR (SELECT TOP (1) CAST(c.ReplicaMode AS bit) FROM dbo.tbConfigurationC AS c) <> @expectedReplica\n\
          BEGIN RAISERROR(N'verify failed: see the state with wsus-reset verify', 16, 1); RETURN; END;\n\
          PRINT N'verify: declined and consistent';"
     );
@@ -217,13 +229,33 @@ mod tests {
         // The catch block restores replica mode too.
         let catch = &text[text.find("BEGIN CATCH").unwrap_or(0)..];
         assert!(catch.contains("SET ReplicaMode = 1"), "{catch}");
+        // The restore in the catch block runs after a doomed transaction is rolled back.
+        let rollback = catch.find("IF XACT_STATE() <> 0 ROLLBACK TRANSACTION;");
         assert!(
-            text.contains("@expectedMachine nvarchar(128) = N'WSUS-BRANCH_2'"),
+            rollback.is_some_and(|at| at < catch.find("SET ReplicaMode = 1").unwrap_or(0)),
+            "{catch}"
+        );
+        assert!(
+            text.contains("SET @expectedMachine = N'WSUS-BRANCH_2';"),
             "{text}"
         );
         // Names are DNS names, but a quote could still never end a literal.
         assert_eq!(literal("o'brien"), "N'o''brien'");
-        assert!(text.contains("@expectedUpstream nvarchar(256) = N'wsus-hq.corp.example'"));
+        assert!(text.contains("SET @expectedUpstream = N'wsus-hq.corp.example';"));
+    }
+
+    #[test]
+    fn every_script_compiles_on_sql_server_2005_and_sends_no_deadline() {
+        let t = topology(HIERARCHY);
+        for (index, server) in t.servers().iter().enumerate() {
+            let text = script(&t, server, &file_name(index, server));
+            assert_eq!(
+                susdb::sql2005::violations(&text),
+                Vec::<String>::new(),
+                "{text}"
+            );
+            assert!(!text.to_ascii_lowercase().contains("@deadline"), "{text}");
+        }
     }
 
     #[test]

@@ -58,9 +58,10 @@ impl Step {
     pub fn effect(self) -> &'static str {
         match self {
             Step::Probe => {
-                "read-only: SQL Server and SUSDB versions, ReplicaMode, upstream server name, the \
-                 update's revisions, approvals and declined state; stops the server if they \
-                 disagree with the topology"
+                "read-only: the procedures' parameters and the tables' columns (sys.parameters, \
+                 sys.columns), SQL Server and SUSDB versions, ReplicaMode, upstream server name, \
+                 the update's revisions, approvals and declined state; stops the server if its \
+                 schema is not the one wsus-reset knows or it disagrees with the topology"
             }
             Step::SwitchToAutonomous => {
                 "records the original mode in the journal, then sets tbConfigurationC.ReplicaMode \
@@ -71,16 +72,18 @@ impl Step {
                  (tbDeployment) moves to tbDeadDeployment"
             }
             Step::Approve => {
-                "spDeployUpdate @actionID = 2 (detect only), All Computers, latest revision, \
-                 @isAssigned = 1, @failIfReplica = 1: writes one tbDeployment row"
+                "spDeployUpdate @actionID = 2 (detect only), All Computers, the highest revision \
+                 flagged latest, @isAssigned = 1, @failIfReplica = 1, no @deadline: writes one \
+                 tbDeployment row"
             }
             Step::RestoreReplica => {
                 "sets tbConfigurationC.ReplicaMode = 1 and reads it back; runs whenever \
                  switch-to-autonomous ran, even after a failure"
             }
             Step::Verify => {
-                "read-only: the update is declined, no stale or duplicate approvals remain, and \
-                 the mode equals the original"
+                "read-only: the update is declined, no computer-group approval remains \
+                 (TargetGroupTypeID 0; WSUS keeps the Downstream Servers group's own), and the \
+                 mode equals the original"
             }
         }
     }

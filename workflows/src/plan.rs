@@ -96,7 +96,7 @@ impl Plan {
                     None => found.verdict.clone(),
                 },
             });
-            if found.observed.is_some() && (!found.needs_repair || !found.mismatches.is_empty()) {
+            if !found.mismatches.is_empty() || (found.observed.is_some() && !found.needs_repair) {
                 planned.steps = vec![Step::Probe];
             }
         }

@@ -48,12 +48,23 @@ impl Verdict {
                 if reasons.is_empty() {
                     reasons.push(format!(
                         "{} live approval(s) on a declined update",
-                        state.approvals.len()
+                        state.computer_approvals().count()
                     ));
                 }
                 Verdict::NeedsRepair(reasons)
             }
         }
+    }
+
+    /// The verdict on `observed` in words, with what is odd but not the repair's to change
+    /// ([`crate::db::UpdateState::notes`]).
+    pub fn describe(observed: &Observed) -> String {
+        let mut text = Verdict::of(observed).summary();
+        for note in observed.update.iter().flat_map(|u| u.notes()) {
+            text.push_str("; ");
+            text.push_str(&note);
+        }
+        text
     }
 
     pub fn summary(&self) -> String {
@@ -201,6 +212,14 @@ impl Workflow for Repair {
         match step_of(spec)? {
             Step::Probe => {
                 self.lock_check(server)?;
+                let differences =
+                    timed(limit, "the catalog read", db::signature_differences(c)).await?;
+                if !differences.is_empty() {
+                    return Err(StepError::permanent(format!(
+                        "nothing changed: {}",
+                        differences.join("; ")
+                    )));
+                }
                 let observed = self.probe(c).await?;
                 let mid_repair = context.facts.contains_key(facts::ORIGINAL_MODE);
                 let wrong = mismatches(server, &observed, mid_repair);
@@ -211,7 +230,7 @@ impl Workflow for Repair {
                     )));
                 }
                 let verdict = Verdict::of(&observed);
-                let mut output = StepOutput::note(format!("was {}", verdict.summary()));
+                let mut output = StepOutput::note(format!("was {}", Verdict::describe(&observed)));
                 match (&verdict, &observed.update) {
                     (Verdict::NotPresent, _) => {
                         output.note = Some("update not present: left alone".into());
@@ -312,7 +331,7 @@ impl Workflow for Repair {
             Step::Decline => observed
                 .update
                 .as_ref()
-                .is_none_or(|u| u.declined && u.approvals.is_empty()),
+                .is_none_or(|u| u.declined && u.computer_approvals().next().is_none()),
             Step::Approve => {
                 let revision = context
                     .facts
@@ -353,6 +372,7 @@ mod tests {
             deployment_id: id,
             revision,
             target_group: ALL.into(),
+            target_group_type: 0,
             action: susdb::action::INSTALL,
         }
     }

@@ -42,15 +42,30 @@ pub async fn survey(
         async move {
             let read = async {
                 let mut c = connect(&server, options).await?;
-                match tokio::time::timeout(options.command_timeout, db::probe(&mut c, &update))
+                let limit = options.command_timeout;
+                let differences = tokio::time::timeout(limit, db::signature_differences(&mut c))
                     .await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(db::DbError::timeout("the probe", options.command_timeout)),
+                    .map_err(|_| db::DbError::timeout("the catalog read", limit))??;
+                if !differences.is_empty() {
+                    return Ok(Err(differences));
                 }
+                let observed = tokio::time::timeout(limit, db::probe(&mut c, &update))
+                    .await
+                    .map_err(|_| db::DbError::timeout("the probe", limit))??;
+                Ok::<_, db::DbError>(Ok(observed))
             };
             match read.await {
-                Ok(observed) => {
+                // Signatures that differ: the probe is not even tried (it may not compile there).
+                Ok(Err(differences)) => Surveyed {
+                    server: server.name,
+                    observed: None,
+                    error: None,
+                    mismatches: differences,
+                    verdict: "SCHEMA DIFFERS".into(),
+                    ok: false,
+                    needs_repair: false,
+                },
+                Ok(Ok(observed)) => {
                     let wrong = mismatches(&server, &observed, false);
                     let verdict = Verdict::of(&observed);
                     let needs_repair = matches!(verdict, Verdict::NeedsRepair(_));
@@ -58,7 +73,7 @@ pub async fn survey(
                         server: server.name,
                         ok: wrong.is_empty() && !needs_repair,
                         needs_repair,
-                        verdict: verdict.summary(),
+                        verdict: Verdict::describe(&observed),
                         mismatches: wrong,
                         error: None,
                         observed: Some(observed),
