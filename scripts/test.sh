@@ -11,6 +11,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v dot >/dev/null || missing+=(graphviz)
 command -v tsql >/dev/null || missing+=(freetds-bin)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   as_root apt-get update -qq
@@ -21,6 +22,13 @@ if ! python3 -c 'import pytds' 2>/dev/null; then
   echo "installing python-tds"
   python3 -m pip install -q python-tds 2>/dev/null \
     || python3 -m pip install -q --break-system-packages python-tds
+fi
+# tedious (npm) is the third, asking for TDS 7.2 as a SQL Server 2005 client does; kept under
+# target/ (version pinned: tedious 19 and later need Node.js 22).
+export WSUS_RESET_NODE_PATH="$PWD/target/node-peers/node_modules"
+if ! NODE_PATH="$WSUS_RESET_NODE_PATH" node -e "require('tedious')" 2>/dev/null; then
+  echo "installing tedious"
+  npm install --silent --no-audit --no-fund --prefix target/node-peers tedious@18.6.2 >/dev/null
 fi
 # Those tests fail, rather than skip, when a client is missing here.
 export WSUS_RESET_THIRD_PARTY=required

@@ -1,6 +1,7 @@
-//! The lab through two independent TDS clients, FreeTDS `tsql` and python-tds, so it is not
-//! only tiberius that finds it a SQL Server. `scripts/test.sh` installs both and sets
-//! `WSUS_RESET_THIRD_PARTY=required`; elsewhere a missing client skips its test, saying so.
+//! The lab through three independent TDS clients, FreeTDS `tsql`, python-tds and Node's tedious
+//! (asking for TDS 7.2), so it is not only tiberius that finds it a SQL Server 2005.
+//! `scripts/test.sh` installs them and sets `WSUS_RESET_THIRD_PARTY=required`; elsewhere a
+//! missing client skips its test, saying so.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -137,5 +138,91 @@ fn python_tds_runs_a_batch_and_calls_a_procedure_with_named_parameters() {
     assert_eq!(
         servers["wsus-local"]["calls"][0]["params"]["@adminName"],
         "python-tds"
+    );
+}
+
+/// tedious (Node.js) asking for TDS 7.2, as a SQL Server 2005 client would: it sends its session
+/// `SET` options at connect, then a version query and a procedure call with typed parameters.
+const NODE: &str = r#"
+const { Connection, Request, TYPES } = require('tedious');
+const [port, password] = process.argv.slice(1);
+const connection = new Connection({
+  server: 'localhost',
+  authentication: { type: 'default', options: { userName: 'wsus_repair', password } },
+  options: { port: Number(port), database: 'SUSDB', encrypt: false, tdsVersion: '7_2',
+             connectTimeout: 10000, requestTimeout: 10000 },
+});
+const run = (sql) => new Promise((resolve, reject) => {
+  const rows = [];
+  const request = new Request(sql, (err) => (err ? reject(err) : resolve(rows)));
+  request.on('row', (columns) => rows.push(columns.map((c) => c.value)));
+  connection.execSql(request);
+});
+const call = (name, params) => new Promise((resolve, reject) => {
+  let status;
+  const request = new Request(name, (err) => (err ? reject(err) : resolve(status)));
+  for (const [n, type, value] of params) request.addParameter(n, type, value);
+  request.on('returnValue', () => {});
+  request.on('doneProc', (_rowCount, _more, returnStatus) => { status = returnStatus; });
+  connection.callProcedure(request);
+});
+connection.on('connect', async (err) => {
+  if (err) { console.log('connect error', err.message); process.exit(1); }
+  try {
+    const [[version]] = await run('SELECT @@VERSION');
+    console.log('version', version.split('\n')[0]);
+    const decline = [
+      ['updateID', TYPES.UniqueIdentifier, 'D359F493-0AAD-43FA-AF5C-6763326CD98F'],
+      ['adminName', TYPES.NVarChar, 'tedious'],
+      ['failIfReplica', TYPES.Bit, true],
+    ];
+    console.log('return', await call('dbo.spDeclineUpdate', decline));
+    try {
+      await call('dbo.spDeclineUpdate', [...decline, ['deadline', TYPES.DateTime, new Date()]]);
+    } catch (e) {
+      console.log('refused', e.number, e.message);
+    }
+  } catch (e) {
+    console.log('error', e.number, e.message);
+    process.exit(1);
+  }
+  connection.close();
+});
+connection.connect();
+"#;
+
+#[test]
+fn tedious_asking_for_tds_7_2_sets_its_session_options_and_calls_a_procedure() {
+    let node_path = std::env::var("WSUS_RESET_NODE_PATH").unwrap_or_default();
+    if !available(
+        "tedious (Node.js)",
+        Command::new("node")
+            .args(["-e", "require('tedious')"])
+            .env("NODE_PATH", &node_path),
+    ) {
+        return;
+    }
+    let lab = LabProcess::start_with(LOCAL, "broken", "faults: []\n", 0);
+    let out = Command::new("node")
+        .args(["-e", NODE, &port(&lab), PASSWORD])
+        .env("NODE_PATH", &node_path)
+        .output()
+        .expect("node runs");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("version Microsoft SQL Server 2005 - 9.00.4035.00"),
+        "{said}"
+    );
+    assert!(said.contains("return 0"), "{said}");
+    assert!(
+        said.contains("refused 8145 @deadline is not a parameter for procedure spDeclineUpdate."),
+        "{said}"
+    );
+    let servers = lab.servers();
+    assert_eq!(calls(&servers["wsus-local"]), ["spDeclineUpdate"]);
+    assert_eq!(
+        servers["wsus-local"]["calls"][0]["params"]["@adminName"],
+        "tedious"
     );
 }
