@@ -237,6 +237,9 @@ pub struct ConnArgs {
     pub probe_parallel: usize,
 }
 
+/// Where journals and the run lock live unless `--state-dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = ".wsus-reset";
+
 /// How a changing run behaves.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -247,7 +250,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "K")]
     pub max_failures: Option<usize>,
     /// Where the lock and the journals live.
-    #[arg(long, default_value = ".wsus-reset", value_name = "DIR")]
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
     /// Events as JSON lines on stdout instead of progress and the summary table.
     #[arg(long)]

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::{
-    Engine, EngineError, Interrupts, RunOptions, RunOutcome, RunReport, state::StateError,
+    Engine, EngineError, Interrupts, RunOptions, RunOutcome, RunReport, ServerStatus,
+    state::StateError,
 };
 use susdb_lab::{Lab, LabConfig, faults::Faults, model::Seed};
 use tokio::net::TcpListener;
@@ -65,9 +66,38 @@ fn select_all(topology: &Topology) -> Result<Selection, Failure> {
     )
 }
 
+/// The exact command that finishes an unfinished run: `resume` with the state directory and the
+/// connection options this run was given.
+fn resume_command(run: &RunArgs, conn: &ConnArgs) -> String {
+    fn quoted(text: &str) -> String {
+        if !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+        {
+            text.to_string()
+        } else {
+            format!("'{}'", text.replace('\'', "'\\''"))
+        }
+    }
+    let mut command = "wsus-reset resume".to_string();
+    if run.state_dir != Path::new(crate::cli::DEFAULT_STATE_DIR) {
+        command.push_str(" --state-dir ");
+        command.push_str(&quoted(&run.state_dir.to_string_lossy()));
+    }
+    if let Some(via) = conn.connect_via {
+        command.push_str(&format!(" --connect-via {via}"));
+    }
+    if let Some(ca) = &conn.connect_via_ca {
+        command.push_str(" --connect-via-ca ");
+        command.push_str(&quoted(&ca.to_string_lossy()));
+    }
+    command
+}
+
 /// Ctrl-C or SIGTERM once: stop starting servers, let steps in flight finish, run compensations.
 /// Twice: stop at once (the journal tells `resume` what to finish).
-fn interrupts() -> Interrupts {
+fn interrupts(resume: String) -> Interrupts {
     let interrupts = Interrupts::default();
     let (stop, abort) = (interrupts.stop.clone(), interrupts.abort.clone());
     tokio::spawn(async move {
@@ -76,13 +106,15 @@ fn interrupts() -> Interrupts {
                 return;
             }
             if n == 0 {
-                report::say(
+                report::say(&format!(
                     "interrupt: no new server starts; steps in flight finish and every replica is \
-                     restored. Interrupt again to stop at once (then `wsus-reset resume`).",
-                );
+                     restored. Interrupt again to stop at once (then `{resume}`)."
+                ));
                 stop.cancel();
             } else {
-                report::say("second interrupt: stopping now; finish with `wsus-reset resume`");
+                report::say(&format!(
+                    "second interrupt: stopping now; finish with `{resume}`"
+                ));
                 abort.cancel();
             }
         }
@@ -264,12 +296,14 @@ pub fn apply(
         run,
         options,
         false,
+        resume_command(run, conn),
     ))?;
-    finish(&report, run.json, out)
+    finish(&report, run, conn, out)
 }
 
 pub fn resume(run: &RunArgs, conn: &ConnArgs, out: &mut impl Write) -> Result<u8, Failure> {
-    let pending = engine::pending_run(&run.state_dir).map_err(engine_failure)?;
+    let pending = engine::pending_run(&run.state_dir)
+        .map_err(|e| engine_failure(e, &resume_command(run, conn)))?;
     let Some(replay) = pending else {
         return Err(Failure::BadInput(format!(
             "error: there is no unfinished run in {} to resume",
@@ -293,8 +327,9 @@ pub fn resume(run: &RunArgs, conn: &ConnArgs, out: &mut impl Write) -> Result<u8
         run,
         connect_options(conn)?,
         true,
+        resume_command(run, conn),
     ))?;
-    finish(&report, run.json, out)
+    finish(&report, run, conn, out)
 }
 
 /// Takes the hierarchy lock, runs the engine with the repair workflow, reports as it goes.
@@ -304,6 +339,7 @@ async fn run_engine(
     run: &RunArgs,
     options: ConnectOptions,
     resume: bool,
+    resume_with: String,
 ) -> Result<RunReport, Failure> {
     let lock = HierarchyLock::acquire(&topology, &selection, &options)
         .await
@@ -332,7 +368,7 @@ async fn run_engine(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let reporter = report::spawn(rx, run.json, selection.servers.len());
     let engine = Engine::new(repair, Arc::clone(&topology), engine_options).with_events(tx);
-    let interrupts = interrupts();
+    let interrupts = interrupts(resume_with.clone());
     let result = if resume {
         engine.resume(interrupts).await
     } else {
@@ -340,27 +376,65 @@ async fn run_engine(
     };
     let _ = reporter.await;
     drop(lock);
-    result.map_err(engine_failure)
+    result.map_err(|e| engine_failure(e, &resume_with))
 }
 
-fn engine_failure(e: EngineError) -> Failure {
+/// An engine error as an exit code and text; `resume` is the exact command that finishes an
+/// unfinished run.
+fn engine_failure(e: EngineError, resume: &str) -> Failure {
     match e {
         EngineError::State(StateError::Locked { .. }) => {
             Failure::Exit(exit::LOCKED, format!("error: {e}"))
         }
-        EngineError::Unfinished { .. } => Failure::Exit(exit::UNFINISHED, format!("error: {e}")),
+        EngineError::Unfinished { .. } => Failure::Exit(
+            exit::UNFINISHED,
+            format!(
+                "error: {e}
+to finish it: {resume}"
+            ),
+        ),
         other => Failure::BadInput(format!("error: {other}")),
     }
 }
 
-fn finish(report: &RunReport, json: bool, out: &mut impl Write) -> Result<u8, Failure> {
-    if !json {
+fn finish(
+    report: &RunReport,
+    run: &RunArgs,
+    conn: &ConnArgs,
+    out: &mut impl Write,
+) -> Result<u8, Failure> {
+    if !run.json {
         crate::emit(out, &report::summary_table(report))?;
     }
     Ok(match report.outcome {
         RunOutcome::Succeeded => exit::OK,
         RunOutcome::Failed => exit::FAILED,
-        RunOutcome::Unfinished => exit::UNFINISHED,
+        RunOutcome::Unfinished => {
+            let owed: Vec<&str> = report
+                .servers
+                .iter()
+                .filter(|s| matches!(s.status, ServerStatus::CompensationFailed { .. }))
+                .map(|s| s.name.as_str())
+                .collect();
+            let why = if owed.is_empty() {
+                "the run is unfinished".to_string()
+            } else {
+                format!(
+                    "the run is unfinished: {} not switched back yet ({} owed)",
+                    owed.join(", "),
+                    if owed.len() == 1 {
+                        "a restore is"
+                    } else {
+                        "restores are"
+                    }
+                )
+            };
+            report::say(&format!(
+                "{why}; finish it with: {}",
+                resume_command(run, conn)
+            ));
+            exit::UNFINISHED
+        }
     })
 }
 
@@ -674,6 +748,7 @@ pub fn rehearse(
         &run,
         options.clone(),
         false,
+        "wsus-reset rehearse (the lab is gone with this process)".into(),
     ))?;
     let after = rt.block_on(survey(&topology, &selection, &options, 16));
     let after_lab = lab.snapshot();

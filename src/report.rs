@@ -76,6 +76,7 @@ pub fn spawn(mut events: UnboundedReceiver<Event>, json: bool, total: usize) -> 
                         ServerResult::Succeeded => "ok",
                         ServerResult::Failed => "FAILED",
                         ServerResult::Interrupted => "interrupted",
+                        ServerResult::CompensationPending => "NOT UNDONE",
                     };
                     print(format!(
                         "{result:<11} {server}  {} ms",
@@ -137,6 +138,10 @@ fn status_words(status: &ServerStatus) -> (String, Option<String>) {
             Some(format!("upstream {upstream} failed")),
         ),
         ServerStatus::Interrupted => ("interrupted".into(), None),
+        ServerStatus::CompensationFailed { step, error } => (
+            "NOT UNDONE".into(),
+            Some(format!("{step} still owed: {error}")),
+        ),
         ServerStatus::NotStarted => ("not started".into(), None),
     }
 }

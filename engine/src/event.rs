@@ -84,6 +84,10 @@ pub enum ServerResult {
     Failed,
     /// Stopped by an interrupt after its compensations ran: `resume` runs it again.
     Interrupted,
+    /// A compensation failed on every try: the server is left changed (a replica still
+    /// autonomous). The run is not finished: `resume` tries the compensation again, then the
+    /// server's whole workflow.
+    CompensationPending,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -93,7 +97,7 @@ pub enum RunOutcome {
     Succeeded,
     /// Some server failed or was skipped; the run is over.
     Failed,
-    /// Interrupted or crashed: `resume` finishes it.
+    /// Interrupted or crashed, or a compensation is still owed: `resume` finishes it.
     Unfinished,
 }
 

@@ -445,7 +445,11 @@ impl ServerProgress {
     pub fn attempt_over(&self) -> bool {
         matches!(
             self.finished,
-            Some(ServerResult::Failed | ServerResult::Interrupted)
+            Some(
+                ServerResult::Failed
+                    | ServerResult::Interrupted
+                    | ServerResult::CompensationPending
+            )
         ) || self.steps.values().any(|s| *s == StepState::Failed)
     }
 }

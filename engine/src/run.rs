@@ -125,6 +125,12 @@ pub enum ServerStatus {
         upstream: String,
     },
     Interrupted,
+    /// A compensation failed on every try: the server is left as the step it undoes changed it,
+    /// and the run is unfinished until `resume` completes the compensation.
+    CompensationFailed {
+        step: String,
+        error: String,
+    },
     NotStarted,
 }
 
@@ -478,7 +484,7 @@ impl<W: Workflow> Walk<W> {
                     slots[k] = Slot::Finished;
                     match &report.status {
                         ServerStatus::Succeeded => push_children(&topology, ServerId(i), &selected, &height, &mut ready),
-                        ServerStatus::Failed { .. } => {
+                        ServerStatus::Failed { .. } | ServerStatus::CompensationFailed { .. } => {
                             failures += 1;
                             self.skip_subtree(ServerId(i), &selected, &mut slots, &mut reports);
                         }
@@ -490,11 +496,13 @@ impl<W: Workflow> Walk<W> {
         }
 
         let interrupted = interrupts.stop.is_cancelled() || interrupts.abort.is_cancelled();
-        let outcome = if interrupted
-            || reports
-                .iter()
-                .any(|r| r.status == ServerStatus::Interrupted)
-        {
+        let owed = |s: &ServerStatus| {
+            matches!(
+                s,
+                ServerStatus::Interrupted | ServerStatus::CompensationFailed { .. }
+            )
+        };
+        let outcome = if interrupted || reports.iter().any(|r| owed(&r.status)) {
             RunOutcome::Unfinished
         } else if reports.iter().all(|r| {
             matches!(
@@ -522,7 +530,12 @@ impl<W: Workflow> Walk<W> {
             run_id: self.run_id.clone(),
             outcome,
             succeeded: count(|s| matches!(s, ServerStatus::Succeeded | ServerStatus::AlreadyDone)),
-            failed: count(|s| matches!(s, ServerStatus::Failed { .. })),
+            failed: count(|s| {
+                matches!(
+                    s,
+                    ServerStatus::Failed { .. } | ServerStatus::CompensationFailed { .. }
+                )
+            }),
             skipped: count(|s| matches!(s, ServerStatus::Skipped { .. })),
             not_started: count(|s| {
                 matches!(s, ServerStatus::NotStarted | ServerStatus::Interrupted)
@@ -650,6 +663,7 @@ async fn run_server<W: Workflow>(
         ServerStatus::Succeeded | ServerStatus::AlreadyDone => Some(ServerResult::Succeeded),
         ServerStatus::Failed { .. } => Some(ServerResult::Failed),
         ServerStatus::Interrupted => Some(ServerResult::Interrupted),
+        ServerStatus::CompensationFailed { .. } => Some(ServerResult::CompensationPending),
         _ => None,
     };
     let note = (!run.notes.is_empty()).then(|| run.notes.join("; "));
@@ -688,19 +702,24 @@ impl<W: Workflow> ServerRun<'_, W> {
             self.context.facts = p.facts.clone();
             self.attempt = p.attempt.max(1);
             let restored: Vec<bool> = (0..self.steps.len()).map(|i| p.is_done(i)).collect();
-            if p.attempt_over() {
-                // The earlier attempt failed or was interrupted: finish its compensations, then
-                // start over from the first step (every step is safe to repeat after a decline).
+            let open: Vec<bool> = (0..self.steps.len())
+                .map(|i| p.steps.get(&i) == Some(&StepState::Open))
+                .collect();
+            if p.attempt_over() || self.compensating_out_of_turn(&restored, &open) {
+                // The earlier attempt failed or was interrupted: finish its compensations (one
+                // whose outcome was lost is observed first), then start over from the first step
+                // (every step is safe to repeat after a decline), with the server in its real
+                // state.
                 self.context.done = restored;
+                self.open = open;
                 if let Err(status) = self.compensate().await {
                     return status;
                 }
                 self.attempt += 1;
                 self.context.done = vec![false; self.steps.len()];
+                self.open = vec![false; self.steps.len()];
             } else {
-                self.open = (0..self.steps.len())
-                    .map(|i| p.steps.get(&i) == Some(&StepState::Open))
-                    .collect();
+                self.open = open;
                 self.context.done = restored;
                 if p.attempt > 0 {
                     // Continue the same attempt.
@@ -768,6 +787,19 @@ impl<W: Workflow> ServerRun<'_, W> {
         }
     }
 
+    /// Whether a journal shows a compensation in flight out of its turn: its intent is open while
+    /// a mutation between the step it undoes and itself never took effect. Only an interrupt or a
+    /// failure runs a compensation early, so that attempt is over; continuing it would send the
+    /// remaining steps to a server the compensation may already have put back.
+    fn compensating_out_of_turn(&self, done: &[bool], open: &[bool]) -> bool {
+        self.steps.iter().enumerate().any(|(c, spec)| {
+            let StepKind::Compensate { undoes } = spec.kind else {
+                return false;
+            };
+            open[c] && (undoes + 1..c).any(|j| self.steps[j].mutates() && !done[j])
+        })
+    }
+
     /// Runs every compensation whose step ran and which has not run since.
     async fn compensate(&mut self) -> Result<(), ServerStatus> {
         for c in 0..self.steps.len() {
@@ -787,12 +819,12 @@ impl<W: Workflow> ServerRun<'_, W> {
                 }
                 Err(e) => {
                     let message = format!(
-                        "compensation `{}` FAILED: {}; the server is left as `{}` changed it: \
-                         repair by hand or run `wsus-reset resume`",
+                        "compensation `{}` FAILED: {}; the server is left as `{}` changed it, \
+                         and the run stays unfinished until `resume` completes it",
                         self.steps[c].name, e.message, self.steps[undoes].name
                     );
                     self.notes.push(message.clone());
-                    return Err(ServerStatus::Failed {
+                    return Err(ServerStatus::CompensationFailed {
                         step: self.steps[c].name.clone(),
                         error: message,
                     });

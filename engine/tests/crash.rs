@@ -5,6 +5,10 @@
 //!   record k, for every k of a whole run, and right after each mutation took effect but before the
 //!   engine heard of it; then `resume` must end with every step effective exactly once and every
 //!   replica switched back.
+//! - The interrupted compensation: at every journal record k a first interrupt (Ctrl-C) arrives;
+//!   then, at the next intent (the compensation or the next mutation about to be sent), a second
+//!   interrupt or a SIGKILL, or a SIGKILL right after a restore took effect. `resume` must end with
+//!   every server repaired and in its declared mode, no approval change ever sent to a replica.
 //! - The lock race: two processes start on one state directory at once; exactly one runs.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test program")]
@@ -49,12 +53,53 @@ async fn apply(
     opts: RunOptions,
     hook: Option<engine::journal::DurableHook>,
 ) -> Result<engine::RunReport, EngineError> {
+    apply_interrupted(fake, t, opts, hook, Interrupts::default()).await
+}
+
+async fn apply_interrupted(
+    fake: Fake,
+    t: &Arc<Topology>,
+    opts: RunOptions,
+    hook: Option<engine::journal::DurableHook>,
+    interrupts: Interrupts,
+) -> Result<engine::RunReport, EngineError> {
     let selection = t.select(&SelectOptions::default()).unwrap();
     let mut engine = Engine::new(Shared(Arc::new(fake)), Arc::clone(t), opts);
     if let Some(hook) = hook {
         engine = engine.with_durable_hook(hook);
     }
-    engine.apply(&selection, Interrupts::default()).await
+    engine.apply(&selection, interrupts).await
+}
+
+/// What follows the first interrupt, in the interrupted-compensation matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Nothing: the run stops by itself after its compensations.
+    Nothing,
+    /// A second interrupt at the next intent: stop at once.
+    Abort,
+    /// SIGKILL at the next intent, before its mutation is sent.
+    Kill,
+    /// SIGKILL right after a replica's restore took effect, before the engine hears of it.
+    KillAfterRestore,
+}
+
+impl Then {
+    const ALL: [Then; 4] = [
+        Then::Nothing,
+        Then::Abort,
+        Then::Kill,
+        Then::KillAfterRestore,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Then::Nothing => "nothing",
+            Then::Abort => "a second interrupt",
+            Then::Kill => "SIGKILL",
+            Then::KillAfterRestore => "SIGKILL after a restore took effect",
+        }
+    }
 }
 
 /// The child: apply, dying where told.
@@ -92,6 +137,46 @@ fn child(mode: &str) -> ! {
             rt.block_on(apply(fake, &t, options(&dir.join("state"), 2), None))
                 .map(|_| 0)
                 .unwrap_or(1)
+        }
+        "interrupt-at-record" => {
+            let k: u64 = std::env::var("ENGINE_CRASH_AT").unwrap().parse().unwrap();
+            let then = Then::ALL[std::env::var("ENGINE_CRASH_THEN")
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()];
+            let interrupts = Interrupts::default();
+            let (stop, abort) = (interrupts.stop.clone(), interrupts.abort.clone());
+            let hook: engine::journal::DurableHook = Box::new(move |written, record| {
+                if written == k {
+                    stop.cancel();
+                } else if written > k && matches!(record, engine::journal::Record::Intent { .. }) {
+                    match then {
+                        Then::Abort => abort.cancel(),
+                        Then::Kill => support::die(),
+                        Then::Nothing | Then::KillAfterRestore => {}
+                    }
+                }
+            });
+            let mut fake = fake_in(&dir);
+            if then == Then::KillAfterRestore {
+                for s in t.servers().iter().filter(|s| s.mode == Mode::Replica) {
+                    fake.faults.push(Fault {
+                        server: s.name.clone(),
+                        step: "restore".into(),
+                        nth: 1,
+                        what: FaultKind::DieAfterEffect,
+                    });
+                }
+            }
+            rt.block_on(apply_interrupted(
+                fake,
+                &t,
+                options(&dir.join("state"), 2),
+                Some(hook),
+                interrupts,
+            ))
+            .map(|_| 0)
+            .unwrap_or(1)
         }
         "race" => {
             // Start together: both children sleep until the instant the parent chose.
@@ -176,6 +261,81 @@ fn resume_and_check(dir: &Path, label: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// After an interrupted compensation: `resume` until the run is finished, then every server is
+/// repaired and in its declared mode. Steps may repeat (an interrupted attempt starts over), but a
+/// refused call (an approval change sent to a replica) fails the server and so the check.
+fn resume_and_check_state(dir: &Path, label: &str) -> Result<(), String> {
+    let t = small();
+    let rt = runtime();
+    let mut tries = 0;
+    while tries < 100 {
+        tries += 1;
+        let result = rt.block_on(
+            Engine::new(
+                Shared(Arc::new(fake_in(dir))),
+                Arc::clone(&t),
+                options(&dir.join("state"), 2),
+            )
+            .resume(Interrupts::default()),
+        );
+        match result {
+            // Two replicas dying at once: the second `kill` helper may hold the killed child's
+            // lock for a moment between its fork and its exec.
+            Err(EngineError::State(StateError::Locked { .. })) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(r) if r.outcome == RunOutcome::Unfinished && tries < 100 => {}
+            Ok(r) if r.outcome == RunOutcome::Succeeded => break,
+            Err(EngineError::NothingToResume { .. }) => break,
+            other => return Err(format!("{label}: resume ended with {other:?}")),
+        }
+    }
+    let fake = fake_in(dir);
+    for s in t.servers() {
+        let state = fake.state(s);
+        let repaired = state.declined && !state.detect_only;
+        if state.replica != (s.mode == Mode::Replica) || !repaired {
+            return Err(format!(
+                "{label}: {} ends {state:?} after effects {:?}",
+                s.name,
+                fake.store.effects(&s.name)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn interrupted_compensation_matrix(records: u64) -> Vec<(String, Result<(), String>)> {
+    let mut results = Vec::new();
+    for (t, then) in Then::ALL.iter().enumerate() {
+        for k in 1..=records {
+            let dir = tempfile::tempdir().unwrap();
+            let status = spawn(
+                "interrupt-at-record",
+                dir.path(),
+                &[
+                    ("ENGINE_CRASH_AT", k.to_string()),
+                    ("ENGINE_CRASH_THEN", t.to_string()),
+                ],
+            )
+            .status()
+            .unwrap();
+            let label = format!(
+                "interrupted after journal record {k}/{records}, then {}",
+                then.name()
+            );
+            // The child exits by itself (0: the run ended, unfinished) or was killed.
+            let result = if status.success() || killed(status) {
+                resume_and_check_state(dir.path(), &label)
+            } else {
+                Err(format!("{label}: child ended with {status}"))
+            };
+            results.push((label, result));
+        }
+    }
+    results
+}
+
 fn crash_matrix() -> Vec<(String, Result<(), String>)> {
     // Count the records of a whole run.
     let probe = tempfile::tempdir().unwrap();
@@ -232,6 +392,7 @@ fn crash_matrix() -> Vec<(String, Result<(), String>)> {
             results.push((label, result));
         }
     }
+    results.extend(interrupted_compensation_matrix(records));
     results
 }
 

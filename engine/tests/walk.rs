@@ -460,3 +460,68 @@ async fn the_journal_is_an_audit_log_without_secrets() {
     assert_eq!(intents, 3 * 3 + 5 * 3);
     assert!(!text.to_lowercase().contains("password"));
 }
+
+#[tokio::test]
+async fn a_restore_failing_on_every_try_leaves_the_run_unfinished_until_resume_switches_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let effects = dir.path().join("effects");
+    std::fs::create_dir_all(&effects).unwrap();
+    let t = small();
+    // emea (a replica) is unreachable for its restore: every try of it fails, in its place and
+    // as a compensation.
+    let mut fake = Fake::new(Store::Dir(effects.clone()));
+    for nth in 1..=10 {
+        fake.faults.push(support::Fault {
+            server: "emea".into(),
+            step: "restore".into(),
+            nth,
+            what: FaultKind::TransientBefore,
+        });
+    }
+    let fake = Shared(Arc::new(fake));
+    let report = apply(&fake, &t, options(dir.path(), 2)).await.unwrap();
+    assert_eq!(report.outcome, RunOutcome::Unfinished, "{report:#?}");
+    assert!(
+        matches!(status(&report, "emea"), ServerStatus::CompensationFailed { step, .. } if step == "restore"),
+        "{report:#?}"
+    );
+    assert!(!fake.0.state(t.server(t.find("emea").unwrap())).replica);
+    for below in ["paris", "oslo"] {
+        assert!(matches!(
+            status(&report, below),
+            ServerStatus::Skipped { .. }
+        ));
+    }
+    // Not finished: a new apply is refused and points to resume.
+    match apply(&fake, &t, options(dir.path(), 2)).await {
+        Err(EngineError::Unfinished { .. }) => {}
+        other => panic!("apply must refuse, got {other:?}"),
+    }
+    // The server is reachable again: resume restores it, repairs it, then its subtree.
+    let healthy = Shared(Arc::new(Fake::new(Store::Dir(effects))));
+    let resumed = Engine::new(healthy.clone(), Arc::clone(&t), options(dir.path(), 2))
+        .resume(Interrupts::default())
+        .await
+        .unwrap();
+    assert_eq!(resumed.outcome, RunOutcome::Succeeded, "{resumed:#?}");
+    for s in t.servers() {
+        let state = healthy.0.state(s);
+        assert_eq!(
+            state.replica,
+            s.mode == topology::Mode::Replica,
+            "{}",
+            s.name
+        );
+        assert!(
+            state.declined && !state.detect_only,
+            "{}: {state:?}",
+            s.name
+        );
+    }
+    // emea: switched, repaired, never switched back; then, resumed: switched back first, and
+    // repaired again from its probe.
+    assert_eq!(
+        healthy.0.store.effects("emea"),
+        [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
+    );
+}

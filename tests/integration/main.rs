@@ -4,5 +4,6 @@ mod diagnose;
 mod fidelity;
 mod offline;
 mod repair;
+mod safety;
 mod third_party;
 mod tls;

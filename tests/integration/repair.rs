@@ -107,7 +107,7 @@ impl LabProcess {
     }
 
     /// Kills the lab with SIGKILL and starts a new one on the same state file.
-    fn kill_and_restart(mut self) -> LabProcess {
+    pub(crate) fn kill_and_restart(mut self) -> LabProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let (child, addr) = spawn_lab(self.dir.path(), "healthy", 0, &self.extra);

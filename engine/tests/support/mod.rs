@@ -143,6 +143,41 @@ pub fn steps(mode: Mode) -> Vec<StepSpec> {
 #[derive(Debug, Clone)]
 pub struct Shared(pub Arc<Fake>);
 
+/// A server as its effects left it: what the real workflow observes (replica flag, declined,
+/// the detect-only approval), starting from the broken state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerState {
+    pub replica: bool,
+    pub declined: bool,
+    pub detect_only: bool,
+}
+
+impl Fake {
+    pub fn state(&self, server: &Server) -> ServerState {
+        let steps = steps(server.mode);
+        let mut state = ServerState {
+            replica: server.mode == Mode::Replica,
+            declined: false,
+            detect_only: false,
+        };
+        for i in self.store.effects(&server.name) {
+            match steps[i].name.as_str() {
+                "switch" => state.replica = false,
+                "restore" => state.replica = true,
+                "approve" => {
+                    state.declined = false;
+                    state.detect_only = true;
+                }
+                _ => {
+                    state.declined = true;
+                    state.detect_only = false;
+                }
+            }
+        }
+        state
+    }
+}
+
 impl Shared {
     fn index(server: &Server, step: &StepSpec) -> usize {
         steps(server.mode)
@@ -204,9 +239,14 @@ impl Workflow for Shared {
             .iter()
             .find(|f| f.server == server.name && f.step == step.name && f.nth == nth)
             .map(|f| f.what);
+        let approval_change = matches!(step.name.as_str(), "decline" | "approve" | "decline-again");
         let result = match fault {
             Some(FaultKind::TransientBefore) => Err(StepError::transient("connection reset")),
             Some(FaultKind::Permanent) => Err(StepError::permanent("permission denied")),
+            // As WSUS with @failIfReplica = 1: a replica refuses approval changes.
+            _ if approval_change && fake.state(server).replica => Err(StepError::permanent(
+                "this server is a replica: approval changes are refused",
+            )),
             other => {
                 if step.mutates() {
                     fake.store.apply(&server.name, Self::index(server, step));
@@ -235,11 +275,13 @@ impl Workflow for Shared {
         step: &StepSpec,
         _context: &StepContext,
     ) -> Result<bool, StepError> {
-        Ok(self
-            .0
-            .store
-            .effects(&server.name)
-            .contains(&Self::index(server, step)))
+        let state = self.0.state(server);
+        Ok(match step.name.as_str() {
+            "switch" => !state.replica,
+            "restore" => state.replica,
+            "approve" => state.detect_only && !state.declined,
+            _ => state.declined,
+        })
     }
 }
 

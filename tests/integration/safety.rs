@@ -1,0 +1,68 @@
+//! The tool's central promise under the failures that used to break it: a replica left
+//! autonomous always has a way back through the tool, and the exit code says so.
+
+use crate::repair::{LabProcess, REPLICA_CALLS, assert_all_repaired, calls, text};
+
+#[test]
+fn a_replica_whose_restore_fails_keeps_the_run_unfinished_until_resume_switches_it_back() {
+    // r2's restore never reaches the server: calls 2 to 7 of set-replica-mode are dropped (its
+    // restore in place, three tries, then as a compensation, three more).
+    let faults = "faults:\n  - { server: r2, target: set-replica-mode, nth: 2, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 3, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 4, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 5, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 6, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 7, drop: before }\n";
+    let lab = LabProcess::start("broken", faults, 0);
+    let out = lab.run(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"]);
+    assert_eq!(out.status.code(), Some(4), "unfinished: {}", text(&out));
+    let hint = format!(
+        "finish it with: wsus-reset resume --state-dir state --connect-via {}",
+        lab.addr
+    );
+    assert!(text(&out).contains(&hint), "{}", text(&out));
+    assert!(
+        text(&out).contains("r2 not switched back yet"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        lab.servers()["r2"]["replica_mode"],
+        false,
+        "r2 left autonomous"
+    );
+
+    // A new apply is refused, with the same way out.
+    let again = lab.run(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"]);
+    assert_eq!(again.status.code(), Some(4), "{}", text(&again));
+    assert!(
+        text(&again).contains("to finish it: wsus-reset resume --state-dir state --connect-via"),
+        "{}",
+        text(&again)
+    );
+
+    // The server is reachable again: resume switches it back, repairs it and its subtree.
+    std::fs::write(lab.path("faults.yaml"), "faults: []\n").expect("faults cleared");
+    let lab = lab.kill_and_restart();
+    let resumed = lab.run(&["resume", "--state-dir", "state"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    let servers = lab.servers();
+    assert_all_repaired(&servers);
+    let r2 = calls(&servers["r2"]);
+    assert_eq!(
+        r2[..5],
+        [
+            "set-replica-mode=false",
+            "spDeclineUpdate",
+            "spDeployUpdate",
+            "spDeclineUpdate",
+            "set-replica-mode=true"
+        ]
+    );
+    assert_eq!(
+        r2[5..],
+        *REPLICA_CALLS,
+        "then repaired again from its probe: {r2:?}"
+    );
+    for below in ["r2a", "r2b"] {
+        assert!(
+            !calls(&servers[below]).is_empty(),
+            "{below} was not repaired"
+        );
+    }
+}
