@@ -8,27 +8,43 @@ use std::fmt::Write as _;
 use crate::graph::Topology;
 use crate::model::{Mode, ServerId};
 
+/// The deepest level the tree indents: deeper servers are drawn at this indentation with their
+/// depth written out, so the drawing of a very deep chain stays linear in size.
+pub const TREE_MAX_INDENT: u32 = 32;
+
 impl Topology {
     /// An indented tree, top servers first, replicas marked `[replica]`.
     pub fn render_tree(&self) -> String {
         let mut out = String::new();
-        // (server, prefix for its children, connector before its name); explicit stack, no recursion.
-        let mut stack: Vec<(ServerId, String, &str)> = self
+        let mut flattened = false;
+        // (server, prefix for its children, connector before its name, depth); explicit stack,
+        // no recursion.
+        let mut stack: Vec<(ServerId, String, &str, u32)> = self
             .tops()
             .collect::<Vec<_>>()
             .into_iter()
             .rev()
-            .map(|id| (id, String::new(), ""))
+            .map(|id| (id, String::new(), "", 0))
             .collect();
-        while let Some((id, prefix, connector)) = stack.pop() {
+        while let Some((id, prefix, connector, depth)) = stack.pop() {
             let server = self.server(id);
             let mark = if server.mode == Mode::Replica {
                 " [replica]"
             } else {
                 ""
             };
-            let _ = writeln!(out, "{prefix}{connector}{}{mark}", server.name);
+            if depth > TREE_MAX_INDENT {
+                flattened = true;
+                let _ = writeln!(
+                    out,
+                    "{prefix}{connector}[depth {depth}] {}{mark}",
+                    server.name
+                );
+            } else {
+                let _ = writeln!(out, "{prefix}{connector}{}{mark}", server.name);
+            }
             let child_prefix = match connector {
+                _ if depth >= TREE_MAX_INDENT => prefix.clone(),
                 "" => prefix.clone(),
                 "├── " => format!("{prefix}│   "),
                 _ => format!("{prefix}    "),
@@ -41,8 +57,14 @@ impl Topology {
                 } else {
                     "├── "
                 };
-                stack.push((child, child_prefix.clone(), connector));
+                stack.push((child, child_prefix.clone(), connector, depth + 1));
             }
+        }
+        if flattened {
+            let _ = writeln!(
+                out,
+                "(indentation stops at depth {TREE_MAX_INDENT}: deeper servers show their depth)"
+            );
         }
         out
     }
@@ -94,5 +116,40 @@ impl Topology {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_very_deep_chain_draws_in_linear_size() {
+        let mut yaml = String::from("version: 1\nservers:\n  - name: s0\n    sql: { host: h0 }\n");
+        let n = 2_000;
+        for i in 1..n {
+            yaml.push_str(&format!(
+                "  - name: s{i}\n    upstream: s{}\n    sql: {{ host: h{i} }}\n",
+                i - 1
+            ));
+        }
+        let t =
+            Topology::from_bytes("chain.yaml", yaml.as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
+        let tree = t.render_tree();
+        // Each line at most the capped indentation, a depth marker and a name.
+        let widest = tree.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(widest < 4 * (TREE_MAX_INDENT as usize) + 40, "{widest}");
+        assert!(
+            tree.contains("[depth 1999] s1999"),
+            "the depth is written out"
+        );
+        assert!(tree.ends_with("deeper servers show their depth)\n"));
+        // A shallow tree is drawn as before, without the note.
+        let shallow = Topology::from_bytes(
+            "t.yaml",
+            b"version: 1\nservers:\n  - name: a\n    sql: { host: a }\n  - name: b\n    upstream: a\n    mode: replica\n    sql: { host: b }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(shallow.render_tree(), "a\n└── b [replica]\n");
     }
 }

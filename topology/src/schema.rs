@@ -150,20 +150,34 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// The closest known name to `word`, if it is close enough to be a likely typo.
+///
+/// Linear in the candidates, with a cheap length test before the edit distance (optimal string
+/// alignment: transpositions count as one edit, without the allocation of the unrestricted
+/// Damerau distance), so that a file of tens of thousands of servers stays fast; callers bound
+/// how many suggestions one file asks for ([`SUGGESTIONS_PER_FILE`]).
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let word = word.to_ascii_lowercase();
-    candidates
-        .into_iter()
-        .map(|c| {
-            (
-                strsim::damerau_levenshtein(&word, &c.to_ascii_lowercase()),
-                c,
-            )
-        })
-        .filter(|(distance, c)| *distance <= (c.len().max(word.len()) / 3).max(2))
-        .min_by_key(|(distance, _)| *distance)
-        .map(|(_, c)| c)
+    let mut best: Option<(usize, &'a str)> = None;
+    for c in candidates {
+        let limit = (c.len().max(word.len()) / 3).max(2);
+        if c.len().abs_diff(word.len()) > limit {
+            continue;
+        }
+        let distance = strsim::osa_distance(&word, &c.to_ascii_lowercase());
+        if distance <= limit && best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, c));
+            if distance == 0 {
+                break;
+            }
+        }
+    }
+    best.map(|(_, c)| c)
 }
+
+/// How many "did you mean" suggestions among all the servers' names one file gets: past that,
+/// each further unknown name is still reported, without a suggestion (each costs a pass over
+/// every name).
+pub const SUGGESTIONS_PER_FILE: usize = 20;
 
 impl Reader<'_> {
     fn error(&mut self, diagnostic: Diagnostic) {

@@ -6,7 +6,9 @@ use std::collections::hash_map::Entry;
 
 use crate::diagnostic::Diagnostic;
 use crate::model::{Auth, KB954960_UPDATE_ID, Mode, SqlTarget};
-use crate::schema::{AuthMethod, RawAuth, RawServer, RawSql, RawTopology, Spanned, suggest};
+use crate::schema::{
+    AuthMethod, RawAuth, RawServer, RawSql, RawTopology, SUGGESTIONS_PER_FILE, Spanned, suggest,
+};
 use crate::yaml::Span;
 
 /// A server whose fields are all valid, before the graph is built.
@@ -214,7 +216,10 @@ fn resolve_upstream(
             let names = servers
                 .iter()
                 .filter_map(|s| s.name.as_ref().map(|n| n.value.as_str()));
-            let help = match suggest(&up.value, names) {
+            let near = (diagnostics.len() < SUGGESTIONS_PER_FILE)
+                .then(|| suggest(&up.value, names))
+                .flatten();
+            let help = match near {
                 Some(near) => format!("did you mean `{near}`?"),
                 None => "add that server to `servers`, or fix the name".to_string(),
             };
@@ -426,6 +431,30 @@ fn is_server_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::Topology;
+
+    #[test]
+    fn unknown_upstreams_are_all_reported_and_suggestions_are_bounded() {
+        let mut yaml = String::from("version: 1\nservers:\n");
+        for i in 0..200 {
+            yaml.push_str(&format!(
+                "  - name: wsus-{i:04}\n    sql: {{ host: h{i} }}\n"
+            ));
+            if i > 0 {
+                yaml.push_str(&format!("    upstream: wsux-{:04}\n", i - 1));
+            }
+        }
+        let Err(crate::LoadError::Invalid(invalid)) =
+            Topology::from_bytes("t.yaml", yaml.as_bytes())
+        else {
+            panic!("199 unknown upstreams must be refused");
+        };
+        let text = invalid.render();
+        assert_eq!(text.matches("is not a server in this file").count(), 199);
+        let suggested = text.matches("did you mean `wsus-").count();
+        assert_eq!(suggested, crate::schema::SUGGESTIONS_PER_FILE, "{text}");
+    }
+
     use super::*;
 
     #[test]
