@@ -186,9 +186,10 @@ fn apply_input(input: &Path, select_args: SelectArgs) -> Result<ApplyInput, Fail
             "error: a saved plan already says which servers run: drop --only, or give the topology file instead".into(),
         ));
     }
-    let text = std::fs::read_to_string(input)
-        .map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", input.display())))?;
-    let plan: Plan = serde_json::from_str(&text).map_err(|e| {
+    // A plan of 100,000 servers with what each was observed to hold is a few tens of MiB.
+    let bytes = topology::read_input(input, 256 << 20)
+        .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| {
         Failure::BadInput(format!(
             "error: {} is not a plan saved by `wsus-reset plan --out`: {e}",
             input.display()
@@ -587,7 +588,15 @@ pub fn lab(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8,
         .transpose()?;
     let faults = match faults {
         None => Faults::default(),
-        Some(path) => Faults::load(&path).map_err(|e| Failure::BadInput(format!("error: {e}")))?,
+        Some(path) => {
+            let faults =
+                Faults::load(&path).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            let names: Vec<&str> = topology.servers().iter().map(|s| s.name.as_str()).collect();
+            faults
+                .validate(&path.display().to_string(), &names)
+                .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            faults
+        }
     };
     let (tls, trust) = match tls {
         LabTls::None => (None, String::new()),

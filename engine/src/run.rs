@@ -213,7 +213,7 @@ impl<W: Workflow> Engine<W> {
         journal
             .append(Record::RunStarted {
                 run_id: run_id.clone(),
-                topology: self.topology.source().to_string(),
+                topology: self.topology.location(),
                 fingerprint: self.topology.fingerprint().to_string(),
                 servers,
                 who: Who::now(),

@@ -62,29 +62,124 @@ pub struct Action {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FaultsError {
-    #[error("cannot read faults file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("faults file: {0}")]
+    Read(#[from] topology::InputError),
     #[error("faults file {path}: {source}")]
     Parse {
         path: String,
         source: serde_yaml::Error,
+    },
+    #[error("faults file {path}: fault {index} {problem}")]
+    Invalid {
+        path: String,
+        /// 1-based, in file order.
+        index: usize,
+        problem: String,
     },
 }
 
 impl Faults {
     pub fn load(path: &Path) -> Result<Faults, FaultsError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| FaultsError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        serde_yaml::from_str(&text).map_err(|source| FaultsError::Parse {
+        let bytes = topology::read_input(path, 16 << 20)?;
+        serde_yaml::from_slice(&bytes).map_err(|source| FaultsError::Parse {
             path: shown,
             source,
         })
+    }
+
+    /// Every target a fault can name: the statements of the `susdb` contract by their short
+    /// names, the procedures the tool calls, a login, a transaction request.
+    pub const TARGETS: &'static [&'static str] = &[
+        "login",
+        "probe",
+        "signatures",
+        "set-replica-mode",
+        "key-object",
+        "batch",
+        "transaction",
+        "spDeclineUpdate",
+        "spDeployUpdate",
+        "sp_getapplock",
+        "sp_releaseapplock",
+        "sp_executesql",
+    ];
+
+    /// Refuses a faults file that would inject nothing, or not where it says: a test must never
+    /// pass because its fault missed. `servers` are the lab's server names.
+    pub fn validate(&self, path: &str, servers: &[&str]) -> Result<(), FaultsError> {
+        for (k, f) in self.faults.iter().enumerate() {
+            let invalid = |problem: String| FaultsError::Invalid {
+                path: path.to_string(),
+                index: k + 1,
+                problem,
+            };
+            if let Some(server) = &f.server
+                && !servers.iter().any(|s| s.eq_ignore_ascii_case(server))
+            {
+                return Err(invalid(format!(
+                    "names server `{server}`, which the lab does not serve"
+                )));
+            }
+            if let Some(target) = &f.target
+                && !Self::TARGETS.iter().any(|t| t.eq_ignore_ascii_case(target))
+            {
+                return Err(invalid(format!(
+                    "has target `{target}`: one of {}",
+                    Self::TARGETS.join(", ")
+                )));
+            }
+            if f.nth == Some(0) {
+                return Err(invalid("has `nth: 0`: calls are counted from 1".into()));
+            }
+            match (&f.signature, &f.without) {
+                (Some(object), Some(name)) => {
+                    let known = crate::catalog::procedure(object)
+                        .map(|(_, sig)| sig.iter().any(|p| p.name.eq_ignore_ascii_case(name)))
+                        .or_else(|| {
+                            crate::catalog::COLUMNS
+                                .iter()
+                                .find(|(o, _)| {
+                                    o.eq_ignore_ascii_case(object.trim_start_matches("dbo."))
+                                })
+                                .map(|(_, columns)| {
+                                    columns.iter().any(|c| c.eq_ignore_ascii_case(name))
+                                })
+                        });
+                    match known {
+                        None => {
+                            return Err(invalid(format!(
+                                "alters `{object}`, which is not in the lab's catalog"
+                            )));
+                        }
+                        Some(false) => {
+                            return Err(invalid(format!(
+                                "removes `{name}`, which `{object}` does not have"
+                            )));
+                        }
+                        Some(true) => {}
+                    }
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(invalid(
+                        "needs both `signature` (a procedure, table or view) and `without`".into(),
+                    ));
+                }
+            }
+            let does_something = f.unreachable
+                || f.signature.is_some()
+                || f.latency_ms.is_some_and(|ms| ms > 0)
+                || f.drop.is_some()
+                || f.error.is_some();
+            if !does_something {
+                return Err(invalid(
+                    "does nothing: give `latency_ms`, `drop`, `error`, `unreachable` or `signature`"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn unreachable(&self, server: &str) -> bool {
@@ -122,8 +217,10 @@ impl Counter {
     /// Requests received per server (every statement and procedure; logins are not counted).
     pub fn per_server(&self) -> HashMap<String, u32> {
         let mut out = HashMap::new();
-        for ((server, _), n) in &self.calls {
-            *out.entry(server.clone()).or_default() += n;
+        for ((server, target), n) in &self.calls {
+            if target != "login" {
+                *out.entry(server.clone()).or_default() += n;
+            }
         }
         out
     }
@@ -186,5 +283,35 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(serde_yaml::from_str::<Faults>("faults:\n  - sever: a\n").is_err());
+    }
+
+    #[test]
+    fn a_fault_that_would_inject_nothing_or_miss_is_refused_naming_it() {
+        let check = |yaml: &str| {
+            serde_yaml::from_str::<Faults>(yaml)
+                .unwrap()
+                .validate("f.yaml", &["hq", "emea"])
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            check("faults:\n  - { server: emea, target: probe, error: 1205 }\n"),
+            Ok(())
+        );
+        let e = check("faults:\n  - { server: nowhere, drop: after }\n").unwrap_err();
+        assert!(e.contains("fault 1 names server `nowhere`"), "{e}");
+        let e = check("faults:\n  - { error: 1205 }\n  - { target: spDeploy, error: 1 }\n")
+            .unwrap_err();
+        assert!(e.contains("fault 2 has target `spDeploy`"), "{e}");
+        let e = check("faults:\n  - { target: probe, nth: 0, error: 1 }\n").unwrap_err();
+        assert!(e.contains("nth: 0"), "{e}");
+        let e = check("faults:\n  - { server: hq, target: probe }\n").unwrap_err();
+        assert!(e.contains("does nothing"), "{e}");
+        let e =
+            check("faults:\n  - { signature: spDeployUpdate, without: \"@nope\" }\n").unwrap_err();
+        assert!(e.contains("does not have"), "{e}");
+        assert_eq!(
+            check("faults:\n  - { server: hq, target: login, latency_ms: 5 }\n"),
+            Ok(())
+        );
     }
 }

@@ -697,6 +697,24 @@ impl Lab {
             // The closest a single listener gets to a refused connection: it closes at once.
             return Ok(());
         }
+        let injected = {
+            let mut inner = lock(&self.shared.inner);
+            inner
+                .counter
+                .on_call(&self.shared.config.faults, &server, "login")
+        };
+        if !injected.latency.is_zero() {
+            tokio::time::sleep(injected.latency).await;
+        }
+        if injected.drop.is_some() {
+            return Ok(());
+        }
+        if let Some(number) = injected.error {
+            reply.error(number, 14, "Login failed (an injected fault).", &server, "");
+            reply.done(done::ERROR, None);
+            tds::write_message(&mut wr, packet::REPLY, &reply.bytes, packet_size).await?;
+            return Ok(());
+        }
         let refused = if login.integrated {
             self.windows_login(&login, &server, &mut rd, &mut wr, packet_size)
                 .await?
@@ -1588,6 +1606,8 @@ impl Request {
                 "set-replica-mode".to_string()
             } else if text == susdb::sql::KEY_OBJECT {
                 "key-object".to_string()
+            } else if text == susdb::sql::SIGNATURES {
+                "signatures".to_string()
             } else {
                 "batch".to_string()
             }

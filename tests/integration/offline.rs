@@ -65,6 +65,76 @@ fn an_inline_password_is_never_echoed() {
 }
 
 #[test]
+fn a_password_under_a_misspelt_key_or_in_place_of_a_variable_name_is_never_echoed() {
+    let out = wsus_reset(&["validate", "tests/fixtures/invalid/secret-misplaced.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = stderr(&out);
+    assert!(text.contains("unknown field `pasword`"), "{text}");
+    assert!(
+        text.contains("the value of `password_env` is not an environment variable name"),
+        "{text}"
+    );
+    for secret in ["Winter2008", "Summer", "2009"] {
+        assert!(!text.contains(secret), "the password leaked: {text}");
+    }
+}
+
+#[test]
+fn a_huge_name_gives_a_short_error() {
+    let dir = tempfile::tempdir().expect("scratch");
+    let name = "x".repeat(5_000_000);
+    let path = dir.path().join("huge.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1\nservers:\n  - name: a\n    upstream: {name}\n    sql: {{ host: h }}\n"
+        ),
+    )
+    .expect("written");
+    let out = wsus_reset(&["validate", path.to_str().expect("UTF-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr.len() < 4_000,
+        "{} bytes of stderr",
+        out.stderr.len()
+    );
+    assert!(
+        stderr(&out).contains("(5000000 characters)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_path_that_is_not_a_regular_file_is_refused_at_once() {
+    for (path, kind) in [
+        ("/dev/zero", "a device, pipe or socket"),
+        ("tests", "a directory"),
+    ] {
+        let out = wsus_reset(&["validate", path]);
+        assert_eq!(out.status.code(), Some(2), "{path}");
+        assert!(
+            stderr(&out).contains(&format!("is not a regular file ({kind})")),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let dir = tempfile::tempdir().expect("scratch");
+    let fifo = dir.path().join("fifo.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let out = wsus_reset(&["validate", fifo.to_str().expect("UTF-8")]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a FIFO is refused without waiting for a writer"
+    );
+}
+
+#[test]
 fn a_missing_file_is_bad_input() {
     let out = wsus_reset(&["validate", "no/such/file.yaml"]);
     assert_eq!(out.status.code(), Some(2));
@@ -162,7 +232,10 @@ fn names(plan: &Value) -> Vec<&str> {
 fn plan_json_lists_servers_top_down_with_their_steps() {
     let plan = plan_json(&["plan", CONTOSO, "--format", "json"]);
     assert_eq!(plan["plan_version"], 1);
-    assert_eq!(plan["topology"], CONTOSO);
+    // The absolute path, so that `apply plan.json` works from any directory.
+    let expected = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join(CONTOSO))
+        .expect("the example exists");
+    assert_eq!(plan["topology"], expected.display().to_string());
     assert_eq!(plan["update"], "D359F493-0AAD-43FA-AF5C-6763326CD98F");
     let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(CONTOSO)).unwrap();
     assert_eq!(plan["fingerprint"], topology::fingerprint(&bytes));

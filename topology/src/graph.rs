@@ -15,6 +15,8 @@ use crate::validate::CheckedTopology;
 #[derive(Debug, Clone)]
 pub struct Topology {
     source: String,
+    /// The file's canonical absolute path, when it was loaded from a file.
+    path: Option<std::path::PathBuf>,
     fingerprint: String,
     update: String,
     servers: Vec<Server>,
@@ -96,6 +98,7 @@ impl Topology {
         }
         Topology {
             source,
+            path: None,
             fingerprint,
             update,
             servers: ordered,
@@ -107,6 +110,39 @@ impl Topology {
     /// The topology file's path as given.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Where the file is, for what outlives this process (a plan, a journal): its canonical
+    /// absolute path when it was loaded from a file, so `resume` and `apply PLAN.json` work from
+    /// any directory; the name it was given otherwise.
+    pub fn location(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| self.source.clone(), |p| p.display().to_string())
+    }
+
+    /// Records the file's canonical path and resolves the relative paths the file holds
+    /// (`password_file`, `ca_file`) against the file's own directory, as the README documents.
+    pub(crate) fn locate(&mut self, path: std::path::PathBuf) {
+        if let Some(dir) = path.parent() {
+            for server in &mut self.servers {
+                let sql = &mut server.sql;
+                if let Some(ca) = sql.ca_file.as_mut().filter(|ca| ca.is_relative()) {
+                    *ca = dir.join(&*ca);
+                }
+                let password = match &mut sql.auth {
+                    crate::model::Auth::Sql { password, .. }
+                    | crate::model::Auth::Windows { password, .. } => password,
+                    crate::model::Auth::Integrated => continue,
+                };
+                if let crate::model::SecretSource::File(file) = password
+                    && file.is_relative()
+                {
+                    *file = dir.join(&*file);
+                }
+            }
+        }
+        self.path = Some(path);
     }
 
     /// `sha256:<hex>` of the file's bytes: a plan or a journal made from other bytes is refused.

@@ -41,6 +41,13 @@ pub enum LoadError {
     },
     #[error("{path} is not text: save it as UTF-8 (or UTF-16 with a byte order mark)")]
     NotText { path: String },
+    #[error("{path} is not a regular file ({kind}): give the path of a topology file")]
+    NotAFile { path: String, kind: &'static str },
+    #[error(
+        "{path} is larger than {limit} MiB, far more than any hierarchy needs (100,000 servers take about 7 MiB): is it the right file?",
+        limit = MAX_FILE_BYTES >> 20
+    )]
+    TooLarge { path: String },
     #[error("{}", .0.summary())]
     Invalid(InvalidTopology),
 }
@@ -68,15 +75,81 @@ impl InvalidTopology {
     }
 }
 
+/// The largest topology file read (64 MiB): far above any real hierarchy, small enough that a
+/// wrong path (a disk image, `/dev/zero`) is refused at once instead of read.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a file the tool takes as input: a regular file of at most `limit` bytes, read with a
+/// bound (so a file growing meanwhile cannot exceed it). The error says what to fix in words.
+pub fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>, InputError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let io = |source| InputError::Read {
+        path: shown.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a directory"
+        } else {
+            "a device, pipe or socket"
+        };
+        return Err(InputError::NotAFile { path: shown, kind });
+    }
+    if meta.len() > limit {
+        return Err(InputError::TooLarge { path: shown, limit });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(InputError::TooLarge { path: shown, limit });
+    }
+    Ok(bytes)
+}
+
+/// Why an input file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a regular file ({kind}): give the path of a file")]
+    NotAFile { path: String, kind: &'static str },
+    #[error("{path} is larger than {} MiB, far more than such a file needs: is it the right file?", .limit >> 20)]
+    TooLarge { path: String, limit: u64 },
+}
+
 impl Topology {
-    /// Reads and validates a topology file.
+    /// Reads and validates a topology file (a regular file of at most [`MAX_FILE_BYTES`]).
+    /// Relative `password_file` and `ca_file` paths in it are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Topology, LoadError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = match read_input(path, MAX_FILE_BYTES) {
+            Ok(bytes) => bytes,
+            Err(InputError::Read { source, .. }) => {
+                return Err(LoadError::Read {
+                    path: shown,
+                    source,
+                });
+            }
+            Err(InputError::NotAFile { kind, .. }) => {
+                return Err(LoadError::NotAFile { path: shown, kind });
+            }
+            Err(InputError::TooLarge { .. }) => return Err(LoadError::TooLarge { path: shown }),
+        };
+        let mut topology = Topology::from_bytes(&shown, &bytes)?;
+        let canonical = std::fs::canonicalize(path).map_err(|source| LoadError::Read {
             path: shown.clone(),
             source,
         })?;
-        Topology::from_bytes(&shown, &bytes)
+        topology.locate(canonical);
+        Ok(topology)
     }
 
     /// Validates a topology given as bytes; `file` is the name used in messages and the plan.

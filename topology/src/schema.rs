@@ -472,7 +472,8 @@ impl Reader<'_> {
                 if !is_env_name(&env.value) {
                     self.error(
                         Diagnostic::new(
-                            format!("`{}` is not an environment variable name", env.value),
+                            // The value is not echoed: it may be the password itself.
+                            "the value of `password_env` is not an environment variable name (not shown: it may be the password itself)",
                             env.span,
                             join(path, "password_env"),
                         )

@@ -141,7 +141,8 @@ fn a_long_chain_does_not_exhaust_the_stack() {
     }
     let topology = Topology::from_bytes("chain.yaml", text.as_bytes()).unwrap();
     assert_eq!(topology.stats().levels, n);
-    assert_eq!(topology.render_tree().lines().count(), n as usize);
+    // A line per server, and the note that the indentation stopped.
+    assert_eq!(topology.render_tree().lines().count(), n as usize + 1);
     assert_eq!(
         topology.subtree(topology.find("s0").unwrap()).len(),
         n as usize

@@ -13,10 +13,24 @@ use crate::survey::Surveyed;
 
 pub const PLAN_VERSION: u32 = 1;
 
+/// A path for people: relative to the working directory when it lies below it (the plan keeps
+/// the absolute path, for `apply` from any directory).
+fn shown_path(path: &str) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| {
+            std::path::Path::new(path)
+                .strip_prefix(cwd)
+                .ok()
+                .map(|p| p.display().to_string())
+        })
+        .unwrap_or_else(|| path.to_string())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub plan_version: u32,
-    /// The topology file's path as given.
+    /// The topology file's canonical absolute path (`apply PLAN.json` works from any directory).
     pub topology: String,
     /// `sha256:<hex>` of the topology file's bytes.
     pub fingerprint: String,
@@ -66,7 +80,7 @@ impl Plan {
             .collect();
         Plan {
             plan_version: PLAN_VERSION,
-            topology: topology.source().to_string(),
+            topology: topology.location(),
             fingerprint: topology.fingerprint().to_string(),
             update: topology.update().to_string(),
             servers,
@@ -170,7 +184,12 @@ impl Plan {
     pub fn render_text(&self) -> String {
         let c = self.counts();
         let mut out = String::new();
-        let _ = writeln!(out, "Plan for {} ({})", self.topology, self.fingerprint);
+        let _ = writeln!(
+            out,
+            "Plan for {} ({})",
+            shown_path(&self.topology),
+            self.fingerprint
+        );
         let _ = writeln!(out, "Update {} ({})", self.update, self.update_title());
         let _ = writeln!(
             out,
@@ -225,7 +244,7 @@ impl Plan {
             let _ = writeln!(out, "> **{warning}**\n");
         }
         let _ = writeln!(out, "| | |\n|---|---|");
-        let _ = writeln!(out, "| Topology | `{}` |", self.topology);
+        let _ = writeln!(out, "| Topology | `{}` |", shown_path(&self.topology));
         let _ = writeln!(out, "| Fingerprint | `{}` |", self.fingerprint);
         let _ = writeln!(
             out,
