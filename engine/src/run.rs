@@ -422,24 +422,15 @@ impl<W: Workflow> Walk<W> {
                 };
                 let k = selected[i].unwrap_or_default();
                 let server = topology.server(ServerId(i)).clone();
-                if let Some(run) = proven.get(&server.name) {
-                    reports[k].status = ServerStatus::AlreadyDone;
-                    reports[k].notes.push(format!("done in run {run}"));
-                    slots[k] = Slot::Finished;
-                    self.emit(Event::ServerSkipped {
-                        server: server.name.clone(),
-                        reason: format!("already done in run {run}"),
-                    });
-                    push_children(&topology, ServerId(i), &selected, &height, &mut ready);
-                    continue;
-                }
                 slots[k] = Slot::Running;
                 let prior = progress.remove(&server.name);
+                // Done in an earlier run: checked again (its read steps decide), not assumed.
+                let recheck = proven.get(&server.name).cloned();
                 let shared = Arc::clone(&shared);
                 let seed = rng.u64(..);
                 let span = info_span!(parent: &span, "server", name = %server.name);
                 let handle = tasks.spawn(
-                    async move { (k, run_server(shared, server, prior, seed).await) }
+                    async move { (k, run_server(shared, server, prior, recheck, seed).await) }
                         .instrument(span),
                 );
                 running.insert(handle.id(), i);
@@ -483,7 +474,7 @@ impl<W: Workflow> Walk<W> {
                     let Some(i) = running.remove(&id) else { continue };
                     slots[k] = Slot::Finished;
                     match &report.status {
-                        ServerStatus::Succeeded => push_children(&topology, ServerId(i), &selected, &height, &mut ready),
+                        ServerStatus::Succeeded | ServerStatus::AlreadyDone => push_children(&topology, ServerId(i), &selected, &height, &mut ready),
                         ServerStatus::Failed { .. } | ServerStatus::CompensationFailed { .. } => {
                             failures += 1;
                             self.skip_subtree(ServerId(i), &selected, &mut slots, &mut reports);
@@ -629,12 +620,17 @@ struct ServerRun<'a, W: Workflow> {
     attempt: u32,
     rng: fastrand::Rng,
     notes: Vec<String>,
+    /// Mutations this process sent (not those observed to have taken effect before).
+    changed: usize,
 }
 
+/// `recheck`: the run that proved this server done; it runs again, and is reported as already
+/// done when its workflow finished it without a change (its probe found it repaired).
 async fn run_server<W: Workflow>(
     shared: Arc<Shared<W>>,
     server: Server,
     prior: Option<ServerProgress>,
+    recheck: Option<String>,
     seed: u64,
 ) -> ServerReport {
     let started = Instant::now();
@@ -656,8 +652,19 @@ async fn run_server<W: Workflow>(
         attempt: 1,
         rng: fastrand::Rng::with_seed(seed),
         notes: Vec::new(),
+        changed: 0,
     };
-    let status = run.go(prior).await;
+    let mut status = run.go(prior).await;
+    if let Some(earlier) = &recheck
+        && status == ServerStatus::Succeeded
+        && run.changed == 0
+    {
+        status = ServerStatus::AlreadyDone;
+        run.notes.insert(
+            0,
+            format!("done in run {earlier}, checked again: no change"),
+        );
+    }
     let steps_done = run.context.done.iter().filter(|d| **d).count();
     let result = match &status {
         ServerStatus::Succeeded | ServerStatus::AlreadyDone => Some(ServerResult::Succeeded),
@@ -874,6 +881,9 @@ impl<W: Workflow> ServerRun<'_, W> {
                 });
                 let workflow = &*self.shared.workflow;
                 let session = open_session(&mut self.session, workflow, &self.server).await?;
+                if mutates {
+                    self.changed += 1;
+                }
                 let output = workflow
                     .run(session, &self.server, &spec, &self.context)
                     .await?;

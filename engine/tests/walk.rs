@@ -349,14 +349,40 @@ async fn a_second_apply_repeats_nothing_unless_new_run() {
         .collect();
     assert_eq!(before, after);
 
+    // --new-run forgets what earlier runs proved: every server is probed as new, and the
+    // probe leaves the repaired ones alone.
     let mut opts = options(dir.path(), 2);
     opts.new_run = true;
-    apply(&fake, &t, opts).await.unwrap();
-    assert_eq!(
-        fake.0.store.effects("hq").len(),
-        6,
-        "--new-run runs everything again"
+    let fresh = apply(&fake, &t, opts).await.unwrap();
+    assert!(
+        fresh
+            .servers
+            .iter()
+            .all(|s| s.status == ServerStatus::Succeeded),
+        "{fresh:#?}"
     );
+    assert_eq!(fake.0.store.effects("hq").len(), 3);
+}
+
+#[tokio::test]
+async fn a_server_done_in_an_earlier_run_but_broken_again_is_repaired_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let effects = dir.path().join("effects");
+    std::fs::create_dir_all(&effects).unwrap();
+    let t = small();
+    let fake = Shared(Arc::new(Fake::new(Store::Dir(effects.clone()))));
+    apply(&fake, &t, options(dir.path(), 2)).await.unwrap();
+    // Someone approves the update on oslo (autonomous) again: an "approve" effect.
+    std::fs::write(effects.join("oslo"), "1\n2\n3\n2\n").unwrap();
+    let again = apply(&fake, &t, options(dir.path(), 2)).await.unwrap();
+    assert_eq!(again.outcome, RunOutcome::Succeeded);
+    assert_eq!(
+        status(&again, "oslo"),
+        &ServerStatus::Succeeded,
+        "{again:#?}"
+    );
+    assert_eq!(fake.0.store.effects("oslo"), [1, 2, 3, 2, 1, 2, 3]);
+    assert_eq!(status(&again, "hq"), &ServerStatus::AlreadyDone);
 }
 
 #[tokio::test]

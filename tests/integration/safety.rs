@@ -66,3 +66,45 @@ fn a_replica_whose_restore_fails_keeps_the_run_unfinished_until_resume_switches_
         );
     }
 }
+
+#[test]
+fn plans_journals_and_password_files_do_not_depend_on_the_working_directory() {
+    // The password in a file named relative to the topology file, not to where the tool runs.
+    let topology = crate::repair::TOPOLOGY.replace(
+        "password_env: WSUS_RESET_TEST_PW",
+        "password_file: secrets/sql.pw",
+    );
+    let faults = "faults:\n  - { server: r2, target: set-replica-mode, nth: 2, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 3, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 4, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 5, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 6, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 7, drop: before }\n";
+    let lab = LabProcess::start_with(&topology, "broken", faults, 0);
+    std::fs::create_dir_all(lab.path("secrets")).expect("dir");
+    std::fs::write(lab.path("secrets/sql.pw"), crate::repair::PASSWORD).expect("written");
+    for dir in ["elsewhere", "other"] {
+        std::fs::create_dir_all(lab.path(dir)).expect("dir");
+    }
+    let plan = lab.run(&["plan", "hierarchy.yaml", "--online", "--out", "plan.json"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
+    // From another directory: the saved plan names its topology by absolute path.
+    let applied = lab
+        .command(&["apply", "../plan.json", "--yes", "--state-dir", "../state"])
+        .current_dir(lab.path("elsewhere"))
+        .output()
+        .expect("runs");
+    assert_eq!(
+        applied.status.code(),
+        Some(4),
+        "r2 left unfinished: {}",
+        text(&applied)
+    );
+
+    // From a third directory: the journal names its topology by absolute path too.
+    std::fs::write(lab.path("faults.yaml"), "faults: []\n").expect("faults cleared");
+    let lab = lab.kill_and_restart();
+    let resumed = lab
+        .command(&["resume", "--state-dir", "../state"])
+        .current_dir(lab.path("other"))
+        .output()
+        .expect("runs");
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    assert_all_repaired(&lab.servers());
+}

@@ -209,9 +209,25 @@ impl Workflow for Shared {
         _: &mut (),
         server: &Server,
         step: &StepSpec,
-        _context: &StepContext,
+        context: &StepContext,
     ) -> Result<StepOutput, StepError> {
         let fake = &self.0;
+        // As the repair's probe: a server found repaired before its repair began (no fact
+        // journaled yet) is left alone; otherwise the probe journals that the repair began.
+        if step.name == "probe" {
+            let state = fake.state(server);
+            let repaired = state.declined
+                && !state.detect_only
+                && state.replica == (server.mode == Mode::Replica);
+            if repaired && !context.facts.contains_key("began") {
+                return Ok(StepOutput {
+                    note: Some("already repaired".into()),
+                    finish: true,
+                    ..StepOutput::default()
+                });
+            }
+            return Ok(StepOutput::default().with_fact("began", true));
+        }
         let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         fake.max_in_flight.fetch_max(now, Ordering::SeqCst);
         fake.log
