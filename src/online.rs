@@ -843,6 +843,31 @@ pub fn diagnose(
     }
     let topology = topology_file.map(Topology::load).transpose()?;
     let diagnosis = Diagnosis::run(client_logs, server_logs);
+    // A log path that matches nothing is a typo, not "no evidence": refuse it, naming it.
+    let unmatched: Vec<String> = diagnosis
+        .skipped
+        .iter()
+        .filter(|s| s.matched_nothing)
+        .map(|s| s.path.display().to_string())
+        .collect();
+    if !unmatched.is_empty() {
+        return Err(Failure::BadInput(format!(
+            "error: no log file matches {}: check the path (a file, a directory, or a quoted glob)",
+            unmatched.join(", ")
+        )));
+    }
+    let logs_given = !client_logs.is_empty() || !server_logs.is_empty();
+    if logs_given && diagnosis.client_logs + diagnosis.server_logs == 0 {
+        let why: Vec<String> = diagnosis
+            .skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.path.display(), s.reason))
+            .collect();
+        return Err(Failure::BadInput(format!(
+            "error: no log could be read ({})",
+            why.join("; ")
+        )));
+    }
     let mut evidence = Vec::new();
     // The top of each broken server's tree: repairing those trees is top-down, and `apply` leaves
     // the consistent servers in them alone.
@@ -929,6 +954,14 @@ pub fn diagnose(
         }
     };
     crate::emit(out, &text)?;
+    let all_unreachable =
+        !evidence.is_empty() && evidence.iter().all(|e| e.state.starts_with("UNREACHABLE"));
+    if all_unreachable && !logs_given {
+        return Err(Failure::Exit(
+            exit::FAILED,
+            "error: no server of the topology could be probed and no log was given: there is no evidence either way".into(),
+        ));
+    }
     Ok(
         if diagnosis.alarming() || evidence.iter().any(|e| e.needs_repair) {
             exit::FAILED

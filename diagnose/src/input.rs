@@ -13,64 +13,84 @@ use memchr::memmem::Finder;
 pub struct Skipped {
     pub path: PathBuf,
     pub reason: String,
+    /// The PATH given matched no file at all (a typo in a path or a glob).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub matched_nothing: bool,
+}
+
+impl Skipped {
+    fn new(path: PathBuf, reason: impl Into<String>) -> Skipped {
+        Skipped {
+            path,
+            reason: reason.into(),
+            matched_nothing: false,
+        }
+    }
 }
 
 /// Expands each PATH: a file as is, a directory to every file below it (sorted), anything else
-/// as a glob. A PATH that matches nothing is reported as skipped.
+/// as a glob, whose matches are expanded the same way (so `logs/PC-*` walks the directories it
+/// matches). A PATH that matches nothing is reported as skipped.
 pub fn expand(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Skipped>) {
     let mut files = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {
-        if path.is_file() {
-            files.push(path.clone());
-        } else if path.is_dir() {
-            let mut found: Vec<PathBuf> = walkdir::WalkDir::new(path)
-                .follow_links(true)
-                .into_iter()
-                .filter_map(|entry| match entry {
-                    Ok(e) if e.file_type().is_file() => Some(e.into_path()),
-                    Ok(_) => None,
-                    Err(e) => {
-                        skipped.push(Skipped {
-                            path: e.path().map_or_else(|| path.clone(), Path::to_path_buf),
-                            reason: e.to_string(),
-                        });
-                        None
-                    }
-                })
-                .collect();
-            found.sort();
-            files.extend(found);
+        let before = files.len();
+        if path.is_file() || path.is_dir() {
+            expand_one(path, &mut files, &mut skipped);
         } else {
             let pattern = path.to_string_lossy();
             match glob::glob(&pattern) {
                 Ok(matches) => {
-                    let before = files.len();
                     for m in matches {
                         match m {
-                            Ok(p) if p.is_file() => files.push(p),
-                            Ok(_) => {}
-                            Err(e) => skipped.push(Skipped {
-                                path: e.path().to_path_buf(),
-                                reason: e.error().to_string(),
-                            }),
+                            Ok(p) => expand_one(&p, &mut files, &mut skipped),
+                            Err(e) => skipped.push(Skipped::new(
+                                e.path().to_path_buf(),
+                                e.error().to_string(),
+                            )),
                         }
                     }
-                    if files.len() == before {
-                        skipped.push(Skipped {
-                            path: path.clone(),
-                            reason: "no such file, directory, or matching file".into(),
-                        });
-                    }
                 }
-                Err(e) => skipped.push(Skipped {
-                    path: path.clone(),
-                    reason: format!("not a file, a directory or a valid glob: {e}"),
-                }),
+                Err(e) => skipped.push(Skipped::new(
+                    path.clone(),
+                    format!("not a file, a directory or a valid glob: {e}"),
+                )),
             }
+        }
+        if files.len() == before && !path.is_dir() {
+            skipped.push(Skipped {
+                matched_nothing: true,
+                ..Skipped::new(path.clone(), "no such file, directory, or matching file")
+            });
         }
     }
     (files, skipped)
+}
+
+/// A file as is; a directory to every file below it, sorted.
+fn expand_one(path: &Path, files: &mut Vec<PathBuf>, skipped: &mut Vec<Skipped>) {
+    if path.is_file() {
+        files.push(path.to_path_buf());
+    } else if path.is_dir() {
+        let mut found: Vec<PathBuf> = walkdir::WalkDir::new(path)
+            .follow_links(true)
+            .into_iter()
+            .filter_map(|entry| match entry {
+                Ok(e) if e.file_type().is_file() => Some(e.into_path()),
+                Ok(_) => None,
+                Err(e) => {
+                    skipped.push(Skipped::new(
+                        e.path().map_or_else(|| path.to_path_buf(), Path::to_path_buf),
+                        e.to_string(),
+                    ));
+                    None
+                }
+            })
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
 }
 
 /// Opens a log for reading as UTF-8-compatible bytes.

@@ -142,6 +142,7 @@ fn read_all<T: Send>(
                 .map_err(|e| Skipped {
                     path: path.clone(),
                     reason: e.to_string(),
+                    matched_nothing: false,
                 })
         })
         .collect();
