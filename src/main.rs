@@ -118,6 +118,17 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
                 PlanFormat::Markdown => plan.render_markdown(),
             };
             emit(out, &text)?;
+            let unready = plan.unready();
+            if !unready.is_empty() {
+                return Err(Failure::Exit(
+                    exit::FAILED,
+                    format!(
+                        "{} server(s) could not be vouched for: {} (UNREACHABLE or WILL FAIL above); `apply` refuses this plan until they are fixed or left out with --only",
+                        unready.len(),
+                        unready.join(", ")
+                    ),
+                ));
+            }
         }
         Command::Apply {
             input,

@@ -272,15 +272,33 @@ pub fn apply(
     } = apply_input(input, select_args)?;
     let options = connect_options(conn)?;
     let rt = runtime()?;
-    if let Some(plan) = &plan
-        && plan.is_online()
-    {
-        let now = rt.block_on(survey(&topology, &selection, &options, conn.probe_parallel));
-        let drift = plan.drift(&now);
-        if !drift.is_empty() {
+    if let Some(plan) = &plan {
+        // The saved plan is the contract: nobody reviewed a server it could not vouch for, and
+        // apply does exactly what it says or nothing.
+        let unready = plan.unready();
+        if !unready.is_empty() {
             return Err(Failure::BadInput(format!(
-                "error: the servers changed since the plan was made: {}. Review a new plan (`wsus-reset plan --online --out ...`).",
-                drift.join(", ")
+                "error: the plan could not vouch for {}: UNREACHABLE or WILL FAIL when it was made, so nobody reviewed their state. Make a new plan once they are reachable, or leave them out (`plan --online --only ...`)",
+                unready.join(", ")
+            )));
+        }
+        let expected = if plan.is_online() {
+            let now = rt.block_on(survey(&topology, &selection, &options, conn.probe_parallel));
+            Plan::online(&topology, &selection, &now)
+        } else {
+            Plan::offline(&topology, &selection)
+        };
+        let differences = plan.differences(&expected);
+        if !differences.is_empty() {
+            let shown: Vec<&str> = differences.iter().take(10).map(String::as_str).collect();
+            return Err(Failure::BadInput(format!(
+                "error: apply would not do what the saved plan says: {}{}. Review a new plan (`wsus-reset plan --online --out ...`).",
+                shown.join("; "),
+                if differences.len() > shown.len() {
+                    format!("; and {} more", differences.len() - shown.len())
+                } else {
+                    String::new()
+                }
             )));
         }
     }

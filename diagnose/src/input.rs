@@ -45,10 +45,8 @@ pub fn expand(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Skipped>) {
                     for m in matches {
                         match m {
                             Ok(p) => expand_one(&p, &mut files, &mut skipped),
-                            Err(e) => skipped.push(Skipped::new(
-                                e.path().to_path_buf(),
-                                e.error().to_string(),
-                            )),
+                            Err(e) => skipped
+                                .push(Skipped::new(e.path().to_path_buf(), e.error().to_string())),
                         }
                     }
                 }
@@ -81,7 +79,8 @@ fn expand_one(path: &Path, files: &mut Vec<PathBuf>, skipped: &mut Vec<Skipped>)
                 Ok(_) => None,
                 Err(e) => {
                     skipped.push(Skipped::new(
-                        e.path().map_or_else(|| path.to_path_buf(), Path::to_path_buf),
+                        e.path()
+                            .map_or_else(|| path.to_path_buf(), Path::to_path_buf),
                         e.to_string(),
                     ));
                     None

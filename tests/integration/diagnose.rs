@@ -230,14 +230,21 @@ fn a_log_path_that_matches_nothing_is_bad_input_naming_it() {
     std::fs::write(dir.path().join("broken.gz"), [0x1F, 0x8B, 1, 2, 3]).expect("written");
     let out = diagnose(dir.path(), &["--client-log", "broken.gz"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("no log could be read"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no log could be read"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
 fn a_glob_matching_directories_walks_them() {
     let dir = corpus();
     // clients/PC-001 and clients/PC-002 are directories holding WindowsUpdate.log.
-    let out = diagnose(dir.path(), &["--client-log", "clients/PC-00[12]", "--format", "json"]);
+    let out = diagnose(
+        dir.path(),
+        &["--client-log", "clients/PC-00[12]", "--format", "json"],
+    );
     let logs: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(logs["logs"]["client_logs"], 2, "{}", text(&out));
 }
@@ -251,11 +258,23 @@ fn a_topology_whose_servers_all_cannot_be_probed_gives_no_evidence_and_exit_1() 
     )
     .expect("written");
     let out = Command::new(env!("CARGO_BIN_EXE_wsus-reset"))
-        .args(["diagnose", "--topology", "h.yaml", "--connect-via", "127.0.0.1:1", "--connect-timeout", "5"])
+        .args([
+            "diagnose",
+            "--topology",
+            "h.yaml",
+            "--connect-via",
+            "127.0.0.1:1",
+            "--connect-timeout",
+            "5",
+        ])
         .env("WSUS_RESET_TEST_PW", "x")
         .current_dir(dir.path())
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("no server of the topology could be probed"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no server of the topology could be probed"),
+        "{}",
+        text(&out)
+    );
 }

@@ -521,7 +521,8 @@ fn a_saved_plan_is_refused_when_the_servers_or_the_topology_changed() {
     let out = lab.run(&["apply", "plan.json", "--yes", "--state-dir", "state"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        text(&out).contains("changed since the plan was made: hq"),
+        text(&out).contains("apply would not do what the saved plan says: hq steps")
+            && text(&out).contains("hq observed state"),
         "{}",
         text(&out)
     );

@@ -108,3 +108,93 @@ fn plans_journals_and_password_files_do_not_depend_on_the_working_directory() {
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
     assert_all_repaired(&lab.servers());
 }
+
+/// The saved plan's JSON, edited by `edit`, written back.
+fn edit_plan(lab: &LabProcess, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = lab.path("plan.json");
+    let mut plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("plan")).expect("JSON");
+    edit(&mut plan);
+    std::fs::write(&path, serde_json::to_string_pretty(&plan).expect("JSON")).expect("written");
+}
+
+#[test]
+fn a_saved_plan_is_the_contract_apply_does_what_it_says_or_nothing() {
+    let lab = LabProcess::start("broken", "faults: []\n", 0);
+    let make_plan = || {
+        let plan = lab.run(&["plan", "hierarchy.yaml", "--online", "--out", "plan.json"]);
+        assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    };
+    let apply = || lab.run(&["apply", "plan.json", "--yes", "--state-dir", "state"]);
+    let untouched = lab.servers();
+
+    // A server's steps cut down to its probe.
+    make_plan();
+    edit_plan(&lab, |plan| {
+        plan["servers"][1]["steps"] = serde_json::json!(["probe"])
+    });
+    let out = apply();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "r1 steps: the plan says probe, now probe -> decline -> approve -> decline -> verify"
+        ),
+        "{}",
+        text(&out)
+    );
+    // The observed state removed (which used to skip the drift check).
+    make_plan();
+    edit_plan(&lab, |plan| {
+        for server in plan["servers"].as_array_mut().expect("servers") {
+            server.as_object_mut().expect("server").remove("observed");
+        }
+    });
+    let out = apply();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("hq observed state"), "{}", text(&out));
+    // Another mode or update.
+    make_plan();
+    edit_plan(&lab, |plan| {
+        plan["servers"][0]["mode"] = serde_json::json!("replica")
+    });
+    assert_eq!(apply().status.code(), Some(2));
+    make_plan();
+    edit_plan(&lab, |plan| {
+        plan["update"] = serde_json::json!("00000000-0000-0000-0000-000000000000");
+    });
+    assert_eq!(apply().status.code(), Some(2));
+    assert_eq!(lab.servers(), untouched, "nothing changed");
+
+    // The plan as written is applied.
+    make_plan();
+    let out = apply();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_repaired(&lab.servers());
+}
+
+#[test]
+fn a_plan_with_an_unreachable_server_exits_1_and_is_refused_by_apply() {
+    let lab = LabProcess::start(
+        "broken",
+        "faults:\n  - { server: r2b, unreachable: true }\n",
+        0,
+    );
+    let plan = lab.run(&["plan", "hierarchy.yaml", "--online", "--out", "plan.json"]);
+    assert_eq!(plan.status.code(), Some(1), "{}", text(&plan));
+    assert!(
+        text(&plan).contains("could not be vouched for: r2b"),
+        "{}",
+        text(&plan)
+    );
+    let out = lab.run(&["apply", "plan.json", "--yes", "--state-dir", "state"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("the plan could not vouch for r2b"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        lab.servers().values().all(|s| calls(s).is_empty()),
+        "nothing changed"
+    );
+}

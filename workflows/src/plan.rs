@@ -13,6 +13,11 @@ use crate::survey::Surveyed;
 
 pub const PLAN_VERSION: u32 = 1;
 
+/// How an online plan's verdict begins for a server that could not be probed, or that its
+/// probe would refuse.
+const UNREACHABLE: &str = "UNREACHABLE";
+const WILL_FAIL: &str = "WILL FAIL";
+
 /// A path for people: relative to the working directory when it lies below it (the plan keeps
 /// the absolute path, for `apply` from any directory).
 fn shown_path(path: &str) -> String {
@@ -95,9 +100,9 @@ impl Plan {
         for (planned, found) in plan.servers.iter_mut().zip(surveyed) {
             planned.observed = found.observed.clone();
             planned.verdict = Some(match (&found.error, found.mismatches.is_empty()) {
-                (Some(error), _) => format!("UNREACHABLE: {error}"),
+                (Some(error), _) => format!("{UNREACHABLE}: {error}"),
                 (None, false) => format!(
-                    "WILL FAIL at probe, nothing changed: {}",
+                    "{WILL_FAIL} at probe, nothing changed: {}",
                     found.mismatches.join("; ")
                 ),
                 (None, true) => match &found.observed {
@@ -117,19 +122,78 @@ impl Plan {
         plan
     }
 
-    /// The servers whose state differs between this (saved, online) plan and `surveyed` now.
-    pub fn drift(&self, surveyed: &[Surveyed]) -> Vec<String> {
+    /// The servers an online plan could not vouch for: unreachable, or refused at their probe
+    /// (`plan --online` exits 1 for them, and `apply` refuses such a saved plan).
+    pub fn unready(&self) -> Vec<&str> {
         self.servers
             .iter()
-            .filter(|planned| planned.observed.is_some())
-            .filter(|planned| {
-                surveyed
-                    .iter()
-                    .find(|s| s.server == planned.name)
-                    .is_none_or(|s| s.observed != planned.observed)
+            .filter(|s| {
+                s.verdict
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with(UNREACHABLE) || v.starts_with(WILL_FAIL))
             })
-            .map(|planned| planned.name.clone())
+            .map(|s| s.name.as_str())
             .collect()
+    }
+
+    /// Where this (saved) plan differs from `expected`, the plan made again now from the same
+    /// topology and selection (and, for an online plan, a new probe of every server), in words;
+    /// empty when `apply` would do exactly what this plan says.
+    pub fn differences(&self, expected: &Plan) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut field = |what: &str, saved: String, now: String| {
+            if saved != now {
+                out.push(format!("{what}: the plan says {saved}, now {now}"));
+            }
+        };
+        field("update", self.update.clone(), expected.update.clone());
+        field("topology", self.topology.clone(), expected.topology.clone());
+        let names = |p: &Plan| {
+            p.servers
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.servers.len() != expected.servers.len()
+            || self
+                .servers
+                .iter()
+                .zip(&expected.servers)
+                .any(|(a, b)| a.name != b.name)
+        {
+            field("servers", names(self), names(expected));
+            return out;
+        }
+        for (saved, now) in self.servers.iter().zip(&expected.servers) {
+            let name = &saved.name;
+            let steps = |s: &PlannedServer| {
+                s.steps
+                    .iter()
+                    .map(|st| st.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            };
+            field(&format!("{name} steps"), steps(saved), steps(now));
+            field(
+                &format!("{name} mode"),
+                saved.mode.to_string(),
+                now.mode.to_string(),
+            );
+            field(
+                &format!("{name} upstream"),
+                format!("{:?}", saved.upstream),
+                format!("{:?}", now.upstream),
+            );
+            if saved.observed != now.observed {
+                field(
+                    &format!("{name} observed state"),
+                    "what it read then".into(),
+                    "the server reads otherwise (or the plan's observation was edited)".into(),
+                );
+            }
+        }
+        out
     }
 
     pub fn is_online(&self) -> bool {
