@@ -49,6 +49,54 @@ fn connect_options(conn: &ConnArgs) -> Result<ConnectOptions, Failure> {
     })
 }
 
+/// The connection options for the selected servers, after the checks that need no network:
+/// every password source must resolve (else exit 2 listing them all, before any server is
+/// touched), and a warning says when `--connect-via` sends servers that ask for TLS to a lab in
+/// plaintext.
+fn connect_for(
+    topology: &Topology,
+    selection: &Selection,
+    conn: &ConnArgs,
+) -> Result<ConnectOptions, Failure> {
+    let options = connect_options(conn)?;
+    let servers = || selection.servers.iter().map(|&id| topology.server(id));
+    let missing = workflows::connect::missing_secrets(servers(), &options);
+    if !missing.is_empty() {
+        let mut text = format!(
+            "error: {} password source(s) cannot be read; nothing was sent to any server:",
+            missing.len()
+        );
+        for (problem, names) in &missing {
+            let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+            let more = names.len() - shown.len();
+            text.push_str(&format!(
+                "\n  - {problem} (servers: {}{})",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        return Err(Failure::BadInput(text));
+    }
+    if let Some(via) = conn.connect_via
+        && via.ip().is_loopback()
+        && conn.connect_via_ca.is_none()
+    {
+        let encrypted = servers()
+            .filter(|s| s.sql.pipe.is_none() && s.sql.encrypt != topology::Encrypt::DangerPlaintext)
+            .count();
+        if encrypted > 0 {
+            report::say(&format!(
+                "warning: --connect-via {via}: {encrypted} server(s) whose `encrypt` asks for TLS are reached in plaintext (a lab on loopback); add --connect-via-ca with the authority of `lab --tls-generate` to keep their encryption"
+            ));
+        }
+    }
+    Ok(options)
+}
+
 pub(crate) fn select(topology: &Topology, select: SelectArgs) -> Result<Selection, Failure> {
     topology
         .select(&select.into())
@@ -150,7 +198,7 @@ pub fn plan_online(
     selection: &Selection,
     conn: &ConnArgs,
 ) -> Result<Plan, Failure> {
-    let options = connect_options(conn)?;
+    let options = connect_for(topology, selection, conn)?;
     let surveyed = runtime()?.block_on(survey(topology, selection, &options, conn.probe_parallel));
     Ok(Plan::online(topology, selection, &surveyed))
 }
@@ -270,7 +318,7 @@ pub fn apply(
         selection,
         plan,
     } = apply_input(input, select_args)?;
-    let options = connect_options(conn)?;
+    let options = connect_for(&topology, &selection, conn)?;
     let rt = runtime()?;
     if let Some(plan) = &plan {
         // The saved plan is the contract: nobody reviewed a server it could not vouch for, and
@@ -339,12 +387,13 @@ pub fn resume(run: &RunArgs, conn: &ConnArgs, out: &mut impl Write) -> Result<u8
         servers: ids,
         partial: Vec::new(),
     };
+    let options = connect_for(&topology, &selection, conn)?;
     let rt = runtime()?;
     let report = rt.block_on(run_engine(
         topology,
         selection,
         run,
-        connect_options(conn)?,
+        options,
         true,
         resume_command(run, conn),
     ))?;
@@ -365,7 +414,7 @@ async fn run_engine(
         .map_err(|e| Failure::Exit(exit::LOCKED, format!("error: {e}")))?;
     for (top, why) in &lock.unreachable {
         report::say(&format!(
-            "warning: cannot take the hierarchy lock on top server {top} ({why}): its tree is left alone"
+            "warning: cannot take the hierarchy lock on top server {top} ({why}): no server of its tree will be changed (each stops at its probe, reported FAILED)"
         ));
     }
     let repair = Repair {
@@ -466,8 +515,15 @@ pub fn verify(
     out: &mut impl Write,
 ) -> Result<u8, Failure> {
     let topology = Topology::load(file)?;
-    let selection = select(&topology, select_args)?;
-    let options = connect_options(conn)?;
+    // Read-only: order does not matter, so a server may be verified without its upstream.
+    let selection = select(
+        &topology,
+        SelectArgs {
+            allow_partial: true,
+            ..select_args
+        },
+    )?;
+    let options = connect_for(&topology, &selection, conn)?;
     let surveyed =
         runtime()?.block_on(survey(&topology, &selection, &options, conn.probe_parallel));
     let text = if json {
@@ -894,7 +950,7 @@ pub fn diagnose(
     if let Some(topology) = &topology {
         let selection = select_all(topology)?;
         let top_of = tops_of(topology, &selection);
-        let options = connect_options(conn)?;
+        let options = connect_for(topology, &selection, conn)?;
         let rt = runtime()?;
         let surveyed = rt.block_on(survey(topology, &selection, &options, conn.probe_parallel));
         for (found, &id) in surveyed.iter().zip(&selection.servers) {

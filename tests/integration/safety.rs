@@ -198,3 +198,45 @@ fn a_plan_with_an_unreachable_server_exits_1_and_is_refused_by_apply() {
         "nothing changed"
     );
 }
+
+#[test]
+fn a_missing_password_source_stops_every_command_before_any_server_is_touched() {
+    let topology = crate::repair::TOPOLOGY.replacen(
+        "    sql: { host: sql-r2a.test.example }",
+        "    sql: { host: sql-r2a.test.example, auth: { method: sql, user: u2, password_file: missing.pw } }",
+        1,
+    );
+    let lab = LabProcess::start_with(&topology, "broken", "faults: []\n", 0);
+    for args in [
+        &["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"][..],
+        &["plan", "hierarchy.yaml", "--online"][..],
+        &["verify", "hierarchy.yaml"][..],
+    ] {
+        let out = lab
+            .command(args)
+            .env_remove("WSUS_RESET_TEST_PW")
+            .output()
+            .expect("runs");
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+        assert!(said.contains("2 password source(s) cannot be read; nothing was sent"), "{said}");
+        assert!(
+            said.contains("environment variable WSUS_RESET_TEST_PW, which is not set")
+                && said.contains("servers: hq, r1, r2, r1a, r2b"),
+            "{said}"
+        );
+        assert!(said.contains("`password_file` given for `u2`") && said.contains("(servers: r2a)"), "{said}");
+        assert!(!said.contains("UNREACHABLE"), "one line per problem, not per server: {said}");
+    }
+    assert!(lab.servers().values().all(|s| calls(s).is_empty()));
+}
+
+#[test]
+fn verify_is_read_only_takes_any_server_alone_and_says_what_it_sees() {
+    let lab = LabProcess::start("broken", "faults: []\n", 0);
+    let out = lab.run(&["verify", "hierarchy.yaml", "--only", "r2a"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("r2a") && said.contains("not declined"), "{said}");
+    assert!(!said.contains("will be"), "verify describes, it does not promise: {said}");
+}

@@ -48,7 +48,10 @@ pub enum SettingsError {
         "the password for `{user}` comes from environment variable {var}, which is not set: export it before running"
     )]
     MissingEnv { user: String, var: String },
-    #[error("cannot read the password file {path} for `{user}`: {reason}")]
+    // The path is not shown: a password put where the path belongs must not be echoed.
+    #[error(
+        "cannot read the `password_file` given for `{user}`: {reason} (a relative path is taken from the topology file's directory)"
+    )]
     PasswordFile {
         user: String,
         path: PathBuf,
@@ -118,6 +121,33 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
         Auth::Integrated => return Err(SettingsError::AuthUnavailable("integrated")),
     }
     Ok(config)
+}
+
+/// Every password source of `servers` resolved before anything is sent (a variable set, a file
+/// readable): the problems, each with the servers it stops. Nothing is connected to, and the
+/// secrets read are dropped at once.
+pub fn missing_secrets<'a>(
+    servers: impl IntoIterator<Item = &'a Server>,
+    options: &ConnectOptions,
+) -> Vec<(String, Vec<String>)> {
+    let mut problems: Vec<(String, Vec<String>)> = Vec::new();
+    if options.lab_login.is_some() {
+        return problems;
+    }
+    for server in servers {
+        let (Auth::Sql { user, password } | Auth::Windows { user, password }) = &server.sql.auth
+        else {
+            continue;
+        };
+        if let Err(e) = read_secret(user, password) {
+            let text = e.to_string();
+            match problems.iter_mut().find(|(p, _)| *p == text) {
+                Some((_, names)) => names.push(server.name.clone()),
+                None => problems.push((text, vec![server.name.clone()])),
+            }
+        }
+    }
+    problems
 }
 
 /// The authority of a lab with a certificate, when this server is reached through it (a

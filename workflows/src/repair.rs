@@ -72,7 +72,7 @@ impl Verdict {
             Verdict::NotPresent => "update not present".into(),
             Verdict::Repaired => "declined and consistent".into(),
             Verdict::NeedsRepair(reasons) if reasons.len() == 1 && reasons[0] == NOT_DECLINED => {
-                "consistent but not declined: will be declined".into()
+                "consistent but not declined".into()
             }
             Verdict::NeedsRepair(reasons) => format!("BROKEN: {}", reasons.join(", ")),
         }
@@ -439,7 +439,7 @@ mod tests {
         let approved = update(false, vec![approval(3, 101)]);
         assert_eq!(
             Verdict::of(&observed(false, None, Some(approved))).summary(),
-            "consistent but not declined: will be declined"
+            "consistent but not declined"
         );
     }
 
