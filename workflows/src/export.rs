@@ -16,6 +16,21 @@ fn literal(text: &str) -> String {
     format!("N'{}'", text.replace('\'', "''"))
 }
 
+/// Text for a `--` comment: no line break (which would end the comment and start a T-SQL line)
+/// and no other control character gets through; each is written as `\u{..}`. Every value the
+/// script takes from outside that is not an [`literal`] goes through here.
+fn comment(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}') {
+                format!("\\u{{{:x}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The machine name SQL Server reports is the host's short name.
 fn machine_name(server: &Server) -> String {
     server
@@ -57,17 +72,19 @@ pub fn script(topology: &Topology, server: &Server, file: &str) -> String {
          --   sqlcmd -S np:\\\\.\\pipe\\MICROSOFT##WID\\tsql\\query -b -i \"{file}\"\n\
          -- or (SSEE, WSUS 3.0 on Windows Server 2003/2008):\n\
          --   sqlcmd -S np:\\\\.\\pipe\\MSSQL$MICROSOFT##SSEE\\sql\\query -b -i \"{file}\"",
-        server.name,
+        comment(&server.name),
         server.mode,
-        topology.source(),
+        comment(topology.source()),
         topology.fingerprint(),
+        file = comment(file),
     );
     match &server.upstream {
         Some(up) => {
             let _ = writeln!(
                 s,
-                "-- Run it only after the script of its upstream server {up} succeeded: a replica copies its\n\
-                 -- approvals from its upstream."
+                "-- Run it only after the script of its upstream server {} succeeded: a replica copies its\n\
+                 -- approvals from its upstream.",
+                comment(up)
             );
         }
         None => {
@@ -242,6 +259,21 @@ mod tests {
         // Names are DNS names, but a quote could still never end a literal.
         assert_eq!(literal("o'brien"), "N'o''brien'");
         assert!(text.contains("SET @expectedUpstream = N'wsus-hq.corp.example';"));
+    }
+
+    #[test]
+    fn a_line_break_in_the_topology_path_cannot_start_a_t_sql_line() {
+        let hostile = "h.yaml\r\nDROP TABLE dbo.tbDeployment; --\u{2028}x";
+        let t = Topology::from_bytes(hostile, HIERARCHY.as_bytes())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let text = script(&t, &t.servers()[0], "0001-x.sql");
+        for line in text.lines() {
+            assert!(
+                !line.trim_start().starts_with("DROP"),
+                "a value began a line: {line}"
+            );
+        }
+        assert!(text.contains("h.yaml\\u{d}\\u{a}DROP TABLE"), "{text}");
     }
 
     #[test]
