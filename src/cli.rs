@@ -258,6 +258,10 @@ pub struct RunArgs {
     /// Repeat servers that an earlier finished run in the state directory proved done.
     #[arg(long)]
     pub new_run: bool,
+    /// How often each hierarchy lock's connection is checked (and kept from idling out); a lock
+    /// found lost is taken again at once, or no further server starts.
+    #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..))]
+    pub lock_check_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

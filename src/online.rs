@@ -1,7 +1,6 @@
 //! The commands that talk to servers: `plan --online`, `apply`, `resume`, `verify`, `rehearse`
 //! and `lab`. Each builds its runtime here, calls the library crates, and returns an exit code.
 
-use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -417,13 +416,18 @@ async fn run_engine(
             "warning: cannot take the hierarchy lock on top server {top} ({why}): no server of its tree will be changed (each stops at its probe, reported FAILED)"
         ));
     }
+    let interrupts = interrupts(resume_with.clone());
+    let watched = lock.watch(
+        &topology,
+        &options,
+        Duration::from_millis(run.lock_check_ms),
+        interrupts.stop.clone(),
+    );
     let repair = Repair {
         update: topology.update().to_string(),
         connect: options,
         admin: admin_name(),
-        locked_tops: Some(Arc::new(
-            lock.locked.iter().cloned().collect::<HashSet<_>>(),
-        )),
+        locked_tops: Some(Arc::clone(&watched.held)),
         tops: Arc::new(tops_of(&topology, &selection)),
     };
     let engine_options = RunOptions {
@@ -436,14 +440,33 @@ async fn run_engine(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let reporter = report::spawn(rx, run.json, selection.servers.len());
     let engine = Engine::new(repair, Arc::clone(&topology), engine_options).with_events(tx);
-    let interrupts = interrupts(resume_with.clone());
     let result = if resume {
         engine.resume(interrupts).await
     } else {
         engine.apply(&selection, interrupts).await
     };
     let _ = reporter.await;
-    drop(lock);
+    for (top, why) in watched
+        .retaken
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+    {
+        report::say(&format!(
+            "note: the hierarchy lock on top server {top} was lost ({why}) and taken again at once"
+        ));
+    }
+    for (top, why) in watched
+        .lost
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+    {
+        report::say(&format!(
+            "error: lost the hierarchy lock on top server {top} ({why}): no further server was started, steps in flight finished and compensated"
+        ));
+    }
+    drop(watched);
     result.map_err(|e| engine_failure(e, &resume_with))
 }
 
@@ -824,6 +847,7 @@ pub fn rehearse(
         state_dir,
         json,
         new_run: false,
+        lock_check_ms: 30_000,
     };
     let report = rt.block_on(run_engine(
         Arc::clone(&topology),

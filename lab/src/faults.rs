@@ -96,6 +96,7 @@ impl Faults {
         "signatures",
         "set-replica-mode",
         "key-object",
+        "applock-held",
         "batch",
         "transaction",
         "spDeclineUpdate",

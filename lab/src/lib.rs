@@ -928,7 +928,7 @@ impl Lab {
                 }
                 reply.done(done::FINAL, None);
             }
-            Request::Batch(text) => match self.statement(server, text, &[]) {
+            Request::Batch(text) => match self.statement(server, connection, text, &[]) {
                 Ok(sets) if sets.is_empty() => reply.done(done::FINAL, None),
                 Ok(sets) => {
                     for (k, set) in sets.iter().enumerate() {
@@ -959,7 +959,9 @@ impl Lab {
                     return reply;
                 }
                 let result = match procedure.to_ascii_lowercase().as_str() {
-                    "sp_executesql" => self.sp_executesql(server, rpc).map(|sets| (sets, 0)),
+                    "sp_executesql" => self
+                        .sp_executesql(server, connection, rpc)
+                        .map(|sets| (sets, 0)),
                     "spdeclineupdate" | "spdeployupdate" => self
                         .procedure(server, procedure, &rpc.params)
                         .map(|()| (Vec::new(), 0)),
@@ -1010,7 +1012,12 @@ impl Lab {
         reply
     }
 
-    fn sp_executesql(&self, server: &str, rpc: &Rpc) -> Result<Vec<Option<ResultSet>>, SqlError> {
+    fn sp_executesql(
+        &self,
+        server: &str,
+        connection: u64,
+        rpc: &Rpc,
+    ) -> Result<Vec<Option<ResultSet>>, SqlError> {
         let text = rpc
             .params
             .first()
@@ -1023,7 +1030,7 @@ impl Lab {
             })?;
         // @P1.. follow @stmt and @params.
         let args: Vec<&Value> = rpc.params.iter().skip(2).map(|p| &p.value).collect();
-        self.statement(server, text, &args)
+        self.statement(server, connection, text, &args)
     }
 
     /// Runs one of the contract's statements. `None` in the result: a statement without rows
@@ -1031,17 +1038,28 @@ impl Lab {
     fn statement(
         &self,
         server: &str,
+        connection: u64,
         text: &str,
         args: &[&Value],
     ) -> Result<Vec<Option<ResultSet>>, SqlError> {
         let arg = |i: usize| args.get(i).copied().unwrap_or(&Value::Null);
         let mut inner = lock(&self.shared.inner);
+        let text_trimmed = text.trim();
+        if text_trimmed == susdb::sql::APPLOCK_HELD {
+            let resource = arg(0).as_str().unwrap_or_default().to_string();
+            let held = inner.applocks.get(&(server.to_string(), resource)) == Some(&connection);
+            return Ok(vec![Some(ResultSet {
+                columns: vec![("Mode".into(), ColType::NVarChar)],
+                rows: vec![vec![Cell::Text(
+                    if held { "Exclusive" } else { "NoLock" }.into(),
+                )]],
+            })]);
+        }
         let db = inner.servers.get_mut(server).ok_or_else(|| SqlError {
             number: 4060,
             class: 11,
             message: "Cannot open database \"SUSDB\".".into(),
         })?;
-        let text_trimmed = text.trim();
         let faults = &self.shared.config.faults;
         if text_trimmed == susdb::sql::PROBE {
             // SQL Server compiles the whole batch first: a column the probe names and this
@@ -1608,6 +1626,8 @@ impl Request {
                 "key-object".to_string()
             } else if text == susdb::sql::SIGNATURES {
                 "signatures".to_string()
+            } else if text == susdb::sql::APPLOCK_HELD {
+                "applock-held".to_string()
             } else {
                 "batch".to_string()
             }

@@ -208,6 +208,14 @@ SELECT N'LocalUpdateID' AS Kind FROM dbo.tbUpdate WHERE LocalUpdateID = @P1 \
 UNION ALL SELECT N'RevisionID' FROM dbo.tbRevision WHERE RevisionID = @P1 \
 UNION ALL SELECT N'DeploymentID' FROM dbo.tbDeployment WHERE DeploymentID = @P1";
 
+    /// Whether this session still holds the hierarchy applock; `@P1` = the resource (nvarchar).
+    /// One row: `Mode` nvarchar, `Exclusive` while held, `NoLock` once lost. `APPLOCK_MODE`
+    /// exists from SQL Server 2005 on (sql-docs `applock-mode-transact-sql.md`: "APPLOCK_MODE(
+    /// 'database_principal', 'resource_name', 'lock_owner')"). The run's keep-alive: a
+    /// connection that idles past a firewall's timeout is dropped, and the lock with it.
+    pub const APPLOCK_HELD: &str =
+        "SELECT CAST(APPLOCK_MODE('public', @P1, 'Session') AS nvarchar(32)) AS Mode";
+
     /// The SQL Server version alone, without parameters: a connectivity check any client
     /// (`sqlcmd`, FreeTDS `tsql`) can send as a plain batch.
     pub const SERVER_VERSION: &str =

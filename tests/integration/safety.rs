@@ -219,14 +219,23 @@ fn a_missing_password_source_stops_every_command_before_any_server_is_touched() 
             .expect("runs");
         let said = text(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
-        assert!(said.contains("2 password source(s) cannot be read; nothing was sent"), "{said}");
+        assert!(
+            said.contains("2 password source(s) cannot be read; nothing was sent"),
+            "{said}"
+        );
         assert!(
             said.contains("environment variable WSUS_RESET_TEST_PW, which is not set")
                 && said.contains("servers: hq, r1, r2, r1a, r2b"),
             "{said}"
         );
-        assert!(said.contains("`password_file` given for `u2`") && said.contains("(servers: r2a)"), "{said}");
-        assert!(!said.contains("UNREACHABLE"), "one line per problem, not per server: {said}");
+        assert!(
+            said.contains("`password_file` given for `u2`") && said.contains("(servers: r2a)"),
+            "{said}"
+        );
+        assert!(
+            !said.contains("UNREACHABLE"),
+            "one line per problem, not per server: {said}"
+        );
     }
     assert!(lab.servers().values().all(|s| calls(s).is_empty()));
 }
@@ -237,6 +246,70 @@ fn verify_is_read_only_takes_any_server_alone_and_says_what_it_sees() {
     let out = lab.run(&["verify", "hierarchy.yaml", "--only", "r2a"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
-    assert!(said.contains("r2a") && said.contains("not declined"), "{said}");
-    assert!(!said.contains("will be"), "verify describes, it does not promise: {said}");
+    assert!(
+        said.contains("r2a") && said.contains("not declined"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("will be"),
+        "verify describes, it does not promise: {said}"
+    );
+}
+
+#[test]
+fn a_dropped_lock_connection_is_noticed_and_the_lock_taken_again() {
+    // The first check of hq's lock finds its connection gone (a firewall's idle timeout).
+    let faults = "faults:\n  - { server: hq, target: applock-held, nth: 1, drop: before }\n";
+    let lab = LabProcess::start("broken", faults, 10);
+    let out = lab.run(&[
+        "apply",
+        "hierarchy.yaml",
+        "--yes",
+        "--state-dir",
+        "state",
+        "--lock-check-ms",
+        "20",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("the hierarchy lock on top server hq was lost")
+            && text(&out).contains("taken again at once"),
+        "{}",
+        text(&out)
+    );
+    assert_all_repaired(&lab.servers());
+}
+
+#[test]
+fn a_lock_that_cannot_be_taken_again_stops_the_run_before_any_further_server() {
+    // The check finds the connection gone, and the lock cannot be taken again.
+    let faults = "faults:\n  - { server: hq, target: applock-held, nth: 1, drop: before }\n  - { server: hq, target: sp_getapplock, nth: 2, error: 50000 }\n";
+    let lab = LabProcess::start("broken", faults, 30);
+    let out = lab.run(&[
+        "apply",
+        "hierarchy.yaml",
+        "--yes",
+        "--state-dir",
+        "state",
+        "--lock-check-ms",
+        "20",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("lost the hierarchy lock on top server hq"),
+        "{}",
+        text(&out)
+    );
+    let servers = lab.servers();
+    let untouched = servers.values().filter(|s| calls(s).is_empty()).count();
+    assert!(
+        untouched > 0,
+        "servers kept starting after the lock was lost"
+    );
+    for name in ["r1a", "r2", "r2a"] {
+        assert_eq!(
+            servers[name]["replica_mode"], true,
+            "{name} left autonomous"
+        );
+    }
 }

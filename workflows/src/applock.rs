@@ -1,13 +1,22 @@
 //! The hierarchy lock: `sp_getapplock` owned by the session on the top server of every tree a run
 //! touches, held for the whole run, so two operators on two machines cannot repair one hierarchy
 //! at once. SQL Server releases it when the connection closes, even if this process is killed.
+//!
+//! That is also its weakness: a connection a firewall drops for idling takes the lock with it,
+//! while the run goes on. So the lock is watched ([`HierarchyLock::watch`]): at an interval well
+//! under idle timeouts each lock connection asks whether it still holds the lock
+//! (`APPLOCK_MODE`, which also keeps it busy); a lock found lost is taken again at once on a new
+//! connection; one that cannot be taken again stops the run from starting any further server.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use topology::{Selection, ServerId, Topology};
 
 use crate::connect::{ConnectOptions, connect};
-use crate::db::{self, Connection};
+use crate::db::{self, Connection, DbError};
 
 /// The held locks; dropping this closes the connections, which releases them.
 #[derive(Debug)]
@@ -15,7 +24,55 @@ pub struct HierarchyLock {
     pub locked: HashSet<String>,
     /// Top servers that could not be reached: nothing below them will be changed.
     pub unreachable: Vec<(String, String)>,
-    _connections: Vec<Connection>,
+    connections: Vec<(String, Connection)>,
+}
+
+/// The top servers whose lock this process holds right now, shared with the workflow, which
+/// starts no server whose top is missing from it.
+pub type Held = Arc<Mutex<HashSet<String>>>;
+
+/// A watched lock: the watch runs until this is dropped, which closes the connections.
+#[derive(Debug)]
+pub struct WatchedLock {
+    pub held: Held,
+    /// Why a lock was lost for good (the run was stopped), by top server.
+    pub lost: Arc<Mutex<Vec<(String, String)>>>,
+    /// Locks lost and taken again, by top server, for the report.
+    pub retaken: Arc<Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchedLock {
+    fn drop(&mut self) {
+        // The connections live in the task: aborting it closes them, releasing the locks.
+        self.task.abort();
+    }
+}
+
+/// Tries to take the lock on `server` on a new connection, retrying transient errors (a
+/// deadlock, a dropped connection) as every other call is: `Ok(None)` when another session
+/// holds it.
+async fn take(
+    server: &topology::Server,
+    options: &ConnectOptions,
+) -> Result<Option<Connection>, DbError> {
+    let mut last = None;
+    for attempt in 0..3u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        }
+        let tried = async {
+            let mut c = connect(server, options).await?;
+            let granted = db::try_applock(&mut c).await?;
+            Ok::<_, DbError>(granted.then_some(c))
+        };
+        match tried.await {
+            Ok(granted) => return Ok(granted),
+            Err(e) if e.transient => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| DbError::transient("the lock could not be taken")))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,27 +114,110 @@ impl HierarchyLock {
         let mut lock = HierarchyLock {
             locked: HashSet::new(),
             unreachable: Vec::new(),
-            _connections: Vec::new(),
+            connections: Vec::new(),
         };
         for name in tops {
             let Some(id) = topology.find(&name) else {
                 continue;
             };
-            let server = topology.server(id);
-            let attempt = async {
-                let mut c = connect(server, options).await?;
-                let granted = db::try_applock(&mut c).await?;
-                Ok::<_, db::DbError>((c, granted))
-            };
-            match attempt.await {
-                Ok((c, true)) => {
-                    lock.locked.insert(name);
-                    lock._connections.push(c);
+            match take(topology.server(id), options).await {
+                Ok(Some(c)) => {
+                    lock.locked.insert(name.clone());
+                    lock.connections.push((name, c));
                 }
-                Ok((_, false)) => return Err(LockRefused { server: name }),
+                Ok(None) => return Err(LockRefused { server: name }),
                 Err(e) => lock.unreachable.push((name, e.message)),
             }
         }
         Ok(lock)
     }
+
+    /// Watches the held locks every `interval` until dropped. A lock found lost (its
+    /// connection failed, or `APPLOCK_MODE` says `NoLock`) is taken again at once; one that
+    /// cannot be taken again is removed from `held` and `stop` is cancelled: no new server starts,
+    /// steps in flight finish and compensate.
+    pub fn watch(
+        self,
+        topology: &Topology,
+        options: &ConnectOptions,
+        interval: Duration,
+        stop: CancellationToken,
+    ) -> WatchedLock {
+        let held: Held = Arc::new(Mutex::new(self.locked.clone()));
+        let lost = Arc::new(Mutex::new(Vec::new()));
+        let retaken = Arc::new(Mutex::new(Vec::new()));
+        let servers: HashMap<String, topology::Server> = self
+            .connections
+            .iter()
+            .filter_map(|(name, _)| {
+                topology
+                    .find(name)
+                    .map(|id| (name.clone(), topology.server(id).clone()))
+            })
+            .collect();
+        let (held_w, lost_w, retaken_w, options) = (
+            Arc::clone(&held),
+            Arc::clone(&lost),
+            Arc::clone(&retaken),
+            options.clone(),
+        );
+        let mut connections = self.connections;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            while !connections.is_empty() {
+                tick.tick().await;
+                let mut kept = Vec::with_capacity(connections.len());
+                for (name, mut c) in connections {
+                    let check =
+                        tokio::time::timeout(options.command_timeout, db::applock_held(&mut c))
+                            .await;
+                    let why = match check {
+                        Ok(Ok(true)) => {
+                            kept.push((name, c));
+                            continue;
+                        }
+                        Ok(Ok(false)) => "the server no longer reports it held".to_string(),
+                        Ok(Err(e)) => e.message,
+                        Err(_) => {
+                            format!("no answer within {} s", options.command_timeout.as_secs())
+                        }
+                    };
+                    drop(c);
+                    let again = match servers.get(&name) {
+                        Some(server) => take(server, &options).await,
+                        None => Err(DbError::permanent("unknown top server")),
+                    };
+                    match again {
+                        Ok(Some(c)) => {
+                            tracing::warn!(top = %name, reason = %why, "hierarchy lock lost and taken again");
+                            lock_of(&retaken_w).push((name.clone(), why));
+                            kept.push((name, c));
+                        }
+                        refused => {
+                            let reason = match refused {
+                                Ok(_) => format!("{why}; another session holds it now"),
+                                Err(e) => format!("{why}; taking it again failed: {}", e.message),
+                            };
+                            lock_of(&held_w).remove(&name);
+                            lock_of(&lost_w).push((name, reason));
+                            stop.cancel();
+                        }
+                    }
+                }
+                connections = kept;
+            }
+        });
+        WatchedLock {
+            held,
+            lost,
+            retaken,
+            task,
+        }
+    }
+}
+
+fn lock_of<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -518,6 +518,19 @@ pub async fn try_applock(c: &mut Connection) -> Result<bool, DbError> {
     Ok(code >= 0)
 }
 
+/// Whether this session still holds the hierarchy applock (`susdb::sql::APPLOCK_HELD`).
+pub async fn applock_held(c: &mut Connection) -> Result<bool, DbError> {
+    let row = c
+        .query(sql::APPLOCK_HELD, &[&procs::APPLOCK_RESOURCE])
+        .await?
+        .into_row()
+        .await?;
+    Ok(row
+        .as_ref()
+        .and_then(|r| r.try_get::<&str, _>("Mode").ok().flatten())
+        .is_some_and(|mode| mode.eq_ignore_ascii_case("Exclusive")))
+}
+
 /// Which objects carry `key` as their local ID on this server (`susdb::sql::KEY_OBJECT`): the
 /// dictionary key a SoftwareDistribution.log names is one of them.
 pub async fn key_objects(c: &mut Connection, key: i32) -> Result<Vec<String>, DbError> {

@@ -264,8 +264,8 @@ mod tests {
     #[test]
     fn a_line_break_in_the_topology_path_cannot_start_a_t_sql_line() {
         let hostile = "h.yaml\r\nDROP TABLE dbo.tbDeployment; --\u{2028}x";
-        let t = Topology::from_bytes(hostile, HIERARCHY.as_bytes())
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let t =
+            Topology::from_bytes(hostile, HIERARCHY.as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
         let text = script(&t, &t.servers()[0], "0001-x.sql");
         for line in text.lines() {
             assert!(

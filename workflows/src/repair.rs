@@ -1,7 +1,6 @@
 //! The KB 954960 repair as an engine [`Workflow`]: each step of [`crate::kb954960`] run over a
 //! server's SUSDB connection, and how each mutation is observed for retries and resume.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -125,9 +124,10 @@ pub struct Repair {
     pub connect: ConnectOptions,
     /// Written to the approvals' `@adminName` (the operator, for WSUS's own audit).
     pub admin: String,
-    /// Top servers whose hierarchy applock this process holds. A server whose top is not in it
-    /// refuses to start: two operators never repair one hierarchy at once.
-    pub locked_tops: Option<Arc<HashSet<String>>>,
+    /// Top servers whose hierarchy applock this process holds right now (kept up to date by the
+    /// lock's watch). A server whose top is not in it refuses to start: two operators never
+    /// repair one hierarchy at once.
+    pub locked_tops: Option<crate::applock::Held>,
     /// The server's top server, by name (for the applock check).
     pub tops: Arc<std::collections::HashMap<String, String>>,
 }
@@ -171,7 +171,11 @@ impl Repair {
             return Ok(());
         };
         let top = self.tops.get(&server.name).unwrap_or(&server.name);
-        if locked.contains(top) {
+        let held = locked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(top);
+        if held {
             Ok(())
         } else {
             Err(StepError::permanent(format!(
