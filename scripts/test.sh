@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages the tests use: Graphviz checks that `graph --format dot` is valid DOT; FreeTDS
-# `tsql` is an independent TDS client for the lab.
+# `tsql` is an independent TDS client for the lab; Node.js and npm run tedious, another one.
 missing=()
 command -v dot >/dev/null || missing+=(graphviz)
 command -v tsql >/dev/null || missing+=(freetds-bin)
 command -v npm >/dev/null || missing+=(nodejs npm)
+# man-db: the generated manual page must render with `man -l`.
+command -v man >/dev/null || missing+=(man-db)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   as_root apt-get update -qq

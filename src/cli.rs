@@ -10,8 +10,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "wsus-reset",
     version,
     about = "Repairs the KB 954960 approval fault (Office 2003 SP1, client error 0x8024400E) across a WSUS hierarchy, top-down",
-    after_help = "Exit codes: 0 ok; 1 the run failed on some server; 2 bad input or usage; \
-                  3 another run holds the lock; 4 an unfinished run needs `wsus-reset resume`."
+    after_help = "Exit codes: 0 ok; 1 the run failed on some server (or verify, plan --online, \
+                  diagnose found one not ready); 2 bad input or usage, nothing changed; 3 another \
+                  run holds the lock; 4 the run is unfinished: run the `wsus-reset resume` command \
+                  it prints."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -200,6 +202,25 @@ pub enum Command {
         /// The environment variable holding the Windows account's password.
         #[arg(long, requires = "windows_user", value_name = "VAR")]
         windows_password_env: Option<String>,
+    },
+    /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
+    ///
+    /// bash: `wsus-reset completions bash > /etc/bash_completion.d/wsus-reset`;
+    /// PowerShell: `wsus-reset completions powershell | Out-String | Invoke-Expression` (add it
+    /// to `$PROFILE` to keep it).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), made from these same definitions: `wsus-reset man >
+    /// wsus-reset.1; man -l wsus-reset.1`; `wsus-reset man apply` for one command's page, or
+    /// `--dir DIR` to write every page (wsus-reset.1, wsus-reset-apply.1, ...) there.
+    Man {
+        /// One command's page instead of the main one.
+        command: Option<String>,
+        /// Write the main page and every command's page into this directory.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<PathBuf>,
     },
 }
 

@@ -424,3 +424,78 @@ fn export_sql_writes_one_guarded_script_per_server_named_in_execution_order() {
         assert_eq!(text.contains("SET ReplicaMode = 0"), replica, "{file}");
     }
 }
+
+#[test]
+fn shell_completions_are_generated_and_bash_reads_them() {
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = wsus_reset(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        assert!(
+            stdout(&out).contains("rehearse"),
+            "{shell}: every command is completed"
+        );
+    }
+    let dir = tempfile::tempdir().expect("scratch");
+    let script = dir.path().join("wsus-reset.bash");
+    std::fs::write(&script, wsus_reset(&["completions", "bash"]).stdout).expect("written");
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash runs");
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // Sourced, it completes the commands.
+    let completed = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(wsus-reset re); COMP_CWORD=1; _wsus__reset wsus-reset re wsus-reset; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()
+        .expect("bash runs");
+    let words = String::from_utf8_lossy(&completed.stdout);
+    assert!(
+        words.contains("rehearse") && words.contains("resume"),
+        "{words}"
+    );
+}
+
+#[test]
+fn the_manual_page_renders_with_man() {
+    let dir = tempfile::tempdir().expect("scratch");
+    let out = wsus_reset(&["man", "--dir", dir.path().to_str().expect("UTF-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for page in [
+        "wsus-reset.1",
+        "wsus-reset-apply.1",
+        "wsus-reset-rehearse.1",
+    ] {
+        let rendered = std::process::Command::new("man")
+            .arg("-l")
+            .arg(dir.path().join(page))
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100")
+            .output()
+            .expect("man runs");
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        assert!(
+            rendered.status.success(),
+            "{page}: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        assert!(
+            text.contains("NAME") && text.contains("SYNOPSIS"),
+            "{page}: {text}"
+        );
+    }
+    let apply = wsus_reset(&["man", "apply"]);
+    assert!(
+        stdout(&apply).contains("lock\\-check\\-ms"),
+        "{}",
+        stdout(&apply)
+    );
+}
