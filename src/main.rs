@@ -10,7 +10,7 @@ mod report;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -54,12 +54,20 @@ impl From<LoadError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Diagnostics only (the engine's run > server > step spans): `RUST_LOG=debug`.
+    // Diagnostics only: `RUST_LOG=debug` shows the engine's run > server > step spans as they
+    // open and close (with their times), and the events inside them. Colour only on a terminal
+    // and without NO_COLOR (https://no-color.org).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
         )
+        .with_span_events(
+            tracing_subscriber::fmt::format::FmtSpan::NEW
+                | tracing_subscriber::fmt::format::FmtSpan::CLOSE,
+        )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
     let mut stdout = std::io::stdout();

@@ -202,12 +202,38 @@ pub fn plan_online(
     Ok(Plan::online(topology, selection, &surveyed))
 }
 
-/// The operator's name for WSUS's own audit columns (`@adminName`).
+/// The operator's name for WSUS's own audit columns (`@adminName`): the account running the tool,
+/// `DOMAIN\user` on Windows.
 fn admin_name() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("wsus-reset ({user})")
+    format!("wsus-reset ({})", os_account())
+}
+
+/// The OS account this process runs as, as `whoami` says it. Windows: `USERDOMAIN\USERNAME`;
+/// elsewhere `USER` or `LOGNAME`, then `id -un`, then the numeric user id.
+fn os_account() -> String {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if cfg!(windows) {
+        return match (var("USERDOMAIN"), var("USERNAME")) {
+            (Some(domain), Some(user)) => format!("{domain}\\{user}"),
+            (None, Some(user)) => user,
+            _ => "unknown Windows account".into(),
+        };
+    }
+    if let Some(user) = var("USER").or_else(|| var("LOGNAME")) {
+        return user;
+    }
+    let id = |arg: &str| {
+        std::process::Command::new("id")
+            .arg(arg)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    id("-un")
+        .or_else(|| id("-u").map(|uid| format!("uid {uid}")))
+        .unwrap_or_else(|| "unknown account".into())
 }
 
 /// What `apply` was given: a topology, or a saved plan and the topology it names.
@@ -495,7 +521,7 @@ fn finish(
     out: &mut impl Write,
 ) -> Result<u8, Failure> {
     if !run.json {
-        crate::emit(out, &report::summary_table(report))?;
+        crate::emit(out, &report::summary_table(report, true))?;
     }
     Ok(match report.outcome {
         RunOutcome::Succeeded => exit::OK,
@@ -806,6 +832,8 @@ pub fn rehearse(
         },
     )
     .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    // Without --state-dir the journal lives (and dies) in the temporary directory: not named.
+    let keep_journal = state_dir.is_some();
     let state_dir = state_dir.unwrap_or_else(|| temp.path().join("state"));
     let rt = runtime()?;
     let (addr, stop) = rt.block_on(async {
@@ -861,7 +889,7 @@ pub fn rehearse(
     let after_lab = lab.snapshot();
     stop.cancel();
     if !json {
-        crate::emit(out, &report::summary_table(&report))?;
+        crate::emit(out, &report::summary_table(&report, keep_journal))?;
         crate::emit(
             out,
             &format!(

@@ -152,7 +152,10 @@ fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
 }
 
 /// The end-of-run table: one line per server, then the outcome and where the journal is.
-pub fn summary_table(report: &RunReport) -> String {
+/// The run's table: a line per server, its NOTE in a few words (the whole story of each step is
+/// in `--json` and the journal). `journal`: whether to name the journal (not for a rehearsal,
+/// whose journal goes with its temporary directory).
+pub fn summary_table(report: &RunReport, journal: bool) -> String {
     let width = name_width(report.servers.iter().map(|s| s.name.as_str()));
     let mut out = String::new();
     let _ = writeln!(
@@ -161,29 +164,51 @@ pub fn summary_table(report: &RunReport) -> String {
         "SERVER", "RESULT", "STEPS", "TIME"
     );
     for s in &report.servers {
-        let (result, why) = status_words(&s.status);
-        let mut notes = s.notes.clone();
-        notes.extend(why);
+        let (result, _) = status_words(&s.status);
         let _ = writeln!(
             out,
             "{:<width$}  {result:<12}  {:>5}  {:>6} ms  {}",
             s.name,
             s.steps_done,
             s.duration.as_millis(),
-            notes.join("; ")
+            short_note(&s.status, &s.notes)
         );
     }
-    let _ = writeln!(
-        out,
-        "\nrun {}: {:?}; journal {}",
-        report.run_id,
-        report.outcome,
-        report.journal.display()
-    );
-    if report.outcome == engine::RunOutcome::Unfinished {
-        let _ = writeln!(out, "finish it with `wsus-reset resume`");
+    let _ = write!(out, "\nrun {}: {:?}", report.run_id, report.outcome);
+    if journal {
+        let _ = write!(out, "; journal {}", report.journal.display());
     }
+    out.push('\n');
     out
+}
+
+/// What happened to a server, in a few words.
+fn short_note(status: &ServerStatus, notes: &[String]) -> String {
+    let said = |text: &str| notes.iter().any(|n| n.contains(text));
+    match status {
+        ServerStatus::Succeeded if said("no change") => "already consistent, no change".into(),
+        ServerStatus::Succeeded if said("left alone") => "update not present".into(),
+        ServerStatus::Succeeded if said("was BROKEN") => "repaired (was broken)".into(),
+        ServerStatus::Succeeded => "repaired".into(),
+        ServerStatus::AlreadyDone => "done in an earlier run, still repaired".into(),
+        ServerStatus::Failed { step, error } => format!("at {step}: {}", first_clause(error)),
+        ServerStatus::CompensationFailed { step, .. } => {
+            format!("{step} still owed: run the resume command below")
+        }
+        ServerStatus::Skipped { upstream } => format!("upstream {upstream} failed"),
+        ServerStatus::Interrupted => "interrupted; resume finishes it".into(),
+        ServerStatus::NotStarted => String::new(),
+    }
+}
+
+/// The first line of an error, at most 80 characters.
+fn first_clause(error: &str) -> String {
+    let clause = error.split(['\n']).next().unwrap_or(error);
+    let mut short: String = clause.chars().take(80).collect();
+    if clause.chars().count() > 80 {
+        short.push('…');
+    }
+    short
 }
 
 /// `verify`'s table.

@@ -314,7 +314,7 @@ fn a_second_apply_changes_nothing_with_the_same_or_a_new_state_dir() {
     let fresh = lab.apply("other-state");
     assert_eq!(fresh.status.code(), Some(0), "{}", text(&fresh));
     assert!(
-        text(&fresh).contains("already declined and consistent: no change"),
+        text(&fresh).contains("already consistent, no change"),
         "{}",
         text(&fresh)
     );

@@ -313,3 +313,44 @@ fn a_lock_that_cannot_be_taken_again_stops_the_run_before_any_further_server() {
         );
     }
 }
+
+#[test]
+fn redirected_output_has_no_escape_codes_and_debug_logs_show_the_tools_own_spans() {
+    let lab = LabProcess::start("broken", "faults: []\n", 0);
+    let out = lab
+        .command(&[
+            "apply",
+            "hierarchy.yaml",
+            "--yes",
+            "--state-dir",
+            "state",
+            "--only",
+            "hq",
+        ])
+        .env("RUST_LOG", "debug")
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        !said.contains('\u{1b}'),
+        "an escape code in redirected output"
+    );
+    for span in ["run{", "server{", "step{"] {
+        assert!(said.contains(span), "no `{span}` span in the debug log");
+    }
+    // The summary's note is a few words; the whole probe verdict is in --json and the journal.
+    assert!(said.contains("repaired (was broken)"), "{said}");
+    assert!(!said.contains("  probe: was BROKEN"), "{said}");
+    // Without USER or LOGNAME, WSUS's audit column still names the OS account.
+    let admin = lab.servers()["hq"]["calls"][0]["params"]["@adminName"]
+        .as_str()
+        .expect("admin name")
+        .to_string();
+    assert!(
+        admin.starts_with("wsus-reset (") && !admin.contains("unknown"),
+        "{admin}"
+    );
+}
