@@ -2,7 +2,7 @@
 //! every outcome to a documented exit code. It is the only place that writes to the terminal.
 
 mod cli;
-mod online;
+mod commands;
 mod report;
 
 // The loader allocates many small strings and nodes; mimalloc makes a 100,000-server file load
@@ -14,11 +14,10 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
-use topology::{LoadError, Topology};
-use workflows::Plan;
+use clap::Parser;
+use topology::LoadError;
 
-use cli::{Cli, Command, GraphFormat, PlanFormat};
+use cli::{Cli, Command};
 
 /// Exit codes, documented in the README.
 mod exit {
@@ -82,88 +81,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
     match cli.command {
-        Command::Completions { shell } => {
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "wsus-reset", &mut script);
-            emit(out, &String::from_utf8_lossy(&script))?;
-        }
-        Command::Man { command, dir } => {
-            let render = |cmd: clap::Command, title: String| {
-                let mut page = Vec::new();
-                // clap names a command with a `'static` string; the process prints and exits.
-                let named: &'static str = Box::leak(title.clone().into_boxed_str());
-                clap_mangen::Man::new(cmd.name(named))
-                    .title(title)
-                    .render(&mut page)
-                    .map(|()| page)
-                    .map_err(|e| Failure::BadInput(format!("error: cannot render the manual: {e}")))
-            };
-            let cli = Cli::command();
-            let sub = |name: &str| {
-                cli.find_subcommand(name).cloned().ok_or_else(|| {
-                    Failure::BadInput(format!(
-                        "error: no command `{name}`: one of {}",
-                        cli.get_subcommands()
-                            .map(|c| c.get_name())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })
-            };
-            match (command, dir) {
-                (Some(name), _) => {
-                    let page = render(sub(&name)?, format!("wsus-reset-{name}"))?;
-                    emit(out, &String::from_utf8_lossy(&page))?;
-                }
-                (None, Some(dir)) => {
-                    let mut pages = vec![(
-                        "wsus-reset".to_string(),
-                        render(cli.clone(), "wsus-reset".into())?,
-                    )];
-                    for c in cli.get_subcommands() {
-                        let title = format!("wsus-reset-{}", c.get_name());
-                        pages.push((title.clone(), render(c.clone(), title)?));
-                    }
-                    std::fs::create_dir_all(&dir).map_err(|e| {
-                        Failure::BadInput(format!("error: cannot create {}: {e}", dir.display()))
-                    })?;
-                    for (title, page) in &pages {
-                        write_atomically(
-                            &dir.join(format!("{title}.1")),
-                            &String::from_utf8_lossy(page),
-                        )?;
-                    }
-                    emit(
-                        out,
-                        &format!("wrote {} pages to {}\n", pages.len(), dir.display()),
-                    )?;
-                }
-                (None, None) => {
-                    let page = render(cli.clone(), "wsus-reset".into())?;
-                    emit(out, &String::from_utf8_lossy(&page))?;
-                }
-            }
-        }
-        Command::Validate { file } => {
-            let topology = Topology::load(&file)?;
-            let s = topology.stats();
-            emit(
-                out,
-                &format!(
-                    "ok: {} servers, {} levels, {} replicas, {} top servers\n",
-                    s.servers, s.levels, s.replicas, s.tops
-                ),
-            )?;
-        }
-        Command::Graph { file, format } => {
-            let topology = Topology::load(&file)?;
-            let text = match format {
-                GraphFormat::Tree => topology.render_tree(),
-                GraphFormat::Dot => topology.render_dot(),
-                GraphFormat::Mermaid => topology.render_mermaid(),
-            };
-            emit(out, &text)?;
-        }
+        Command::Validate { file } => commands::validate::run(&file, out),
+        Command::Graph { file, format } => commands::graph::run(&file, format, out),
         Command::Plan {
             file,
             format,
@@ -171,89 +90,48 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             online,
             select,
             conn,
-        } => {
-            let topology = Topology::load(&file)?;
-            let selection = online::select(&topology, select)?;
-            let plan = if online {
-                online::plan_online(&topology, &selection, &conn)?
-            } else {
-                Plan::offline(&topology, &selection)
-            };
-            if let Some(path) = plan_file {
-                write_atomically(&path, &plan_json(&plan)?)?;
-            }
-            let text = match format {
-                PlanFormat::Text => plan.render_text(),
-                PlanFormat::Json => plan_json(&plan)?,
-                PlanFormat::Markdown => plan.render_markdown(),
-            };
-            emit(out, &text)?;
-            let unready = plan.unready();
-            if !unready.is_empty() {
-                return Err(Failure::Exit(
-                    exit::FAILED,
-                    format!(
-                        "{} server(s) could not be vouched for: {} (UNREACHABLE or WILL FAIL above); `apply` refuses this plan until they are fixed or left out with --only",
-                        unready.len(),
-                        unready.join(", ")
-                    ),
-                ));
-            }
-        }
+        } => commands::plan::run(
+            &file,
+            format,
+            plan_file.as_deref(),
+            online,
+            select,
+            &conn,
+            out,
+        ),
         Command::Apply {
             input,
             yes,
             select,
             run,
             conn,
-        } => return online::apply(&input, yes, select, &run, &conn, out),
-        Command::Resume { run, conn } => return online::resume(&run, &conn, out),
+        } => commands::apply::run(&input, yes, select, &run, &conn, out),
+        Command::Resume { run, conn } => commands::resume::run(&run, &conn, out),
         Command::Verify {
             file,
             select,
             conn,
             json,
-        } => return online::verify(&file, select, &conn, json, out),
+        } => commands::verify::run(&file, select, &conn, json, out),
         Command::ExportSql {
             file,
             out: dir,
             select,
-        } => {
-            let topology = Topology::load(&file)?;
-            let selection = online::select(&topology, select)?;
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                Failure::BadInput(format!("error: cannot create {}: {e}", dir.display()))
-            })?;
-            let mut listing = String::new();
-            for (index, &id) in selection.servers.iter().enumerate() {
-                let server = topology.server(id);
-                let name = workflows::export::file_name(index, server);
-                let path = dir.join(&name);
-                write_atomically(&path, &workflows::export::script(&topology, server, &name))?;
-                listing.push_str(&format!("{}\n", path.display()));
-            }
-            listing.push_str(&format!(
-                "{} scripts; run them in this order, each on its own server, each only after its upstream's succeeded\n",
-                selection.servers.len()
-            ));
-            emit(out, &listing)?;
-        }
+        } => commands::export_sql::run(&file, &dir, select, out),
         Command::Diagnose {
             client_logs,
             server_logs,
             topology,
             format,
             conn,
-        } => {
-            return online::diagnose(
-                &client_logs,
-                &server_logs,
-                topology.as_deref(),
-                format,
-                &conn,
-                out,
-            );
-        }
+        } => commands::diagnose::run(
+            &client_logs,
+            &server_logs,
+            topology.as_deref(),
+            format,
+            &conn,
+            out,
+        ),
         Command::Rehearse {
             file,
             seed,
@@ -261,7 +139,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             latency,
             state_dir,
             json,
-        } => return online::rehearse(&file, seed, parallel, latency, state_dir, json, out),
+        } => commands::rehearse::run(&file, seed, parallel, latency, state_dir, json, out),
         Command::Lab {
             file,
             listen,
@@ -280,39 +158,31 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             password_env,
             windows_user,
             windows_password_env,
-        } => {
-            return online::lab(
-                &file,
-                online::LabOptions {
-                    listen,
-                    listen_any,
-                    listen_pipe,
-                    tls: match (tls_cert.zip(tls_key), tls_generate) {
-                        (Some((cert, key)), _) => online::LabTls::Files { cert, key },
-                        (None, Some(dir)) => online::LabTls::Generate(dir),
-                        (None, None) => online::LabTls::None,
-                    },
-                    seed,
-                    sql_version,
-                    replica_sync_ms,
-                    state,
-                    faults,
-                    latency,
-                    login: user.zip(password_env),
-                    windows_login: windows_user.zip(windows_password_env),
+        } => commands::lab::run(
+            &file,
+            commands::lab::LabOptions {
+                listen,
+                listen_any,
+                listen_pipe,
+                tls: match (tls_cert.zip(tls_key), tls_generate) {
+                    (Some((cert, key)), _) => commands::lab::LabTls::Files { cert, key },
+                    (None, Some(dir)) => commands::lab::LabTls::Generate(dir),
+                    (None, None) => commands::lab::LabTls::None,
                 },
-                out,
-            );
-        }
+                seed,
+                sql_version,
+                replica_sync_ms,
+                state,
+                faults,
+                latency,
+                login: user.zip(password_env),
+                windows_login: windows_user.zip(windows_password_env),
+            },
+            out,
+        ),
+        Command::Completions { shell } => commands::docs::completions(shell, out),
+        Command::Man { command, dir } => commands::docs::man(command, dir, out),
     }
-    Ok(exit::OK)
-}
-
-fn plan_json(plan: &Plan) -> Result<String, Failure> {
-    let mut text = serde_json::to_string_pretty(plan)
-        .map_err(|e| Failure::BadInput(format!("error: cannot encode the plan: {e}")))?;
-    text.push('\n');
-    Ok(text)
 }
 
 /// Writes stdout; a closed pipe (`| head`) is not an error worth a message.
@@ -326,7 +196,7 @@ pub(crate) fn emit(out: &mut impl Write, text: &str) -> Result<(), Failure> {
 }
 
 /// Writes a file whole or not at all: a temporary file beside it, then a rename.
-fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
     let fail = |e: std::io::Error| {
         Failure::BadInput(format!("error: cannot write {}: {e}", path.display()))
     };

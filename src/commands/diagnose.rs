@@ -1,0 +1,183 @@
+//! `diagnose`: the fault's evidence in client and server logs, and in SUSDB with a topology.
+
+use super::*;
+
+/// What SUSDB says of one server, beside the log evidence.
+#[derive(Debug, serde::Serialize)]
+struct DbEvidence {
+    server: String,
+    /// The host name the logs use for it.
+    host: String,
+    state: String,
+    needs_repair: bool,
+    /// Each logged dictionary key, and which objects carry it as their ID on this server.
+    keys: Vec<(String, Vec<String>)>,
+}
+
+/// Which objects of `server` carry each logged dictionary key as their ID, over one connection.
+async fn place_keys(
+    server: &topology::Server,
+    options: &ConnectOptions,
+    logged: &[String],
+) -> Vec<(String, Vec<String>)> {
+    let mut connection = workflows::connect::connect(server, options).await;
+    let mut keys = Vec::new();
+    for key in logged {
+        let objects = match (key.parse::<i32>(), &mut connection) {
+            (Err(_), _) => vec!["not a number".to_string()],
+            (Ok(number), Ok(c)) => workflows::db::key_objects(c, number)
+                .await
+                .unwrap_or_else(|e| vec![format!("cannot ask: {}", e.message)]),
+            (Ok(_), Err(e)) => vec![format!("cannot ask: {}", e.message)],
+        };
+        keys.push((key.clone(), objects));
+    }
+    keys
+}
+
+/// `diagnose`: the logs, and with a topology the databases, side by side.
+pub(crate) fn run(
+    client_logs: &[PathBuf],
+    server_logs: &[PathBuf],
+    topology_file: Option<&Path>,
+    format: crate::cli::PlanFormat,
+    conn: &ConnArgs,
+    out: &mut impl Write,
+) -> Result<u8, Failure> {
+    use crate::cli::PlanFormat;
+    use ::diagnose::{Diagnosis, host_key};
+
+    if client_logs.is_empty() && server_logs.is_empty() && topology_file.is_none() {
+        return Err(Failure::BadInput(
+            "error: nothing to diagnose: give --client-log PATH, --server-log PATH and/or --topology FILE".into(),
+        ));
+    }
+    let topology = topology_file.map(Topology::load).transpose()?;
+    let diagnosis = Diagnosis::run(client_logs, server_logs);
+    // A log path that matches nothing is a typo, not "no evidence": refuse it, naming it.
+    let unmatched: Vec<String> = diagnosis
+        .skipped
+        .iter()
+        .filter(|s| s.matched_nothing)
+        .map(|s| s.path.display().to_string())
+        .collect();
+    if !unmatched.is_empty() {
+        return Err(Failure::BadInput(format!(
+            "error: no log file matches {}: check the path (a file, a directory, or a quoted glob)",
+            unmatched.join(", ")
+        )));
+    }
+    let logs_given = !client_logs.is_empty() || !server_logs.is_empty();
+    if logs_given && diagnosis.client_logs + diagnosis.server_logs == 0 {
+        let why: Vec<String> = diagnosis
+            .skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.path.display(), s.reason))
+            .collect();
+        return Err(Failure::BadInput(format!(
+            "error: no log could be read ({})",
+            why.join("; ")
+        )));
+    }
+    let mut evidence = Vec::new();
+    // The top of each broken server's tree: repairing those trees is top-down, and `apply` leaves
+    // the consistent servers in them alone.
+    let mut tops = std::collections::BTreeSet::new();
+    let mut any_broken = false;
+    if let Some(topology) = &topology {
+        let selection = select_all(topology)?;
+        let top_of = tops_of(topology, &selection);
+        let options = connect_for(topology, &selection, conn)?;
+        let rt = runtime()?;
+        let surveyed = rt.block_on(survey(topology, &selection, &options, conn.probe_parallel));
+        for (found, &id) in surveyed.iter().zip(&selection.servers) {
+            let server = topology.server(id);
+            let host = server.sql.host.as_deref().map(host_key).unwrap_or_default();
+            let aliases = [host_key(&server.name), host.clone()];
+            let logged = diagnosis
+                .servers
+                .iter()
+                .find(|v| aliases.contains(&v.server));
+            let logged_keys = logged.map(|v| v.keys.as_slice()).unwrap_or_default();
+            let keys = if logged_keys.is_empty() {
+                Vec::new()
+            } else {
+                rt.block_on(place_keys(server, &options, logged_keys))
+            };
+            let log_broken = logged.is_some_and(|v| v.verdict == ::diagnose::Verdict::Broken);
+            if log_broken || found.needs_repair {
+                any_broken = true;
+                tops.extend(top_of.get(&server.name).cloned());
+            }
+            evidence.push(DbEvidence {
+                server: server.name.clone(),
+                host: aliases[0].clone(),
+                state: match &found.error {
+                    Some(e) => format!("UNREACHABLE: {e}"),
+                    None => found.verdict.clone(),
+                },
+                needs_repair: found.needs_repair,
+                keys,
+            });
+        }
+    }
+    let file = topology_file.map(|p| p.display().to_string());
+    let command = if topology.is_some() {
+        let tops: Vec<String> = tops.into_iter().collect();
+        any_broken.then(|| ::diagnose::repair_command(file.as_deref(), &tops))
+    } else {
+        (!diagnosis.broken().is_empty()).then(|| ::diagnose::repair_command(None, &[]))
+    };
+    let text = match format {
+        PlanFormat::Json => {
+            let mut text = serde_json::to_string_pretty(&serde_json::json!({
+                "logs": diagnosis,
+                "database": evidence,
+                "repair_command": command,
+            }))
+            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            text.push('\n');
+            text
+        }
+        PlanFormat::Text | PlanFormat::Markdown => {
+            let mut text = if format == PlanFormat::Text {
+                diagnosis.render_text(command.as_deref())
+            } else {
+                diagnosis.render_markdown(command.as_deref())
+            };
+            if !evidence.is_empty() {
+                text.push_str("\nDatabase evidence (read-only probe):\n");
+                for e in &evidence {
+                    text.push_str(&format!("  {}: {}\n", e.server, e.state));
+                    for (key, objects) in &e.keys {
+                        text.push_str(&format!(
+                            "    logged key {key} is {} on this server\n",
+                            if objects.is_empty() {
+                                "no LocalUpdateID, RevisionID or DeploymentID".to_string()
+                            } else {
+                                objects.join(" and ")
+                            }
+                        ));
+                    }
+                }
+            }
+            text
+        }
+    };
+    crate::emit(out, &text)?;
+    let all_unreachable =
+        !evidence.is_empty() && evidence.iter().all(|e| e.state.starts_with("UNREACHABLE"));
+    if all_unreachable && !logs_given {
+        return Err(Failure::Exit(
+            exit::FAILED,
+            "error: no server of the topology could be probed and no log was given: there is no evidence either way".into(),
+        ));
+    }
+    Ok(
+        if diagnosis.alarming() || evidence.iter().any(|e| e.needs_repair) {
+            exit::FAILED
+        } else {
+            exit::OK
+        },
+    )
+}

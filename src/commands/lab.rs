@@ -1,0 +1,167 @@
+//! `lab FILE`: emulated WSUS servers for rehearsals and tests.
+
+use super::*;
+
+/// The `lab` command's options.
+#[derive(Debug)]
+pub struct LabOptions {
+    pub listen: std::net::SocketAddr,
+    pub listen_any: bool,
+    /// A local named pipe to serve instead of TCP (Windows).
+    pub listen_pipe: Option<String>,
+    pub tls: LabTls,
+    pub seed: LabSeed,
+    pub sql_version: susdb_lab::version::SqlVersion,
+    pub replica_sync_ms: Option<u64>,
+    pub state: Option<PathBuf>,
+    pub faults: Option<PathBuf>,
+    pub latency: u64,
+    /// SQL login: user, and the variable holding its password.
+    pub login: Option<(String, String)>,
+    /// Windows account (`DOMAIN\user`), and the variable holding its password.
+    pub windows_login: Option<(String, String)>,
+}
+
+/// What the lab encrypts with.
+#[derive(Debug)]
+pub enum LabTls {
+    /// Plaintext.
+    None,
+    /// A certificate chain and its key, PEM files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A throwaway authority, written to DIR/ca.pem, and a certificate for every host.
+    Generate(PathBuf),
+}
+
+fn read_identity(cert: &Path, key: &Path) -> Result<susdb_lab::tls::Identity, Failure> {
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", path.display())))
+    };
+    Ok(susdb_lab::tls::Identity {
+        cert_chain_pem: read(cert)?,
+        key_pem: read(key)?,
+        by_name: Vec::new(),
+    })
+}
+
+fn secret_from_env(who: &str, var: &str) -> Result<String, Failure> {
+    std::env::var(var).map_err(|_| {
+        Failure::BadInput(format!(
+            "error: the password of {who} comes from environment variable {var}, which is not set"
+        ))
+    })
+}
+
+/// `lab`: serves until SIGINT or SIGTERM, then writes the state and exits 0.
+pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Result<u8, Failure> {
+    let LabOptions {
+        listen,
+        listen_any,
+        listen_pipe,
+        tls,
+        seed: lab_seed,
+        sql_version,
+        replica_sync_ms,
+        state,
+        faults,
+        latency,
+        login,
+        windows_login,
+    } = options;
+    let topology = Topology::load(file)?;
+    let credentials = login
+        .map(|(user, var)| secret_from_env(&user, &var).map(|p| (user, p)))
+        .transpose()?;
+    let windows_login = windows_login
+        .map(|(user, var)| secret_from_env(&user, &var).map(|p| (user, p)))
+        .transpose()?;
+    let faults = match faults {
+        None => Faults::default(),
+        Some(path) => {
+            let faults =
+                Faults::load(&path).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            let names: Vec<&str> = topology.servers().iter().map(|s| s.name.as_str()).collect();
+            faults
+                .validate(&path.display().to_string(), &names)
+                .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            faults
+        }
+    };
+    let (tls, trust) = match tls {
+        LabTls::None => (None, String::new()),
+        LabTls::Files { cert, key } => (
+            Some(read_identity(&cert, &key)?),
+            format!("; TLS with {}", cert.display()),
+        ),
+        LabTls::Generate(dir) => {
+            let (identity, ca) = generate_identity(&topology, &dir)?;
+            let trust = format!(
+                "; TLS: clients trust {} (--connect-via-ca, or `ca_file`)",
+                ca.display()
+            );
+            (Some(identity), trust)
+        }
+    };
+    let lab = Lab::new(
+        &topology,
+        LabConfig {
+            seed: seed(lab_seed),
+            latency: Duration::from_millis(latency),
+            faults,
+            credentials,
+            windows_login,
+            state_file: state,
+            tls,
+            sql_version,
+            replica_sync: replica_sync_ms.map(Duration::from_millis),
+        },
+    )
+    .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        let servers = topology.servers().len();
+        let mut serving = match listen_pipe {
+            #[cfg(windows)]
+            Some(name) => {
+                crate::emit(out, &format!("listening on pipe {name} ({servers} servers)\n"))?;
+                let (lab, stop) = (lab.clone(), stop.clone());
+                tokio::spawn(async move { lab.serve_pipe(&name, stop).await })
+            }
+            #[cfg(not(windows))]
+            Some(_) => {
+                return Err(Failure::BadInput(
+                    "error: --listen-pipe works only on Windows; here, listen on a loopback address (--listen)".into(),
+                ));
+            }
+            None => {
+                let listener = bind(listen, listen_any).await?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+                crate::emit(
+                    out,
+                    &format!(
+                        "listening on {addr} ({servers} servers; connect with --connect-via {addr}{trust})\n"
+                    ),
+                )?;
+                let (lab, stop) = (lab.clone(), stop.clone());
+                tokio::spawn(async move { lab.serve(listener, stop).await })
+            }
+        };
+        // Until a signal, or until serving fails by itself (a pipe that cannot be created).
+        let result = tokio::select! {
+            _ = wait_for_signal() => {
+                stop.cancel();
+                serving.await
+            }
+            result = &mut serving => result,
+        };
+        match result {
+            Ok(Ok(())) => Ok(exit::OK),
+            Ok(Err(e)) => Err(Failure::BadInput(format!("error: {e}"))),
+            Err(e) => Err(Failure::BadInput(format!("error: the lab stopped: {e}"))),
+        }
+    })
+}

@@ -1,0 +1,62 @@
+//! `plan FILE`: the reviewable top-down plan; with `--online`, from a read-only probe of every
+//! server.
+
+use super::*;
+use crate::cli::PlanFormat;
+
+pub(crate) fn run(
+    file: &Path,
+    format: PlanFormat,
+    plan_file: Option<&Path>,
+    online: bool,
+    select_args: SelectArgs,
+    conn: &ConnArgs,
+    out: &mut impl Write,
+) -> Result<u8, Failure> {
+    let topology = Topology::load(file)?;
+    let selection = select(&topology, select_args)?;
+    let plan = if online {
+        plan_online(&topology, &selection, conn)?
+    } else {
+        Plan::offline(&topology, &selection)
+    };
+    if let Some(path) = plan_file {
+        crate::write_atomically(path, &plan_json(&plan)?)?;
+    }
+    let text = match format {
+        PlanFormat::Text => plan.render_text(),
+        PlanFormat::Json => plan_json(&plan)?,
+        PlanFormat::Markdown => plan.render_markdown(),
+    };
+    emit(out, &text)?;
+    let unready = plan.unready();
+    if !unready.is_empty() {
+        return Err(Failure::Exit(
+            exit::FAILED,
+            format!(
+                "{} server(s) could not be vouched for: {} (UNREACHABLE or WILL FAIL above); `apply` refuses this plan until they are fixed or left out with --only",
+                unready.len(),
+                unready.join(", ")
+            ),
+        ));
+    }
+    Ok(exit::OK)
+}
+
+fn plan_json(plan: &Plan) -> Result<String, Failure> {
+    let mut text = serde_json::to_string_pretty(plan)
+        .map_err(|e| Failure::BadInput(format!("error: cannot encode the plan: {e}")))?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// `plan FILE --online`: the read-only probe of every selected server, then the plan.
+fn plan_online(
+    topology: &Topology,
+    selection: &Selection,
+    conn: &ConnArgs,
+) -> Result<Plan, Failure> {
+    let options = connect_for(topology, selection, conn)?;
+    let surveyed = runtime()?.block_on(survey(topology, selection, &options, conn.probe_parallel));
+    Ok(Plan::online(topology, selection, &surveyed))
+}

@@ -1,0 +1,110 @@
+//! `rehearse FILE`: the whole repair against an in-process lab copy of the hierarchy.
+
+use super::*;
+
+/// `rehearse`: the lab in-process on a free loopback port, then plan --online, apply, verify
+/// through tiberius, and a report of before and after.
+pub(crate) fn run(
+    file: &Path,
+    lab_seed: LabSeed,
+    parallel: u16,
+    latency: u64,
+    state_dir: Option<PathBuf>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<u8, Failure> {
+    let topology = Arc::new(Topology::load(file)?);
+    // The lab checks one made-up SQL login, and every server logs in with it.
+    let login = (
+        "wsus_rehearsal".to_string(),
+        format!("rehearsal-{:016x}", fastrand::u64(..)),
+    );
+    let temp = tempfile::tempdir()
+        .map_err(|e| Failure::BadInput(format!("error: temporary directory: {e}")))?;
+    // Encrypted as each server's `encrypt` says, its certificate validated against its host
+    // name: the production TLS path, with a throwaway authority in place of the real one.
+    let (identity, ca) = generate_identity(&topology, temp.path())?;
+    let lab = Lab::new(
+        &topology,
+        LabConfig {
+            seed: seed(lab_seed),
+            latency: Duration::from_millis(latency),
+            credentials: Some(login.clone()),
+            tls: Some(identity),
+            ..LabConfig::default()
+        },
+    )
+    .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    // Without --state-dir the journal lives (and dies) in the temporary directory: not named.
+    let keep_journal = state_dir.is_some();
+    let state_dir = state_dir.unwrap_or_else(|| temp.path().join("state"));
+    let rt = runtime()?;
+    let (addr, stop) = rt.block_on(async {
+        let listener = bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), false).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+        let stop = CancellationToken::new();
+        let serving = lab.clone();
+        let token = stop.clone();
+        tokio::spawn(async move { serving.serve(listener, token).await });
+        Ok::<_, Failure>((addr, stop))
+    })?;
+    let options = ConnectOptions {
+        connect_via: Some(addr),
+        connect_via_ca: Some(ca),
+        lab_login: Some(login),
+        ..ConnectOptions::default()
+    };
+    let selection = select_all(&topology)?;
+    let before_lab = lab.snapshot();
+    let before = rt.block_on(survey(&topology, &selection, &options, 16));
+    let plan = Plan::online(&topology, &selection, &before);
+    if !json {
+        crate::emit(
+            out,
+            &format!(
+                "Rehearsal: lab on {addr} (SQL Server {}, TLS as each server's `encrypt` says, certificates from a throwaway authority), seed {}, {} servers\n\n== Online plan (read-only probe) ==\n{}\n== Apply ==\n",
+                susdb_lab::version::SqlVersion::default().product_version(),
+                lab_seed.name(),
+                topology.servers().len(),
+                plan.render_text()
+            ),
+        )?;
+    }
+    let run = RunArgs {
+        parallel,
+        max_failures: None,
+        state_dir,
+        json,
+        new_run: false,
+        lock_check_ms: 30_000,
+    };
+    let report = rt.block_on(run_engine(
+        Arc::clone(&topology),
+        selection.clone(),
+        &run,
+        options.clone(),
+        false,
+        "wsus-reset rehearse (the lab is gone with this process)".into(),
+    ))?;
+    let after = rt.block_on(survey(&topology, &selection, &options, 16));
+    let after_lab = lab.snapshot();
+    stop.cancel();
+    if !json {
+        crate::emit(out, &report::summary_table(&report, keep_journal))?;
+        crate::emit(
+            out,
+            &format!(
+                "\n== Verify ==\n{}",
+                report::rehearsal_table(&before, &after, &before_lab, &after_lab)
+            ),
+        )?;
+    }
+    let verified = after.iter().all(|s| s.ok);
+    Ok(match (report.outcome, verified) {
+        (RunOutcome::Succeeded, true) => exit::OK,
+        (RunOutcome::Unfinished, _) => exit::UNFINISHED,
+        _ => exit::FAILED,
+    })
+}
