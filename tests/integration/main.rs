@@ -3,6 +3,7 @@
 mod diagnose;
 mod fidelity;
 mod offline;
+mod readme;
 mod repair;
 mod safety;
 mod third_party;
