@@ -1,6 +1,8 @@
 //! Writes a synthetic corpus of WSUS logs for the `diagnose` benchmark (BENCHMARKS.md): client
-//! WindowsUpdate.log files full of the usual noise with a KB 954960 failure now and then, and
-//! server SoftwareDistribution.log files with the matching faults, all deterministic.
+//! WindowsUpdate.log files full of the usual noise with a KB 954960 failure now and then, half in
+//! the Windows XP-7 form and half in the Windows 10 form (`Get-WindowsUpdateLog`'s text, the fault
+//! as a `<detail>` line), and server SoftwareDistribution.log files with the matching faults, all
+//! deterministic.
 //!
 //!     cargo run --release -p diagnose --example gen_logs -- /tmp/corpus 2000
 //!
@@ -31,6 +33,18 @@ const CLIENT_NOISE: &[&str] = &[
     "CltUI\tAU client got new directive = 'SVC_SHOW_UI', serviceId = {3DA21691-E39D-4DA6-8A4B-B43877BCB1B7}, return = 0x00000000",
 ];
 
+/// Lines of the Windows 10 form, as the real logs in `shared/data/reallogs` have them.
+const MODERN_NOISE: &[&str] = &[
+    "ProtocolTalker  OK to reuse existing configuration",
+    "ProtocolTalker  Existing cookie is valid, just use it",
+    "WebServices     Auto proxy settings for this web service call.",
+    "IdleTimer       WU operation (CAgentProtocolTalker::SyncUpdates_WithRecover) started; operation # 45048; does use network; is at background priority",
+    "Agent           Added service 8B24B027-1DEE-BABB-9A95-3517DFB9C552 to sequential scan list",
+    "SLS             Get response for service 9482F4B4-E343-43B6-B170-9A65BC822C77 - forceExpire[False] asyncRefreshOnExpiry[True]",
+    "ProtocolTalker  SyncUpdates - 0 bad out of 60 metadata signatures checked using Enforce enforcement mode (raw mode: Enforce).",
+    "Shared          UpdateNetworkState Ipv4, cNetworkInterfaces = 1.",
+];
+
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(dir), Some(mb)) = (
@@ -58,17 +72,41 @@ fn main() -> std::io::Result<()> {
         let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
         let mut written = 0u64;
         let mut second = 0u64;
+        let modern = c % 2 == 1;
         while written < per_client {
             second += 1;
-            let stamp = format!(
-                "2009-03-{:02}\t{:02}:{:02}:{:02}:{:03}\t 788\tee4\t",
-                1 + (second / 86_400) % 28,
-                (second / 3600) % 24,
-                (second / 60) % 60,
-                second % 60,
-                rng.u32(..1000)
-            );
-            let line = if rng.u32(..2000) == 0 {
+            let stamp = if modern {
+                format!(
+                    "2020/11/{:02} {:02}:{:02}:{:02}.{:07} 8668  1188  ",
+                    1 + (second / 86_400) % 28,
+                    (second / 3600) % 24,
+                    (second / 60) % 60,
+                    second % 60,
+                    rng.u32(..10_000_000)
+                )
+            } else {
+                format!(
+                    "2009-03-{:02}\t{:02}:{:02}:{:02}:{:03}\t 788\tee4\t",
+                    1 + (second / 86_400) % 28,
+                    (second / 3600) % 24,
+                    (second / 60) % 60,
+                    second % 60,
+                    rng.u32(..1000)
+                )
+            };
+            let fault = rng.u32(..2000) == 0;
+            let line = if fault && modern {
+                let id = format!("{c:08x}-{:04x}-4000-8000-{:012x}", server, second);
+                faults[usize::try_from(server).unwrap_or(0)].push(id.clone());
+                format!(
+                    "{stamp}ProtocolTalker  ServiceId = {{3DA21691-E39D-4DA6-8A4B-B43877BCB1B7}}, Server URL = http://wsus-{server:02}/ClientWebService/client.asmx\n\
+                     {stamp}WebServices     WS error: The body of the received message contained a fault.\n\
+                     {stamp}WebServices     WS error: Fault occurred\n\
+                     {stamp}WebServices     WS error: <detail><ErrorCode>InternalServerError</ErrorCode><Message></Message><ID>{id}</ID><Method>\"http://www.microsoft.com/SoftwareDistribution/Server/ClientWebService/SyncUpdates\"</Method></detail>\n"
+                )
+            } else if modern {
+                format!("{stamp}{}\n", MODERN_NOISE[rng.usize(..MODERN_NOISE.len())])
+            } else if fault {
                 // A KB 954960 failure (one in 2,000 lines), the fault ID derived from its place.
                 let id = format!("{c:08x}-{:04x}-4000-8000-{:012x}", server, second);
                 faults[usize::try_from(server).unwrap_or(0)].push(id.clone());

@@ -1,9 +1,20 @@
-//! A client's WindowsUpdate.log: every `SyncUpdates failure, error = 0x8024400E`, with the lines
-//! of the same thread that belong to it (the server URL before; `ErrorCode:` and the fault `ID:`
-//! after), and whether a detection succeeded after the last failure.
+//! A client's WindowsUpdate.log: every failure of the KB 954960 kind, with the lines of the same
+//! thread that belong to it, and whether a detection succeeded after the last failure.
 //!
 //! Line format (susdb.md 6): `Date Time PID TID Component Text`, separated by tabs or spaces;
-//! times are the client's local time.
+//! times are the client's local time, dates as each Windows writes them (`2009-03-27`,
+//! `2021/07/13`, `2018.10.21`). The failure comes in two forms:
+//!
+//! - Windows XP to 7: `PT WARNING: SyncUpdates failure, error = 0x8024400E`, then `WARNING:
+//!   ErrorCode:InternalServerError(5)` and `WARNING: ID:<guid>` on the same thread;
+//! - Windows 8 and later (Windows 8/8.1 `WS WARNING: Soap fault info:`, often with 0x80244007;
+//!   Windows 10/11 and Server 2016+ as `Get-WindowsUpdateLog` writes it): the SOAP fault's detail
+//!   on one line, `<detail><ErrorCode>InternalServerError</ErrorCode><Message>...</Message>
+//!   <ID><guid></ID><Method>...SyncUpdates</Method></detail>`.
+//!
+//! The server is the `Server URL = ` of the failure's thread (`PT` or `ProtocolTalker`), or else
+//! the last one the log printed before it. A later `* Found N updates` or `SyncUpdates round
+//! trips: N` against the same server is a detection that succeeded.
 
 use std::collections::HashMap;
 
@@ -11,13 +22,34 @@ use serde::Serialize;
 
 use crate::input;
 
-/// The lines the client scanner looks for; the lines after a failure (its `ErrorCode:` and `ID:`)
-/// it asks for by number instead of by marker.
+/// The lines the client scanner looks for in a log of Windows XP to 8.1 (a tab after the date):
+/// the server, the failure in the old form, the fault's detail (Windows 8 and 8.1), a completed
+/// detection. The lines after a failure (its `ErrorCode:` and `ID:`) it asks for by number.
 pub const MARKERS: &[&str] = &[
     "Server URL = ",
     "SyncUpdates failure, error = 0x8024400",
-    "* Found ",
+    "categories in search",
+    "<detail>",
 ];
+
+/// The same for the text `Get-WindowsUpdateLog` writes (Windows 10 and later, Server 2016 and
+/// later: a space after the date): the server, the fault's detail, a completed sync.
+pub const MODERN_MARKERS: &[&str] = &["Server URL = ", "<detail>", "SyncUpdates round trips"];
+
+/// The markers for a log whose text begins with `start`: the older form writes its fields
+/// separated by tabs, `Get-WindowsUpdateLog` by spaces.
+pub fn markers_for(start: &[u8]) -> &'static [&'static str] {
+    let start = start.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(start);
+    let first_line = start.split(|b| *b == b'\n').next().unwrap_or_default();
+    let date_then_space = first_line.len() > 11
+        && first_line[..4].iter().all(u8::is_ascii_digit)
+        && first_line[10] == b' ';
+    if date_then_space {
+        MODERN_MARKERS
+    } else {
+        MARKERS
+    }
+}
 
 /// How many lines after a failure may hold its fault details (six in the documented form, plus
 /// room for other threads' lines in between).
@@ -53,6 +85,9 @@ struct Thread {
     server_url: Option<String>,
     /// The failure whose `ID:` line has not come yet.
     open: Option<usize>,
+    /// The failure a `<detail>` line just reported, which a `SyncUpdates failure` line of the
+    /// same moment on this thread repeats (Windows 8 may log both).
+    from_detail: Option<usize>,
 }
 
 /// The scanner for one file; feed it the marker lines in order.
@@ -60,6 +95,21 @@ struct Thread {
 pub struct Scanner {
     log: ClientLog,
     threads: HashMap<Vec<u8>, Thread>,
+    /// The last `Server URL` of any thread, for a failure whose thread named none.
+    last_url: Option<String>,
+}
+
+/// The text of `<name>...</name>` in a line.
+fn tag(text: &[u8], name: &str) -> Option<String> {
+    let open = after(text, &format!("<{name}>"))?;
+    let close = format!("</{name}>");
+    let end = memchr::memmem::find(open, close.as_bytes())?;
+    Some(input::text(&open[..end]).trim_matches('"').to_string())
+}
+
+/// `HH:MM:SS` of a logged time, to tell whether two lines were written at the same moment.
+fn second(time: &str) -> &str {
+    time.get(..8).unwrap_or(time)
 }
 
 /// `Date Time PID TID Component` and the text after them.
@@ -83,11 +133,11 @@ fn split(line: &[u8]) -> Option<([&[u8]; 5], &[u8])> {
     Some((fields, &rest[start..]))
 }
 
+/// The text after `marker` in a line. Exact case, as the markers that delivered the line are
+/// searched (and as Windows writes them), with memchr's searcher rather than a byte-by-byte
+/// comparison of every window: every delivered line is tried against several markers.
 fn after<'a>(text: &'a [u8], marker: &str) -> Option<&'a [u8]> {
-    let m = marker.as_bytes();
-    text.windows(m.len())
-        .position(|w| w.eq_ignore_ascii_case(m))
-        .map(|i| &text[i + m.len()..])
+    memchr::memmem::find(text, marker.as_bytes()).map(|i| &text[i + marker.len()..])
 }
 
 impl Scanner {
@@ -98,6 +148,33 @@ impl Scanner {
                 ..ClientLog::default()
             },
             threads: HashMap::new(),
+            last_url: None,
+        }
+    }
+
+    /// The server of a failure on `tid`: its thread's, or the log's last.
+    fn server_of(&self, tid: &[u8]) -> Option<String> {
+        self.threads
+            .get(tid)
+            .and_then(|t| t.server_url.clone())
+            .or_else(|| self.last_url.clone())
+    }
+
+    /// A detection completed on `tid`: it counts for the failing server unless its thread was
+    /// talking to another one (a second update service, such as Microsoft Update).
+    fn succeeded(&mut self, tid: &[u8]) {
+        let Some(last) = self.log.failures.last() else {
+            return;
+        };
+        let same_server = match (
+            self.threads.get(tid).and_then(|t| t.server_url.as_deref()),
+            last.server_url.as_deref(),
+        ) {
+            (Some(here), Some(failed)) => crate::host_key(here) == crate::host_key(failed),
+            _ => true,
+        };
+        if same_server {
+            self.log.recovered = true;
         }
     }
 
@@ -106,9 +183,11 @@ impl Scanner {
         let Some(([date, time, _pid, tid, component], text)) = split(line) else {
             return 0;
         };
+        let time = format!("{} {}", input::text(date), input::text(time));
         if let Some(url) = after(text, "Server URL = ") {
-            let thread = self.threads.entry(tid.to_vec()).or_default();
-            thread.server_url = Some(input::text(url));
+            let url = input::text(url).trim_matches('"').to_string();
+            self.threads.entry(tid.to_vec()).or_default().server_url = Some(url.clone());
+            self.last_url = Some(url);
         } else if let Some(rest) = after(text, "SyncUpdates failure, error = ") {
             if !rest
                 .get(..10)
@@ -116,16 +195,53 @@ impl Scanner {
             {
                 return 0;
             }
+            let server_url = self.server_of(tid);
             let thread = self.threads.entry(tid.to_vec()).or_default();
+            // Windows 8 may log the fault's detail, then this line, for one failure.
+            if let Some(i) = thread.from_detail.take()
+                && second(&self.log.failures[i].time) == second(&time)
+            {
+                return 0;
+            }
             self.log.failures.push(Failure {
-                time: format!("{} {}", input::text(date), input::text(time)),
-                server_url: thread.server_url.clone(),
+                time,
+                server_url,
                 id: None,
                 error_code: None,
             });
             thread.open = Some(self.log.failures.len() - 1);
             self.log.recovered = false;
             return FAILURE_DETAIL_LINES;
+        } else if let Some(detail) = after(text, "<detail>") {
+            let from_sync = tag(detail, "Method").is_some_and(|m| m.ends_with("SyncUpdates"));
+            let code = tag(detail, "ErrorCode");
+            // Only the fault of this kind: other SyncUpdates faults (ConfigChanged, CookieExpired)
+            // are the protocol's own signals, and the client recovers from them.
+            if !from_sync
+                || !code
+                    .as_deref()
+                    .is_some_and(|c| c.eq_ignore_ascii_case("InternalServerError"))
+            {
+                return 0;
+            }
+            let id = tag(detail, "ID").map(|id| id.to_ascii_lowercase());
+            let server_url = self.server_of(tid);
+            let thread = self.threads.entry(tid.to_vec()).or_default();
+            // The older form's failure line came first on this thread: this is its detail.
+            if let Some(i) = thread.open.take() {
+                let f = &mut self.log.failures[i];
+                f.id = f.id.take().or(id);
+                f.error_code = f.error_code.take().or(code);
+                return 0;
+            }
+            self.log.failures.push(Failure {
+                time,
+                server_url,
+                id,
+                error_code: code,
+            });
+            thread.from_detail = Some(self.log.failures.len() - 1);
+            self.log.recovered = false;
         } else if let Some(id) = warning(text).and_then(|w| w.strip_prefix(b"ID:")) {
             if let Some(i) = self.threads.get_mut(tid).and_then(|t| t.open.take()) {
                 self.log.failures[i].id = Some(input::text(id).to_ascii_lowercase());
@@ -134,23 +250,11 @@ impl Scanner {
             if let Some(i) = self.threads.get(tid).and_then(|t| t.open) {
                 self.log.failures[i].error_code = Some(input::text(code));
             }
-        } else if component.eq_ignore_ascii_case(b"Agent")
-            && after(text, "* Found ").is_some_and(|r| after(r, " updates").is_some())
-            && let Some(last) = self.log.failures.last()
+        } else if (component.eq_ignore_ascii_case(b"Agent")
+            && after(text, "* Found ").is_some_and(|r| after(r, " updates").is_some()))
+            || after(text, "SyncUpdates round trips").is_some()
         {
-            // `Agent  * Found N updates and M categories in search`: a detection completed. It
-            // counts for the failing server unless its thread was talking to another one (a
-            // second update service, such as Microsoft Update).
-            let same_server = match (
-                self.threads.get(tid).and_then(|t| t.server_url.as_deref()),
-                last.server_url.as_deref(),
-            ) {
-                (Some(here), Some(failed)) => crate::host_key(here) == crate::host_key(failed),
-                _ => true,
-            };
-            if same_server {
-                self.log.recovered = true;
-            }
+            self.succeeded(tid);
         }
         0
     }

@@ -24,10 +24,12 @@ pub use client::ClientLog;
 pub use input::Skipped;
 pub use server::ServerLog;
 
-/// Scans one client log.
-pub fn scan_client(name: String, reader: impl BufRead) -> std::io::Result<ClientLog> {
+/// Scans one client log, with the markers of its format (one search pass over the file per
+/// marker, so a log is not searched for lines its Windows never writes).
+pub fn scan_client(name: String, mut reader: impl BufRead) -> std::io::Result<ClientLog> {
     let mut scanner = client::Scanner::new(name);
-    input::for_each_matching_line(reader, &input::Markers::new(client::MARKERS), |line| {
+    let markers = client::markers_for(reader.fill_buf()?);
+    input::for_each_matching_line(reader, &input::Markers::new(markers), |line| {
         scanner.line(line)
     })?;
     Ok(scanner.finish())
@@ -117,16 +119,89 @@ pub struct Diagnosis {
     pub server_logs: usize,
     pub skipped: Vec<Skipped>,
     pub servers: Vec<ServerVerdict>,
+    /// Clients failing with the fault whose log never named the server they talk to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_unknown: Vec<AffectedClient>,
 }
 
-/// The host part of a URL or name, lower case, without port or domain:
-/// `http://WSUS-A.corp:8530/ClientWebService/client.asmx` is `wsus-a`.
+/// The key of the WSUS server a URL or a name stands for: its whole host, lower case (an IP
+/// address whole), with the port when it is not the scheme's default.
+/// `http://WSUS-A.corp:8530/ClientWebService/client.asmx` is `wsus-a.corp:8530`;
+/// `https://wsus-a.corp/...` is `wsus-a.corp`; a bare name is itself.
 pub fn host_key(url_or_name: &str) -> String {
-    let rest = url_or_name
+    let trimmed = url_or_name.trim().trim_matches(['"', '\'']);
+    let (scheme, rest) = trimmed
         .split_once("://")
-        .map_or(url_or_name, |(_, r)| r);
-    let host = rest.split(['/', ':']).next().unwrap_or(rest);
-    host.split('.').next().unwrap_or(host).to_ascii_lowercase()
+        .map_or(("", trimmed), |(scheme, rest)| (scheme, rest));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    // An IPv6 literal keeps its brackets; a port follows the last colon outside them.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, tail)) => (format!("[{addr}]"), tail.strip_prefix(':')),
+            None => (authority.to_string(), None),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty() => {
+                (h.to_string(), Some(p))
+            }
+            _ => (authority.to_string(), None),
+        },
+    };
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" => Some("80"),
+        "https" => Some("443"),
+        _ => None,
+    };
+    let host = host.to_ascii_lowercase();
+    match port {
+        Some(p) if Some(p) != default => format!("{host}:{p}"),
+        _ => host,
+    }
+}
+
+/// The host of a key without its port.
+fn without_port(key: &str) -> &str {
+    if key.starts_with('[') {
+        return key.split_once(']').map_or(key, |(h, _)| &key[..=h.len()]);
+    }
+    key.rsplit_once(':')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        .map_or(key, |(h, _)| h)
+}
+
+fn is_ip(host: &str) -> bool {
+    host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Whether a name (a server log's file or directory name, a topology's server name or host)
+/// stands for the server of `key`: the same host, or a bare name (no dot) that is the host's
+/// first label. Whether that short form is unambiguous is the caller's to judge.
+pub fn names_host(name: &str, key: &str) -> bool {
+    let name = host_key(name);
+    let (name, host) = (without_port(&name), without_port(key));
+    name == host || (!name.contains('.') && !is_ip(host) && host.split('.').next() == Some(name))
+}
+
+/// The shortest unambiguous way to show each key: the first label of a host name (without its
+/// domain and port) when no other key shares it, the whole key otherwise (and always for an IP
+/// address).
+pub fn display_names(keys: &[&str]) -> Vec<String> {
+    let first = |k: &str| {
+        let host = without_port(k);
+        host.split('.').next().unwrap_or(host).to_string()
+    };
+    keys.iter()
+        .map(|k| {
+            let short = first(k);
+            let alone = keys.iter().filter(|other| first(other) == short).count() == 1;
+            if !is_ip(without_port(k)) && alone {
+                short
+            } else {
+                (*k).to_string()
+            }
+        })
+        .collect()
 }
 
 fn read_all<T: Send>(
@@ -190,15 +265,13 @@ impl Diagnosis {
                 fault_by_id.insert(&f.id, f);
             }
         }
-        // Client failures by the host they talk to.
+        // Client failures by the host they talk to; those whose log never named a server apart.
         let mut clients_of: BTreeMap<String, Vec<AffectedClient>> = BTreeMap::new();
+        let mut server_unknown = Vec::new();
         for c in clients {
-            let mut by_host: BTreeMap<String, Vec<&client::Failure>> = BTreeMap::new();
+            let mut by_host: BTreeMap<Option<String>, Vec<&client::Failure>> = BTreeMap::new();
             for f in &c.failures {
-                let host = f
-                    .server_url
-                    .as_deref()
-                    .map_or_else(|| "(unknown server)".to_string(), host_key);
+                let host = f.server_url.as_deref().map(host_key);
                 by_host.entry(host).or_default().push(f);
             }
             for (host, failures) in by_host {
@@ -211,7 +284,7 @@ impl Diagnosis {
                             .is_some_and(|f| f.is_kb954960())
                     })
                     .count();
-                clients_of.entry(host).or_default().push(AffectedClient {
+                let affected = AffectedClient {
                     client: c.client.clone(),
                     failures: failures.len(),
                     first: failures
@@ -227,7 +300,52 @@ impl Diagnosis {
                     fault_ids,
                     confirmed_ids,
                     recovered: c.recovered,
-                });
+                };
+                match host {
+                    Some(host) => clients_of.entry(host).or_default().push(affected),
+                    None => server_unknown.push(affected),
+                }
+            }
+        }
+        // A client that named its server by a bare name (`http://wsus-emea/`) talks to the one
+        // host other clients name in full whose first label it is; with several, it stays apart.
+        let bare: Vec<String> = clients_of
+            .keys()
+            .filter(|k| !k.contains('.') && !k.starts_with('['))
+            .cloned()
+            .collect();
+        for key in bare {
+            let full: Vec<&String> = clients_of
+                .keys()
+                .filter(|host| host.contains('.') && names_host(&key, host))
+                .collect();
+            if let [host] = full.as_slice() {
+                let host = (*host).clone();
+                let moved = clients_of.remove(&key).unwrap_or_default();
+                clients_of.entry(host).or_default().extend(moved);
+            }
+        }
+        // A server log named by a bare name (its file or directory) stands for the one host its
+        // clients use whose first label it is; with several such hosts it stays apart.
+        let log_keys: Vec<String> = logs_of.keys().cloned().collect();
+        for key in log_keys {
+            if clients_of.contains_key(&key) {
+                continue;
+            }
+            let hosts: Vec<&String> = clients_of
+                .keys()
+                .filter(|host| names_host(&key, host))
+                .collect();
+            if let [host] = hosts.as_slice() {
+                let host = (*host).clone();
+                let moved = logs_of.remove(&key).unwrap_or_default();
+                let logs = logs_of.entry(host).or_default();
+                // A log whose actors name the host both ways is already there.
+                for log in moved {
+                    if !logs.iter().any(|l| std::ptr::eq(*l, log)) {
+                        logs.push(log);
+                    }
+                }
             }
         }
         let hosts: BTreeSet<&String> = logs_of.keys().chain(clients_of.keys()).collect();
@@ -274,6 +392,7 @@ impl Diagnosis {
             server_logs: servers.len(),
             skipped: Vec::new(),
             servers: verdicts,
+            server_unknown,
         }
     }
 
@@ -302,8 +421,9 @@ impl Diagnosis {
         for s in &self.skipped {
             let _ = writeln!(out, "skipped {}: {}", s.path.display(), s.reason);
         }
-        for v in &self.servers {
-            let _ = writeln!(out, "\n{}: {}", v.server, v.verdict.as_str().to_uppercase());
+        let names = self.display_names();
+        for (v, name) in self.servers.iter().zip(&names) {
+            let _ = writeln!(out, "\n{name}: {}", v.verdict.as_str().to_uppercase());
             if !v.logs.is_empty() {
                 let _ = writeln!(
                     out,
@@ -323,23 +443,16 @@ impl Diagnosis {
                 );
             }
             for c in &v.clients {
-                let _ = writeln!(
-                    out,
-                    "  client {}: 0x8024400E {} time(s), {} (local time), {} confirmed by the server log{}",
-                    c.client,
-                    c.failures,
-                    if c.first == c.last {
-                        c.first.clone()
-                    } else {
-                        format!("{} to {}", c.first, c.last)
-                    },
-                    c.confirmed_ids,
-                    if c.recovered {
-                        "; a later detection succeeded"
-                    } else {
-                        ""
-                    }
-                );
+                client_line(&mut out, c);
+            }
+        }
+        if !self.server_unknown.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nserver unknown (the client's log names no server before the failure):"
+            );
+            for c in &self.server_unknown {
+                client_line(&mut out, c);
             }
         }
         let broken = self.broken();
@@ -376,6 +489,12 @@ impl Diagnosis {
         out
     }
 
+    /// Each server as shown: the first label of its host where that is unambiguous.
+    fn display_names(&self) -> Vec<String> {
+        let keys: Vec<&str> = self.servers.iter().map(|v| v.server.as_str()).collect();
+        display_names(&keys)
+    }
+
     pub fn render_markdown(&self, command: Option<&str>) -> String {
         let mut out = String::from("# KB 954960 diagnosis\n\n");
         let _ = writeln!(
@@ -383,11 +502,11 @@ impl Diagnosis {
             "{} client logs, {} server logs read.\n\n| Server | Verdict | Affected clients | KB 954960 faults in its log | Keys |\n|---|---|---|---|---|",
             self.client_logs, self.server_logs
         );
-        for v in &self.servers {
+        let names = self.display_names();
+        for (v, name) in self.servers.iter().zip(&names) {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} |",
-                v.server,
+                "| {name} | {} | {} | {} | {} |",
                 v.verdict.as_str(),
                 v.clients
                     .iter()
@@ -396,6 +515,17 @@ impl Diagnosis {
                     .join(", "),
                 v.kb954960_faults,
                 v.keys.join(", ")
+            );
+        }
+        if !self.server_unknown.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nFailing against a server their logs do not name: {}",
+                self.server_unknown
+                    .iter()
+                    .map(|c| c.client.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         if let Some(command) = command {
@@ -411,16 +541,84 @@ impl Diagnosis {
     }
 }
 
+fn client_line(out: &mut String, c: &AffectedClient) {
+    let _ = writeln!(
+        out,
+        "  client {}: 0x8024400E {} time(s), {} (local time), {} confirmed by the server log{}",
+        c.client,
+        c.failures,
+        if c.first == c.last {
+            c.first.clone()
+        } else {
+            format!("{} to {}", c.first, c.last)
+        },
+        c.confirmed_ids,
+        if c.recovered {
+            "; a later detection succeeded"
+        } else {
+            ""
+        }
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn hosts_are_compared_by_their_first_label_without_port() {
+    fn a_server_is_keyed_by_its_whole_host_and_a_port_that_is_not_the_default() {
         assert_eq!(
             host_key("http://WSUS-A.corp.example:8530/ClientWebService/client.asmx"),
-            "wsus-a"
+            "wsus-a.corp.example:8530"
         );
+        assert_eq!(
+            host_key("https://wsus-a.corp.example:443/x"),
+            "wsus-a.corp.example"
+        );
+        assert_eq!(
+            host_key("http://192.168.178.143/ClientWebService/client.asmx"),
+            "192.168.178.143"
+        );
+        assert_eq!(host_key("http://[fe80::1]:8530/x"), "[fe80::1]:8530");
         assert_eq!(host_key("wsus-a"), "wsus-a");
+        // Two servers that share a first label stay two.
+        assert_ne!(
+            host_key("http://wsus.emea.contoso.com/x"),
+            host_key("http://wsus.apac.contoso.com/x")
+        );
+    }
+
+    #[test]
+    fn a_bare_name_stands_for_the_host_whose_first_label_it_is() {
+        assert!(names_host("WSUS-A", "wsus-a.corp.example:8530"));
+        assert!(names_host(
+            "wsus-a.corp.example",
+            "wsus-a.corp.example:8530"
+        ));
+        assert!(!names_host("wsus-a", "wsus-b.corp.example"));
+        assert!(
+            !names_host("192", "192.168.178.143"),
+            "an IP address is whole"
+        );
+    }
+
+    #[test]
+    fn names_are_shortened_for_display_only_where_unambiguous() {
+        assert_eq!(
+            display_names(&[
+                "wsus-a.corp.example",
+                "wsus.emea.contoso.com",
+                "wsus.apac.contoso.com",
+                "10.0.0.5",
+                "wsus-b.corp:8530"
+            ]),
+            [
+                "wsus-a",
+                "wsus.emea.contoso.com",
+                "wsus.apac.contoso.com",
+                "10.0.0.5",
+                "wsus-b"
+            ]
+        );
     }
 }

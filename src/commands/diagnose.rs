@@ -45,7 +45,7 @@ pub(crate) fn run(
     out: &mut impl Write,
 ) -> Result<u8, Failure> {
     use crate::cli::PlanFormat;
-    use ::diagnose::{Diagnosis, host_key};
+    use ::diagnose::{Diagnosis, host_key, names_host};
 
     if client_logs.is_empty() && server_logs.is_empty() && topology_file.is_none() {
         return Err(Failure::BadInput(
@@ -92,12 +92,15 @@ pub(crate) fn run(
         let surveyed = rt.block_on(survey(topology, &selection, &options, conn.probe_parallel));
         for (found, &id) in surveyed.iter().zip(&selection.servers) {
             let server = topology.server(id);
-            let host = server.sql.host.as_deref().map(host_key).unwrap_or_default();
-            let aliases = [host_key(&server.name), host.clone()];
+            // The logs name a server by the host its clients use: the WSUS server's name, or
+            // (where WSUS and its SQL Server share a machine) the SQL host.
+            let aliases: Vec<&str> = std::iter::once(server.name.as_str())
+                .chain(server.sql.host.as_deref())
+                .collect();
             let logged = diagnosis
                 .servers
                 .iter()
-                .find(|v| aliases.contains(&v.server));
+                .find(|v| aliases.iter().any(|a| names_host(a, &v.server)));
             let logged_keys = logged.map(|v| v.keys.as_slice()).unwrap_or_default();
             let keys = if logged_keys.is_empty() {
                 Vec::new()
@@ -111,7 +114,7 @@ pub(crate) fn run(
             }
             evidence.push(DbEvidence {
                 server: server.name.clone(),
-                host: aliases[0].clone(),
+                host: logged.map_or_else(|| host_key(&server.name), |v| v.server.clone()),
                 state: match &found.error {
                     Some(e) => format!("UNREACHABLE: {e}"),
                     None => found.verdict.clone(),

@@ -130,8 +130,13 @@ fn each_server_gets_its_verdict_from_the_evidence_on_both_sides() {
     assert_eq!(
         verdicts,
         [
-            ("wsus-emea".to_string(), "broken".to_string()),
-            ("wsus-paris".into(), "broken".into()),
+            // Keyed by the whole host (and a port other than the default); the client that
+            // named wsus-emea by its bare name counts for the one host of that name.
+            (
+                "wsus-emea.corp.example:8530".to_string(),
+                "broken".to_string()
+            ),
+            ("wsus-paris:8530".into(), "broken".into()),
             ("wsus-lyon".into(), "suspect".into()),
             ("wsus-tokyo".into(), "other-cause".into()),
         ],
@@ -276,5 +281,187 @@ fn a_topology_whose_servers_all_cannot_be_probed_gives_no_evidence_and_exit_1() 
         text(&out).contains("no server of the topology could be probed"),
         "{}",
         text(&out)
+    );
+}
+
+/// The real Windows 10/11 and Server 2016 logs in `shared/data/reallogs` (sources in its README).
+fn reallogs() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/reallogs/case-05-win10-formats-clean/clients")
+}
+
+#[test]
+fn real_windows_10_and_server_2016_logs_without_the_fault_are_read_and_judged_clean() {
+    let dir = tempfile::tempdir().expect("scratch");
+    let clients = reallogs();
+    let out = diagnose(
+        dir.path(),
+        &[
+            "--client-log",
+            clients.to_str().expect("UTF-8"),
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    // UTF-8, UTF-8 with a BOM, UTF-16LE and gzip, dates 2018.10.21, 2020/11/22, 2024-04-11.
+    assert_eq!(report["logs"]["client_logs"], 5, "{}", text(&out));
+    assert!(
+        report["logs"]["skipped"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    );
+    // PC-RAJA's SyncUpdates fault is `ConfigChanged`, from which it recovers: not this fault.
+    assert_eq!(
+        report["logs"]["servers"],
+        serde_json::json!([]),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_modern_fault_detail_is_read_and_tied_to_the_server_log_by_its_id() {
+    // PC-RAJA's real log, its SyncUpdates fault turned into this one (InternalServerError) and
+    // its Microsoft Update URL into a WSUS server's; the server log shows the same fault ID.
+    let real = std::fs::read_to_string(reallogs().join("PC-RAJA/WindowsUpdate.log")).expect("log");
+    let faulty = real
+        .replace(
+            "<ErrorCode>ConfigChanged</ErrorCode>",
+            "<ErrorCode>InternalServerError</ErrorCode>",
+        )
+        .replace(
+            "https://fe2cr.update.microsoft.com/v6/",
+            "http://wsus-emea.corp.example:8530/",
+        );
+    assert_ne!(faulty, real);
+    // Windows 8.1: the fault's detail after `Soap fault info:`, then 0x80244007, from the
+    // server named in an earlier thread only.
+    let windows8 = "\
+2015-06-11\t10:33:10:100\t 900\t1aa0\tPT\t  + ServiceId = {3DA21691-E39D-4DA6-8A4B-B43877BCB1B7}, Server URL = http://wsus-emea.corp.example:8530/ClientWebService/client.asmx
+2015-06-11\t10:33:19:418\t 900\t1f0c\tWS\tWARNING: Nws Failure: errorCode=0x803d0000
+2015-06-11\t10:33:19:418\t 900\t1f0c\tWS\tWARNING: The body of the received message contained a fault.
+2015-06-11\t10:33:19:418\t 900\t1f0c\tWS\tWARNING: Soap fault info:
+2015-06-11\t10:33:19:418\t 900\t1f0c\tWS\tWARNING:   detail:<detail><ErrorCode>InternalServerError</ErrorCode><Message></Message><ID>0a1b2c3d-0000-4000-8000-00000000e8e8</ID><Method>\"http://www.microsoft.com/SoftwareDistribution/Server/ClientWebService/SyncUpdates\"</Method></detail>
+2015-06-11\t10:33:19:418\t 900\t1f0c\tWS\tWARNING: MapToSusHResult mapped Nws error 0x803d0000 to 0x80244007
+2015-06-11\t10:33:19:418\t 900\t1f0c\tPT\tWARNING: PTError: 0x80244007
+2015-06-11\t10:33:19:418\t 900\t1f0c\tPT\tWARNING: SyncUpdates_WithRecovery failed.: 0x80244007
+";
+    // A failure in a log that never names its server.
+    let nameless = "2009-03-27\t11:55:29:193\t788\tee4\tPT\tWARNING: SyncUpdates failure, error = 0x8024400E, soap client error = 7\n";
+    let server = "\
+2020-11-22 11:46:56.020 UTC Error w3wp.12 ClientImplementation.SyncUpdates System.ArgumentException: Item has already been added. Key in dictionary: '8862'  Key being added: '8862'
+at System.Collections.Hashtable.Insert(Object key, Object nvalue, Boolean add)
+at Microsoft.UpdateServices.Internal.ClientImplementation.GetSyncInfo(DataAccess dataAccess, Hashtable stateTable, Hashtable deploymentTable, Boolean haveGroupsChanged, Boolean doChunking)
+2020-11-22 11:46:56.022 UTC Warning w3wp.12 SoapUtilities.CreateException ThrowException: actor = http://wsus-emea.corp.example:8530/ClientWebService/client.asmx, ID=1aa87b66-9bd6-42c1-975e-b24fa422f7e5, ErrorCode=InternalServerError, Message=, Client=?
+";
+    let dir = tempfile::tempdir().expect("scratch");
+    let write = |path: &str, text: &str| {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(path, text).expect("written");
+    };
+    write("clients/PC-RAJA/WindowsUpdate.log", &faulty);
+    write("clients/PC-W81/WindowsUpdate.log", windows8);
+    write("clients/PC-NONAME/WindowsUpdate.log", nameless);
+    write("servers/wsus-emea/SoftwareDistribution.log", server);
+    let out = diagnose(
+        dir.path(),
+        &[
+            "--client-log",
+            "clients",
+            "--server-log",
+            "servers",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let servers = report["logs"]["servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 1, "{}", text(&out));
+    assert_eq!(servers[0]["server"], "wsus-emea.corp.example:8530");
+    assert_eq!(servers[0]["verdict"], "broken");
+    let clients: Vec<(&str, &Value)> = servers[0]["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .map(|c| (c["client"].as_str().expect("name"), &c["confirmed_ids"]))
+        .collect();
+    assert_eq!(
+        clients,
+        [
+            ("PC-RAJA", &serde_json::json!(1)),
+            ("PC-W81", &serde_json::json!(0))
+        ],
+        "PC-RAJA's fault ID is in the server log; PC-W81 takes the server its log named last"
+    );
+    let unknown = report["logs"]["server_unknown"]
+        .as_array()
+        .expect("server unknown");
+    assert_eq!(unknown[0]["client"], "PC-NONAME");
+    // In text, the server is shown by its short name and the nameless client apart.
+    let out = diagnose(
+        dir.path(),
+        &["--client-log", "clients", "--server-log", "servers"],
+    );
+    let said = text(&out);
+    assert!(said.contains("\nwsus-emea: BROKEN"), "{said}");
+    assert!(
+        said.contains("server unknown") && !said.contains("(unknown server)"),
+        "{said}"
+    );
+}
+
+#[test]
+fn servers_are_told_apart_by_their_whole_host() {
+    let client = |url: &str, id: &str| {
+        format!(
+            "2009-03-27\t11:55:29:002\t788\tee4\tPT\t  + ServiceId = {{3DA2}}, Server URL = {url}\n\
+             2009-03-27\t11:55:29:193\t788\tee4\tPT\tWARNING: SyncUpdates failure, error = 0x8024400E\n\
+             2009-03-27\t11:55:29:196\t788\tee4\tPT\tWARNING: ID:{id}\n"
+        )
+    };
+    let dir = tempfile::tempdir().expect("scratch");
+    for (name, url, id) in [
+        (
+            "PC-E",
+            "http://wsus.emea.contoso.com/ClientWebService/client.asmx",
+            "e0000000-0000-4000-8000-000000000001",
+        ),
+        (
+            "PC-A",
+            "http://wsus.apac.contoso.com/ClientWebService/client.asmx",
+            "a0000000-0000-4000-8000-000000000002",
+        ),
+        (
+            "PC-IP",
+            "http://192.168.178.143:8530/ClientWebService/client.asmx",
+            "c0000000-0000-4000-8000-000000000003",
+        ),
+    ] {
+        std::fs::write(dir.path().join(format!("{name}.log")), client(url, id)).expect("written");
+    }
+    let out = diagnose(
+        dir.path(),
+        &["--client-log", "PC-*.log", "--format", "json"],
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut servers: Vec<&str> = report["logs"]["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| s["server"].as_str().expect("name"))
+        .collect();
+    servers.sort_unstable();
+    assert_eq!(
+        servers,
+        [
+            "192.168.178.143:8530",
+            "wsus.apac.contoso.com",
+            "wsus.emea.contoso.com"
+        ],
+        "not `192`, and not one `wsus` for two servers"
     );
 }
