@@ -36,19 +36,16 @@ pub const MARKERS: &[&str] = &[
 /// later: a space after the date): the server, the fault's detail, a completed sync.
 pub const MODERN_MARKERS: &[&str] = &["Server URL = ", "<detail>", "SyncUpdates round trips"];
 
-/// The markers for a log whose text begins with `start`: the older form writes its fields
-/// separated by tabs, `Get-WindowsUpdateLog` by spaces.
+/// The markers for a log whose text begins with `start`: `Get-WindowsUpdateLog` writes the
+/// fraction of a second after a dot (`2020/11/22 12:46:43.8754246`), the older form after a colon
+/// (`2009-03-27	11:55:29:193`).
 pub fn markers_for(start: &[u8]) -> &'static [&'static str] {
     let start = start.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(start);
     let first_line = start.split(|b| *b == b'\n').next().unwrap_or_default();
-    let date_then_space = first_line.len() > 11
+    let modern = first_line.len() > 20
         && first_line[..4].iter().all(u8::is_ascii_digit)
-        && first_line[10] == b' ';
-    if date_then_space {
-        MODERN_MARKERS
-    } else {
-        MARKERS
-    }
+        && first_line[19] == b'.';
+    if modern { MODERN_MARKERS } else { MARKERS }
 }
 
 /// How many lines after a failure may hold its fault details (six in the documented form, plus
@@ -292,6 +289,28 @@ mod tests {
             }]
         );
         assert!(!log.recovered);
+    }
+
+    #[test]
+    fn each_log_is_searched_for_the_markers_of_its_format() {
+        assert_eq!(
+            markers_for(b"2020/11/22 12:46:42.1023805 8668  6864  Agent  Added service\r\n"),
+            MODERN_MARKERS
+        );
+        assert_eq!(
+            markers_for(b"\xEF\xBB\xBF2024-04-11 13:03:35.3762132 9704"),
+            MODERN_MARKERS
+        );
+        assert_eq!(
+            markers_for(b"2018.10.21 12:08:49.8046643 1276 3628 Shared"),
+            MODERN_MARKERS
+        );
+        assert_eq!(
+            markers_for(b"2009-03-27\t11:55:29:193\t 788\tee4\tPT\t"),
+            MARKERS
+        );
+        assert_eq!(markers_for(b"2009-03-29 09:00:00:000 788 ee4 PT"), MARKERS);
+        assert_eq!(markers_for(b""), MARKERS);
     }
 
     #[test]
