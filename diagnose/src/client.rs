@@ -38,7 +38,7 @@ pub const MODERN_MARKERS: &[&str] = &["Server URL = ", "<detail>", "SyncUpdates 
 
 /// The markers for a log whose text begins with `start`: `Get-WindowsUpdateLog` writes the
 /// fraction of a second after a dot (`2020/11/22 12:46:43.8754246`), the older form after a colon
-/// (`2009-03-27	11:55:29:193`).
+/// (`2009-03-27<TAB>11:55:29:193`).
 pub fn markers_for(start: &[u8]) -> &'static [&'static str] {
     let start = start.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(start);
     let first_line = start.split(|b| *b == b'\n').next().unwrap_or_default();
