@@ -192,14 +192,25 @@ impl<W: Workflow> Engine<W> {
             });
         }
         let mut proven = HashMap::new();
-        if !self.options.new_run {
-            for (_, replay) in state.runs()? {
-                if replay.fingerprint == self.topology.fingerprint() {
-                    for (name, p) in replay.progress {
-                        if p.finished == Some(ServerResult::Succeeded) {
-                            proven.insert(name, replay.run_id.clone());
-                        }
-                    }
+        // What earlier finished runs of this topology left each server in, the newest run that
+        // touched a server deciding: proven done, or owing a compensation (a switch never
+        // undone, from a run that ended before unfinished runs kept such a server open). The
+        // journal is the proof: such a server's compensation runs first in this run.
+        let mut owed: HashMap<String, ServerProgress> = HashMap::new();
+        for (_, replay) in state.runs()? {
+            if replay.fingerprint != self.topology.fingerprint() {
+                continue;
+            }
+            for (name, p) in replay.progress {
+                let owes = self.topology.find(&name).is_some_and(|id| {
+                    owes_compensation(&self.workflow.steps(self.topology.server(id)), &p)
+                });
+                proven.remove(&name);
+                owed.remove(&name);
+                if owes {
+                    owed.insert(name, p);
+                } else if p.finished == Some(ServerResult::Succeeded) && !self.options.new_run {
+                    proven.insert(name, replay.run_id.clone());
                 }
             }
         }
@@ -228,14 +239,8 @@ impl<W: Workflow> Engine<W> {
             run_id,
             resumed: false,
         };
-        walk.run(
-            &selection.servers,
-            HashMap::new(),
-            proven,
-            interrupts,
-            state,
-        )
-        .await
+        walk.run(&selection.servers, owed, proven, interrupts, state)
+            .await
     }
 
     /// Finishes the newest unfinished run in the state dir, with the topology it began with.
@@ -289,6 +294,15 @@ impl<W: Workflow> Engine<W> {
         };
         walk.run(&ids, progress, proven, interrupts, state).await
     }
+}
+
+/// Whether a server's progress shows a compensation owed: the step it undoes took effect, and
+/// the compensation never did.
+fn owes_compensation(steps: &[StepSpec], p: &ServerProgress) -> bool {
+    steps.iter().enumerate().any(|(c, spec)| match spec.kind {
+        StepKind::Compensate { undoes } => p.is_done(undoes) && !p.is_done(c),
+        _ => false,
+    })
 }
 
 /// Reads what a state dir says without locking it: the newest unfinished run, if any.

@@ -551,3 +551,93 @@ async fn a_restore_failing_on_every_try_leaves_the_run_unfinished_until_resume_s
         [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
     );
 }
+
+#[tokio::test]
+async fn a_switch_an_older_finished_run_never_undid_is_undone_first_with_the_journal_as_proof() {
+    use engine::journal::{Journal, Record, StepResult, Who};
+    use engine::{RunOutcome as Outcome, ServerResult};
+    let dir = tempfile::tempdir().unwrap();
+    let effects = dir.path().join("effects");
+    std::fs::create_dir_all(&effects).unwrap();
+    let t = small();
+    // An older version's run: emea (a replica) switched, its restore failed, the run finished
+    // `failed`, and emea was left autonomous.
+    std::fs::write(effects.join("emea"), "1\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("runs")).unwrap();
+    let journal =
+        Journal::open(&dir.path().join("runs/20200101T000000000Z-1.journal"), None).unwrap();
+    let at = || "2020-01-01T00:00:00.000Z".to_string();
+    for record in [
+        Record::RunStarted {
+            run_id: "20200101T000000000Z-1".into(),
+            topology: t.source().into(),
+            fingerprint: t.fingerprint().into(),
+            servers: vec!["emea".into()],
+            who: Who::now(),
+        },
+        Record::ServerStarted {
+            server: "emea".into(),
+            attempt: 1,
+            at: at(),
+        },
+        Record::Intent {
+            server: "emea".into(),
+            step: 1,
+            name: "switch".into(),
+            attempt: 1,
+            at: at(),
+        },
+        Record::Outcome {
+            server: "emea".into(),
+            step: 1,
+            name: "switch".into(),
+            result: StepResult::Done,
+            note: None,
+            error: None,
+            at: at(),
+        },
+        Record::Intent {
+            server: "emea".into(),
+            step: 5,
+            name: "restore".into(),
+            attempt: 1,
+            at: at(),
+        },
+        Record::Outcome {
+            server: "emea".into(),
+            step: 5,
+            name: "restore".into(),
+            result: StepResult::Failed,
+            note: None,
+            error: Some("unreachable".into()),
+            at: at(),
+        },
+        Record::ServerFinished {
+            server: "emea".into(),
+            result: ServerResult::Failed,
+            note: None,
+            at: at(),
+        },
+        Record::RunFinished {
+            outcome: Outcome::Failed,
+            at: at(),
+        },
+    ] {
+        journal.append(record).await.unwrap();
+    }
+    drop(journal);
+    let fake = Shared(Arc::new(Fake::new(Store::Dir(effects))));
+    let report = apply(&fake, &t, options(dir.path(), 2)).await.unwrap();
+    assert_eq!(report.outcome, RunOutcome::Succeeded, "{report:#?}");
+    // Switched back first (5), then repaired from its probe.
+    assert_eq!(fake.0.store.effects("emea"), [1, 5, 1, 2, 3, 4, 5]);
+    for s in t.servers() {
+        let state = fake.0.state(s);
+        assert_eq!(
+            state.replica,
+            s.mode == topology::Mode::Replica,
+            "{}",
+            s.name
+        );
+    }
+}
