@@ -138,58 +138,36 @@ impl ServerDb {
             Seed::Mixed => index % 4,
             Seed::SeveralLatest => 4,
         };
+        // An approval for install of All Computers on the revision with this local id.
+        let approve = |db: &mut ServerDb, revision_id: i32| {
+            db.push_deployment(
+                revision_id,
+                groups::ALL_COMPUTERS,
+                susdb::action::INSTALL,
+                "WSUS Server",
+            );
+        };
         match variant {
             0 => {
                 // A stale approval on the old revision and one on the latest, same group.
-                db.push_deployment(
-                    base + 1,
-                    groups::ALL_COMPUTERS,
-                    susdb::action::INSTALL,
-                    "WSUS Server",
-                );
-                db.push_deployment(
-                    base + 2,
-                    groups::ALL_COMPUTERS,
-                    susdb::action::INSTALL,
-                    "WSUS Server",
-                );
+                approve(&mut db, base + 1);
+                approve(&mut db, base + 2);
             }
             1 => {
-                db.push_deployment(
-                    base + 2,
-                    groups::ALL_COMPUTERS,
-                    susdb::action::INSTALL,
-                    "WSUS Server",
-                );
+                approve(&mut db, base + 2);
                 db.retire_all("WSUS Server");
                 db.update_declined = true;
             }
-            2 => {
-                db.push_deployment(
-                    base + 2,
-                    groups::ALL_COMPUTERS,
-                    susdb::action::INSTALL,
-                    "WSUS Server",
-                );
-            }
+            2 => approve(&mut db, base + 2),
             3 => {
                 db.update_present = false;
                 db.revisions.clear();
             }
             _ => {
+                // Both revisions flagged latest, each approved.
                 db.revisions[0].is_latest = true;
-                db.push_deployment(
-                    base + 1,
-                    groups::ALL_COMPUTERS,
-                    susdb::action::INSTALL,
-                    "WSUS Server",
-                );
-                db.push_deployment(
-                    base + 2,
-                    groups::ALL_COMPUTERS,
-                    susdb::action::INSTALL,
-                    "WSUS Server",
-                );
+                approve(&mut db, base + 1);
+                approve(&mut db, base + 2);
             }
         }
         if has_downstream && db.update_present {

@@ -150,7 +150,8 @@ async fn decline(
         .return_code())
 }
 
-async fn approve(c: &mut Client<Compat<TcpStream>>) -> tiberius::Result<u32> {
+/// `spDeployUpdate` as the repair calls it: detect only, All Computers, revision 101.
+fn approve_command() -> Command<'static> {
     let mut cmd = Command::new(procs::DEPLOY_UPDATE);
     cmd.bind_param(procs::UPDATE_ID, update());
     cmd.bind_param(procs::REVISION_NUMBER, 101i32);
@@ -164,7 +165,11 @@ async fn approve(c: &mut Client<Compat<TcpStream>>) -> tiberius::Result<u32> {
     cmd.bind_param(procs::DOWNLOAD_PRIORITY, 1i32);
     cmd.bind_param(procs::FAIL_IF_REPLICA, true);
     cmd.bind_param(procs::IS_REPLICA, false);
-    Ok(cmd
+    cmd
+}
+
+async fn approve(c: &mut Client<Compat<TcpStream>>) -> tiberius::Result<u32> {
+    Ok(approve_command()
         .exec(c)
         .await?
         .into_command_result()
@@ -207,19 +212,7 @@ async fn approve_with_deadline(
     c: &mut Client<Compat<TcpStream>>,
     deadline: Option<tiberius::time::chrono::NaiveDateTime>,
 ) -> tiberius::error::Error {
-    let mut cmd = Command::new(procs::DEPLOY_UPDATE);
-    cmd.bind_param(procs::UPDATE_ID, update());
-    cmd.bind_param(procs::REVISION_NUMBER, 101i32);
-    cmd.bind_param(procs::ACTION_ID, susdb::action::DETECT_ONLY);
-    cmd.bind_param(
-        procs::TARGET_GROUP_ID,
-        Uuid::parse_str(groups::ALL_COMPUTERS).unwrap(),
-    );
-    cmd.bind_param(procs::ADMIN_NAME, "CONTOSO\\operator");
-    cmd.bind_param(procs::IS_ASSIGNED, true);
-    cmd.bind_param(procs::DOWNLOAD_PRIORITY, 1i32);
-    cmd.bind_param(procs::FAIL_IF_REPLICA, true);
-    cmd.bind_param(procs::IS_REPLICA, false);
+    let mut cmd = approve_command();
     cmd.bind_param("@deadline", deadline);
     match cmd.exec(c).await {
         Ok(stream) => stream.into_command_result().await.unwrap_err(),

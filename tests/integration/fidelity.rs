@@ -33,7 +33,7 @@ faults:
         text(&plan)
     );
 
-    let out = lab.run(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"]);
+    let out = lab.apply("state");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("spDeployUpdate has no parameter @isReplica"),
@@ -58,7 +58,7 @@ fn several_revisions_flagged_latest_are_reported_and_the_highest_is_approved() {
         "{}",
         text(&plan)
     );
-    let out = lab.run(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"]);
+    let out = lab.apply("state");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let servers = lab.servers();
     assert_all_repaired(&servers);
@@ -76,7 +76,7 @@ fn several_revisions_flagged_latest_are_reported_and_the_highest_is_approved() {
 #[test]
 fn approvals_for_downstream_servers_are_left_as_wsus_keeps_them_and_verify_passes() {
     let lab = LabProcess::start("broken", "faults: []\n", 0);
-    let out = lab.run(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"]);
+    let out = lab.apply("state");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let servers = lab.servers();
     // hq, r1 and r2 have downstream servers: their Downstream Servers rows survived the decline.
@@ -118,7 +118,7 @@ fn with_replicas_synchronizing_a_top_down_repair_holds() {
         0,
         &["--replica-sync-ms", "100"],
     );
-    let out = lab.run(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"]);
+    let out = lab.apply("state");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let_replicas_sync();
     let verify = lab.run(&["verify", "hierarchy.yaml"]);

@@ -9,9 +9,10 @@
 //! here. `cargo run --release --` is `wsus-reset`; other `cargo` lines and `bash scripts/test.sh`
 //! (this very suite) are not run. A trailing `# exit N` gives the expected exit code (default 0).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use crate::repair::listening_addr;
 
 const README: &str = include_str!("../../README.md");
 const LAB_PASSWORD: &str = "lab-only-password";
@@ -187,15 +188,7 @@ fn lab(dir: &Path) -> Lab {
         .stderr(Stdio::null())
         .spawn()
         .expect("the lab starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the lab says where it listens");
-    let addr = line
-        .split_whitespace()
-        .nth(2)
-        .expect("listening on ADDR")
-        .to_string();
+    let addr = listening_addr(&mut child);
     Lab { child, addr }
 }
 
@@ -286,12 +279,7 @@ fn every_wsus_reset_command_of_the_sh_blocks_runs() {
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("the block's lab starts");
-                let mut line = String::new();
-                BufReader::new(child.stdout.take().expect("stdout"))
-                    .read_line(&mut line)
-                    .expect("listening");
-                let addr = line.split_whitespace().nth(2).expect("ADDR").to_string();
-                replace.push((documented, addr));
+                replace.push((documented, listening_addr(&mut child)));
                 background.push(child);
                 ran += 1;
                 continue;

@@ -142,7 +142,7 @@ impl LabProcess {
         self.command(args).output().expect("wsus-reset runs")
     }
 
-    fn apply(&self, state_dir: &str) -> Output {
+    pub(crate) fn apply(&self, state_dir: &str) -> Output {
         self.run(&["apply", "hierarchy.yaml", "--yes", "--state-dir", state_dir])
     }
 
@@ -196,16 +196,20 @@ fn spawn_lab(
         .stderr(Stdio::null())
         .spawn()
         .expect("the lab starts");
+    let addr = listening_addr(&mut child);
+    (child, addr)
+}
+
+/// The address a `wsus-reset lab` child says it listens on, in its first line of output.
+pub(crate) fn listening_addr(child: &mut Child) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout piped"))
         .read_line(&mut line)
         .expect("the lab says where it listens");
-    let addr = line
-        .strip_prefix("listening on ")
+    line.strip_prefix("listening on ")
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("unexpected first line from the lab: {line:?}"))
-        .to_string();
-    (child, addr)
+        .to_string()
 }
 
 pub(crate) fn text(output: &Output) -> String {

@@ -9,7 +9,7 @@ fn a_replica_whose_restore_fails_keeps_the_run_unfinished_until_resume_switches_
     // restore in place, three tries, then as a compensation, three more).
     let faults = "faults:\n  - { server: r2, target: set-replica-mode, nth: 2, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 3, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 4, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 5, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 6, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 7, drop: before }\n";
     let lab = LabProcess::start("broken", faults, 0);
-    let out = lab.run(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"]);
+    let out = lab.apply("state");
     assert_eq!(out.status.code(), Some(4), "unfinished: {}", text(&out));
     let hint = format!(
         "finish it with: wsus-reset resume --state-dir state --connect-via {}",
@@ -28,7 +28,7 @@ fn a_replica_whose_restore_fails_keeps_the_run_unfinished_until_resume_switches_
     );
 
     // A new apply is refused, with the same way out.
-    let again = lab.run(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"]);
+    let again = lab.apply("state");
     assert_eq!(again.status.code(), Some(4), "{}", text(&again));
     assert!(
         text(&again).contains("to finish it: wsus-reset resume --state-dir state --connect-via"),
