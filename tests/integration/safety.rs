@@ -354,3 +354,33 @@ fn redirected_output_has_no_escape_codes_and_debug_logs_show_the_tools_own_spans
         "{admin}"
     );
 }
+
+#[test]
+fn the_warnings_say_what_happens() {
+    // hq cannot be reached for its lock: its tree is not changed, and the words say so.
+    let lab = LabProcess::start(
+        "broken",
+        "faults:\n  - { server: hq, unreachable: true }\n",
+        0,
+    );
+    let out = lab.apply("state");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("cannot take the hierarchy lock on top server hq")
+            && said.contains("no server of its tree will be changed"),
+        "{said}"
+    );
+    assert!(
+        lab.servers().values().all(|s| calls(s).is_empty()),
+        "{said}"
+    );
+    // --connect-via to a loopback lab without its authority: the TLS the servers ask for is not
+    // used, and one line says so.
+    assert_eq!(
+        said.matches("are reached in plaintext (a lab on loopback)")
+            .count(),
+        1,
+        "{said}"
+    );
+}
