@@ -19,11 +19,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# python-tds (PyPI) is the second independent TDS client for the lab.
+# python-tds (PyPI) is the second independent TDS client for the lab; zeep with requests-ntlm
+# drives the lab's administration web service as an independent SOAP client.
+pip_install() {
+  python3 -m pip install -q "$@" 2>/dev/null || python3 -m pip install -q --break-system-packages "$@"
+}
 if ! python3 -c 'import pytds' 2>/dev/null; then
   echo "installing python-tds"
-  python3 -m pip install -q python-tds 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages python-tds
+  pip_install python-tds
+fi
+if ! python3 -c 'import zeep, requests_ntlm' 2>/dev/null; then
+  echo "installing zeep and requests-ntlm"
+  pip_install zeep requests-ntlm
 fi
 # tedious (npm) is the third, asking for TDS 7.2 as a SQL Server 2005 client does; kept under
 # target/ (version pinned: tedious 19 and later need Node.js 22).

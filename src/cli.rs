@@ -146,6 +146,10 @@ pub enum Command {
         /// Allow a listen address that is not loopback.
         #[arg(long)]
         listen_any: bool,
+        /// Also serve every server's administration web service (ApiRemoting30, SOAP over HTTP)
+        /// here, each request routed to a server by its `Host` (the server's name or host).
+        #[arg(long, value_name = "ADDR", conflicts_with = "listen_pipe")]
+        api_listen: Option<SocketAddr>,
         /// Windows only: serve this local named pipe instead of TCP, as WID and SSEE do
         /// (`\\.\pipe\MICROSOFT##WID\tsql\query`); plaintext.
         #[arg(long, value_name = "NAME", conflicts_with_all = ["listen_any", "tls_cert", "tls_generate"])]

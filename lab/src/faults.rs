@@ -123,11 +123,15 @@ impl Faults {
                 )));
             }
             if let Some(target) = &f.target
-                && !Self::TARGETS.iter().any(|t| t.eq_ignore_ascii_case(target))
+                && !Self::TARGETS
+                    .iter()
+                    .chain(crate::api::OPERATIONS)
+                    .any(|t| t.eq_ignore_ascii_case(target))
             {
                 return Err(invalid(format!(
-                    "has target `{target}`: one of {}",
-                    Self::TARGETS.join(", ")
+                    "has target `{target}`: one of {}, or a web service operation ({})",
+                    Self::TARGETS.join(", "),
+                    crate::api::OPERATIONS.join(", ")
                 )));
             }
             if f.nth == Some(0) {

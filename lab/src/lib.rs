@@ -19,6 +19,7 @@
 //! PRELOGIN, login-only encryption, TDS 8.0 strict); without one it answers ENCRYPT_NOT_SUP and
 //! speaks plaintext, which is why it listens on loopback.
 
+pub mod api;
 pub mod catalog;
 pub mod faults;
 pub mod model;

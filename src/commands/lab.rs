@@ -11,6 +11,8 @@ pub struct LabOptions {
     pub listen_pipe: Option<String>,
     pub tls: LabTls,
     pub seed: LabSeed,
+    /// Also serve each server's administration web service (ApiRemoting30) here.
+    pub api_listen: Option<std::net::SocketAddr>,
     pub sql_version: susdb_lab::version::SqlVersion,
     pub replica_sync_ms: Option<u64>,
     pub state: Option<PathBuf>,
@@ -61,6 +63,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
         listen_pipe,
         tls,
         seed: lab_seed,
+        api_listen,
         sql_version,
         replica_sync_ms,
         state,
@@ -150,6 +153,22 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
                 tokio::spawn(async move { lab.serve(listener, stop).await })
             }
         };
+        if let Some(api) = api_listen {
+            let listener = bind(api, listen_any).await?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            crate::emit(
+                out,
+                &format!("api listening on {addr} (the administration web service, routed by Host)\n"),
+            )?;
+            let (lab, stop) = (lab.clone(), stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = lab.serve_api(listener, stop).await {
+                    report::say(&format!("error: the lab's web service stopped: {e}"));
+                }
+            });
+        }
         // Until a signal, or until serving fails by itself (a pipe that cannot be created).
         let result = tokio::select! {
             _ = wait_for_signal() => {

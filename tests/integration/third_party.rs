@@ -3,7 +3,7 @@
 //! `scripts/test.sh` installs them and sets `WSUS_RESET_THIRD_PARTY=required`; elsewhere a
 //! missing client skips its test, saying so.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
 
 use crate::repair::{LabProcess, PASSWORD, calls, text};
@@ -225,4 +225,142 @@ fn tedious_asking_for_tds_7_2_sets_its_session_options_and_calls_a_procedure() {
         servers["wsus-local"]["calls"][0]["params"]["@adminName"],
         "tedious"
     );
+}
+
+/// zeep drives the lab's administration web service: through NTLM (requests-ntlm), with the
+/// lab's own WSDL and with the WSDL a real WSUS serves (`shared/data/wsus`), so the lab's answers
+/// are checked against a real server's schema.
+const ZEEP: &str = r#"
+import sys
+import requests
+from requests_ntlm import HttpNtlmAuth
+from zeep import Client, Settings
+from zeep.transports import Transport
+
+port, user, password, wsdl_path = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+address = f"http://127.0.0.1:{port}/ApiRemoting30/WebService.asmx"
+ns = "http://www.microsoft.com/SoftwareDistribution/Server/ApiRemotingWebService"
+update = "d359f493-0aad-43fa-af5c-6763326cd98f"
+
+def session(host, auth=True):
+    s = requests.Session()
+    s.headers["Host"] = host
+    if auth:
+        s.auth = HttpNtlmAuth(user, password)
+    return s
+
+def service(host, wsdl):
+    client = Client(wsdl, transport=Transport(session=session(host)), settings=Settings(strict=False))
+    return client.create_service(f"{{{ns}}}ApiRemotingSoap", address)
+
+r = session("wsus-b", auth=False).post(address, data=b"<x/>")
+print("anonymous", r.status_code, r.headers.get("WWW-Authenticate"))
+r = requests.Session()
+r.headers["Host"] = "wsus-b"
+r.auth = HttpNtlmAuth(user, "wrong")
+print("wrong password", r.get(f"{address}?WSDL").status_code)
+print("version", service("wsus-b", f"{address}?WSDL").GetServerVersion())
+replica = service("wsus-b", wsdl_path)
+config = replica.ExecuteSPGetConfiguration()
+print("replica", config.Configuration.ReplicaMode, "upstream", config.Configuration.UpstreamServerName)
+try:
+    replica.ExecuteSPDeclineUpdate(updateId=update, adminName="CORP\\zeep", failIfReplica=True)
+    print("declined on a replica")
+except Exception as e:
+    print("refused", str(e).split("--->")[-1].strip())
+hq = service("wsus-hq", wsdl_path)
+hq.ExecuteSPDeclineUpdate(updateId=update, adminName="CORP\\zeep", failIfReplica=True)
+rows = hq.ExecuteSPGetDeploymentsByUpdate1(id={"UpdateId": update, "RevisionNumber": 101})
+print("rows after decline", len(rows or []))
+"#;
+
+#[test]
+fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
+    if !available(
+        "zeep and requests-ntlm",
+        Command::new("python3").args(["-c", "import zeep, requests_ntlm"]),
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("scratch");
+    std::fs::write(
+        dir.path().join("h.yaml"),
+        "version: 1\nservers:\n  - name: wsus-hq\n    sql: { host: sql-hq.test.example }\n  - name: wsus-b\n    upstream: wsus-hq\n    mode: replica\n    sql: { host: sql-b.test.example }\n",
+    )
+    .expect("topology");
+    let mut lab = Command::new(env!("CARGO_BIN_EXE_wsus-reset"))
+        .args([
+            "lab",
+            "h.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--state",
+            "state.json",
+            "--windows-user",
+            "CORP\\wsus_repair",
+            "--windows-password-env",
+            "WSUS_RESET_TEST_PW",
+        ])
+        .env("WSUS_RESET_TEST_PW", PASSWORD)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the lab starts");
+    let mut lines = std::io::BufReader::new(lab.stdout.take().expect("stdout")).lines();
+    let api = loop {
+        let line = lines.next().expect("a line").expect("text");
+        if let Some(rest) = line.strip_prefix("api listening on ") {
+            break rest.split_whitespace().next().expect("ADDR").to_string();
+        }
+    };
+    let real_wsdl = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/wsus/ApiRemoting30-ws2022.wsdl");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            ZEEP,
+            api.rsplit(':').next().expect("port"),
+            "CORP\\wsus_repair",
+            PASSWORD,
+            real_wsdl.to_str().expect("UTF-8"),
+        ])
+        .output()
+        .expect("python3 runs");
+    let _ = lab.kill();
+    let _ = lab.wait();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("anonymous 401 NTLM"), "{said}");
+    assert!(said.contains("wrong password 401"), "{said}");
+    assert!(said.contains("version 3.2.7600.226"), "{said}");
+    assert!(said.contains("replica True upstream wsus-hq"), "{said}");
+    assert!(
+        said.contains("refused System.InvalidOperationException: This server is a replica server."),
+        "{said}"
+    );
+    // hq keeps only the Downstream Servers group's approval after the decline.
+    assert!(said.contains("rows after decline 1"), "{said}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("state.json")).expect("state"),
+    )
+    .expect("JSON");
+    let calls: Vec<(&str, &serde_json::Value)> = state["servers"]["wsus-hq"]["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| {
+            (
+                c["procedure"].as_str().expect("name"),
+                &c["params"]["adminName"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [("ExecuteSPDeclineUpdate", &serde_json::json!("CORP\\zeep"))]
+    );
+    assert_eq!(state["servers"]["wsus-hq"]["update_declined"], true);
 }
