@@ -12,9 +12,9 @@
 //! is not public, the harsher case: `ExecuteSPSetConfiguration` refuses a row that does not echo
 //! every element the lab serves, and `ExecuteSPDeployUpdate1` is refused on a replica.
 //!
-//! Not served yet: the revision reads (`ExecuteSPGetRevisions`, `ExecuteSPGetUpdateById`) and the
-//! downstream-server reads; the operations here are those a decline, an approval and the replica
-//! switch need, and the approvals' evidence.
+//! Not served yet: the downstream-server reads (issue 14); the operations here are those the
+//! repair needs (identity, role, configuration and the replica switch, revisions, approvals,
+//! decline, approve).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -48,6 +48,9 @@ const ROLE_ADMINISTRATOR: i32 = 1;
 pub const OPERATIONS: &[&str] = &[
     "GetServerVersion",
     "GetCurrentUserRole",
+    "GetDatabaseConfiguration",
+    "ExecuteSPGetRevisions",
+    "ExecuteSPGetUpdateById",
     "ExecuteSPGetConfiguration",
     "ExecuteSPSetConfiguration",
     "ExecuteSPDeclineUpdate",
@@ -183,6 +186,10 @@ enum Answer {
     Row(Vec<Cell>),
     /// `<{op}Result>` holding `GenericReadableRow`s.
     Rows(Vec<Vec<Cell>>),
+    /// Elements directly in the response (no `Result` element).
+    Fields(Vec<(&'static str, String)>),
+    /// `<{op}Result>` as `CompleteUpdates`, its `minimalProperties` rows.
+    Complete(Vec<Vec<Cell>>),
 }
 
 type XmlWriter = Writer<Vec<u8>>;
@@ -212,6 +219,15 @@ fn row_values(w: &mut XmlWriter, cells: &[Cell]) -> std::io::Result<()> {
         w.write_event(Event::End(BytesEnd::new("anyType")))?;
     }
     w.write_event(Event::End(BytesEnd::new("Values")))
+}
+
+fn readable_rows(w: &mut XmlWriter, rows: &[Vec<Cell>]) -> std::io::Result<()> {
+    for cells in rows {
+        w.write_event(Event::Start(BytesStart::new("GenericReadableRow")))?;
+        row_values(w, cells)?;
+        w.write_event(Event::End(BytesEnd::new("GenericReadableRow")))?;
+    }
+    Ok(())
 }
 
 /// The SOAP 1.1 envelope around `body`, written by an XML writer (every text escaped).
@@ -259,11 +275,19 @@ fn answer_xml(operation: &str, answer: &Answer) -> Vec<u8> {
             }
             Answer::Rows(rows) => {
                 w.write_event(Event::Start(BytesStart::new(result.as_str())))?;
-                for cells in rows {
-                    w.write_event(Event::Start(BytesStart::new("GenericReadableRow")))?;
-                    row_values(w, cells)?;
-                    w.write_event(Event::End(BytesEnd::new("GenericReadableRow")))?;
+                readable_rows(w, rows)?;
+                w.write_event(Event::End(BytesEnd::new(result.as_str())))?;
+            }
+            Answer::Fields(fields) => {
+                for (name, value) in fields {
+                    text_element(w, name, value)?;
                 }
+            }
+            Answer::Complete(rows) => {
+                w.write_event(Event::Start(BytesStart::new(result.as_str())))?;
+                w.write_event(Event::Start(BytesStart::new("minimalProperties")))?;
+                readable_rows(w, rows)?;
+                w.write_event(Event::End(BytesEnd::new("minimalProperties")))?;
                 w.write_event(Event::End(BytesEnd::new(result.as_str())))?;
             }
         }
@@ -397,6 +421,31 @@ fn operate(
     match operation {
         "GetServerVersion" => Ok((Answer::Scalar(SERVER_VERSION.into()), None)),
         "GetCurrentUserRole" => Ok((Answer::Scalar(ROLE_ADMINISTRATOR.to_string()), None)),
+        // WSUS 3.0's own database engine (SSEE): what tells, remotely, that SQL cannot reach it.
+        "GetDatabaseConfiguration" => Ok((
+            Answer::Fields(vec![
+                (
+                    "serverName",
+                    format!("{}\\MICROSOFT##SSEE", server.to_ascii_uppercase()),
+                ),
+                ("databaseName", "SUSDB".into()),
+                ("wmsdeInstanceName", "MICROSOFT##SSEE".into()),
+            ]),
+            None,
+        )),
+        "ExecuteSPGetRevisions" => {
+            let update = required(params, "updateId")?;
+            Ok((Answer::Complete(revision_rows(db, update, None)), None))
+        }
+        "ExecuteSPGetUpdateById" => {
+            let id = params.nested.get("id").cloned().unwrap_or_default();
+            let update = id.get("UpdateId").cloned().unwrap_or_default();
+            let revision = id.get("RevisionNumber").and_then(|r| r.parse().ok());
+            Ok((
+                Answer::Complete(revision_rows(db, &update, Some(revision.unwrap_or(-1)))),
+                None,
+            ))
+        }
         "ExecuteSPGetConfiguration" => Ok((
             Answer::Configuration(vec![
                 ("SyncToMU", db.upstream_server_name.is_none().to_string()),
@@ -551,6 +600,50 @@ fn operate(
             format!("the lab does not serve the operation {other}"),
         )),
     }
+}
+
+/// The update's revisions as `minimalProperties` rows (W4 and W3 agree on the indexes used: 0
+/// UpdateId, 1 RevisionNumber, 18 IsApproved, 22 IsDeclined, 23 HasStaleUpdateApprovals, 24
+/// IsLatestRevision, 29 the title; the others, not modelled, are null), of one revision when
+/// `only` names it.
+fn revision_rows(db: &ServerDb, update: &str, only: Option<i32>) -> Vec<Vec<Cell>> {
+    if !db.update_present || !update.eq_ignore_ascii_case(susdb::KB954960_UPDATE_ID) {
+        return Vec::new();
+    }
+    let computer = |d: &&crate::model::Deployment| {
+        d.target_group_type_id == susdb::target_group_type::COMPUTER
+    };
+    let latest: Vec<i32> = db
+        .revisions
+        .iter()
+        .filter(|r| r.is_latest)
+        .map(|r| r.revision_id)
+        .collect();
+    let stale = db
+        .deployments
+        .iter()
+        .filter(computer)
+        .any(|d| !latest.contains(&d.revision_id) && d.action_id <= susdb::action::UNINSTALL);
+    db.revisions
+        .iter()
+        .filter(|r| only.is_none_or(|n| n == r.revision_number))
+        .map(|r| {
+            let approved = db
+                .deployments
+                .iter()
+                .filter(computer)
+                .any(|d| d.revision_id == r.revision_id);
+            let mut row = vec![Cell::Null; 30];
+            row[0] = Cell::Guid(susdb::KB954960_UPDATE_ID.into());
+            row[1] = Cell::Int(i64::from(r.revision_number));
+            row[18] = Cell::Bool(approved);
+            row[22] = Cell::Bool(db.update_declined);
+            row[23] = Cell::Bool(stale);
+            row[24] = Cell::Bool(r.is_latest);
+            row[29] = Cell::Text(susdb::KB954960_UPDATE_TITLE.into());
+            row
+        })
+        .collect()
 }
 
 /// A deployment as the API's rows give it (W4 `UmUpdateApproval`, W3 agree): 0 creation time,

@@ -269,6 +269,12 @@ try:
 except Exception as e:
     print("refused", str(e).split("--->")[-1].strip())
 hq = service("wsus-hq", wsdl_path)
+database = hq.GetDatabaseConfiguration()
+print("database", database.databaseName, database.wmsdeInstanceName)
+revisions = hq.ExecuteSPGetRevisions(preferredCulture="en", updateId=update).minimalProperties.GenericReadableRow
+print("revisions", [(r.Values.anyType[1], r.Values.anyType[24], r.Values.anyType[22]) for r in revisions])
+one = hq.ExecuteSPGetUpdateById(preferredCulture="en", id={"UpdateId": update, "RevisionNumber": 101})
+print("title", one.minimalProperties.GenericReadableRow[0].Values.anyType[29])
 hq.ExecuteSPDeclineUpdate(updateId=update, adminName="CORP\\zeep", failIfReplica=True)
 rows = hq.ExecuteSPGetDeploymentsByUpdate1(id={"UpdateId": update, "RevisionNumber": 101})
 print("rows after decline", len(rows or []))
@@ -341,6 +347,13 @@ fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
         said.contains("refused System.InvalidOperationException: This server is a replica server."),
         "{said}"
     );
+    assert!(said.contains("database SUSDB MICROSOFT##SSEE"), "{said}");
+    // Revision, IsLatestRevision, IsDeclined of each revision, as typed cells.
+    assert!(
+        said.contains("revisions [(100, False, False), (101, True, False)]"),
+        "{said}"
+    );
+    assert!(said.contains("title Office 2003 Service Pack 1"), "{said}");
     // hq keeps only the Downstream Servers group's approval after the decline.
     assert!(said.contains("rows after decline 1"), "{said}");
     let state: serde_json::Value = serde_json::from_str(
