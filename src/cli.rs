@@ -206,6 +206,10 @@ pub enum Command {
         /// The environment variable holding the Windows account's password.
         #[arg(long, requires = "windows_user", value_name = "VAR")]
         windows_password_env: Option<String>,
+        /// A Windows account (same password) that logs in to the web service but is not a WSUS
+        /// administrator: every operation answers it 403 (repeatable).
+        #[arg(long, requires = "windows_user", value_name = "DOMAIN\\USER")]
+        api_reporter: Vec<String>,
     },
     /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
     ///

@@ -159,6 +159,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             password_env,
             windows_user,
             windows_password_env,
+            api_reporter,
         } => commands::lab::run(
             &file,
             commands::lab::LabOptions {
@@ -179,6 +180,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
                 latency,
                 login: user.zip(password_env),
                 windows_login: windows_user.zip(windows_password_env),
+                api_reporters: api_reporter,
             },
             out,
         ),

@@ -713,9 +713,19 @@ fn authenticate(
     header: Option<&str>,
 ) -> Option<Response<Full<Bytes>>> {
     let (account, password) = lab.shared.config.windows_login.as_ref()?;
+    let reporters = &lab.shared.config.api_reporters;
     let mut state = lock(state);
-    if state.user.is_some() {
-        return None;
+    if let Some(user) = &state.user {
+        // Authenticated, but only the administrator may use the API (W3: 403 "the user has no
+        // permission to administer this WSUS server").
+        return (!user.eq_ignore_ascii_case(account)).then(|| {
+            respond(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                format!("403 Forbidden: {user} is not a WSUS administrator on {server}")
+                    .into_bytes(),
+            )
+        });
     }
     let token = header
         .and_then(|h| {
@@ -752,15 +762,26 @@ fn authenticate(
             let proven = match (crate::ntlm::Authenticate::parse(&token), state.challenge) {
                 (Ok(auth), Some(challenge)) => {
                     let who = auth.who();
-                    (who.eq_ignore_ascii_case(account) && auth.proves(password, challenge))
-                        .then_some(who)
+                    let known = who.eq_ignore_ascii_case(account)
+                        || reporters.iter().any(|r| r.eq_ignore_ascii_case(&who));
+                    (known && auth.proves(password, challenge)).then_some(who)
                 }
                 _ => None,
             };
             match proven {
-                Some(who) => {
+                Some(who) if who.eq_ignore_ascii_case(account) => {
                     state.user = Some(who);
                     None
+                }
+                Some(who) => {
+                    let refused = respond(
+                        StatusCode::FORBIDDEN,
+                        "text/plain",
+                        format!("403 Forbidden: {who} is not a WSUS administrator on {server}")
+                            .into_bytes(),
+                    );
+                    state.user = Some(who);
+                    Some(refused)
                 }
                 None => Some(unauthorized(None)),
             }

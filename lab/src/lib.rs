@@ -62,6 +62,9 @@ pub struct LabConfig {
     /// When set, Windows logins (NTLM) are accepted for this account, `DOMAIN\user`, with this
     /// password; otherwise a Windows login gets error 18452.
     pub windows_login: Option<(String, String)>,
+    /// Windows accounts (with the same password) that log in to the web service but are not in
+    /// the WSUS Administrators role: every operation answers them 403.
+    pub api_reporters: Vec<String>,
     /// The whole state as JSON, written atomically after every mutation and loaded at start.
     pub state_file: Option<PathBuf>,
     /// The certificate and key to encrypt with; plaintext only without one.

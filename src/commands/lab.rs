@@ -22,6 +22,8 @@ pub struct LabOptions {
     pub login: Option<(String, String)>,
     /// Windows account (`DOMAIN\user`), and the variable holding its password.
     pub windows_login: Option<(String, String)>,
+    /// Web-service accounts without the administrator role.
+    pub api_reporters: Vec<String>,
 }
 
 /// What the lab encrypts with.
@@ -71,6 +73,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
         latency,
         login,
         windows_login,
+        api_reporters,
     } = options;
     let topology = Topology::load(file)?;
     let credentials = login
@@ -114,6 +117,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
             faults,
             credentials,
             windows_login,
+            api_reporters,
             state_file: state,
             tls,
             sql_version,

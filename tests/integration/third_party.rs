@@ -259,6 +259,10 @@ r = requests.Session()
 r.headers["Host"] = "wsus-b"
 r.auth = HttpNtlmAuth(user, "wrong")
 print("wrong password", r.get(f"{address}?WSDL").status_code)
+r = requests.Session()
+r.headers["Host"] = "wsus-b"
+r.auth = HttpNtlmAuth("CORP\\reporter", password)
+print("reporter", r.get(f"{address}?WSDL").status_code)
 print("version", service("wsus-b", f"{address}?WSDL").GetServerVersion())
 replica = service("wsus-b", wsdl_path)
 config = replica.ExecuteSPGetConfiguration()
@@ -308,6 +312,8 @@ fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
             "CORP\\wsus_repair",
             "--windows-password-env",
             "WSUS_RESET_TEST_PW",
+            "--api-reporter",
+            "CORP\\reporter",
         ])
         .env("WSUS_RESET_TEST_PW", PASSWORD)
         .current_dir(dir.path())
@@ -341,6 +347,10 @@ fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(said.contains("anonymous 401 NTLM"), "{said}");
     assert!(said.contains("wrong password 401"), "{said}");
+    assert!(
+        said.contains("reporter 403"),
+        "not a WSUS administrator: {said}"
+    );
     assert!(said.contains("version 3.2.7600.226"), "{said}");
     assert!(said.contains("replica True upstream wsus-hq"), "{said}");
     assert!(
