@@ -798,41 +798,26 @@ impl Lab {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), LabError> {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => {
-                    let (stream, _) = match accepted {
-                        Ok(pair) => pair,
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
-                        Err(e) => return Err(LabError::Listen(e)),
-                    };
-                    let lab = self.clone();
-                    let stop = shutdown.clone();
-                    connections.spawn(async move {
-                        let state = Arc::new(Mutex::new(NtlmState::default()));
-                        let service = hyper::service::service_fn(move |request| {
-                            let (lab, state) = (lab.clone(), Arc::clone(&state));
-                            async move { Ok::<_, Infallible>(lab.api_request(request, &state).await) }
-                        });
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let serving = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-                        tokio::select! {
-                            () = stop.cancelled() => {}
-                            result = serving => {
-                                if let Err(e) = result {
-                                    tracing::debug!(error = %e, "api connection ended");
-                                }
-                            }
-                        }
-                    });
+        let lab = self.clone();
+        crate::accept_until(listener, shutdown, move |stream| {
+            let lab = lab.clone();
+            async move {
+                // NTLM authenticates a connection, not a request.
+                let state = Arc::new(Mutex::new(NtlmState::default()));
+                let service = hyper::service::service_fn(move |request| {
+                    let (lab, state) = (lab.clone(), Arc::clone(&state));
+                    async move { Ok::<_, Infallible>(lab.api_request(request, &state).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "api connection ended");
                 }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
-        }
-        connections.shutdown().await;
-        Ok(())
+        })
+        .await
     }
 
     /// The server a request is for: the `Host` it names (without a port), as a server's name or

@@ -400,35 +400,17 @@ impl Lab {
                 }
             });
         }
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => {
-                    let (stream, _) = match accepted {
-                        Ok(pair) => pair,
-                        // A client that vanished during accept; the listener itself is fine.
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
-                        Err(e) => return Err(LabError::Listen(e)),
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let lab = self.clone();
-                    let stop = shutdown.clone();
-                    connections.spawn(async move {
-                        tokio::select! {
-                            () = stop.cancelled() => {}
-                            result = lab.connection(stream) => {
-                                if let Err(e) = result {
-                                    tracing::debug!(error = %e, "connection ended");
-                                }
-                            }
-                        }
-                    });
+        let lab = self.clone();
+        accept_until(listener, shutdown, move |stream| {
+            let _ = stream.set_nodelay(true);
+            let lab = lab.clone();
+            async move {
+                if let Err(e) = lab.connection(stream).await {
+                    tracing::debug!(error = %e, "connection ended");
                 }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
-        }
-        connections.shutdown().await;
+        })
+        .await?;
         self.save()
     }
 
@@ -1269,6 +1251,44 @@ impl Lab {
             })
         }
     }
+}
+
+/// Accepts connections until `shutdown`, each served by `serve` in a task of its own that the
+/// shutdown also ends; returns when every such task has.
+async fn accept_until<S, F>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    serve: S,
+) -> Result<(), LabError>
+where
+    S: Fn(TcpStream) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(pair) => pair,
+                    // A client that vanished during accept; the listener itself is fine.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
+                    Err(e) => return Err(LabError::Listen(e)),
+                };
+                let stop = shutdown.clone();
+                let serving = serve(stream);
+                connections.spawn(async move {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = serving => {}
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+    Ok(())
 }
 
 /// One logged-in connection.
