@@ -1,6 +1,6 @@
-//! The server side of TDS 7.4 (MS-TDS): packets, PRELOGIN, LOGIN7, SQL batches, RPC requests and
-//! the reply tokens. Only what a SQL Server client needs to talk to the lab; references are the
-//! MS-TDS section numbers.
+//! The server side of TDS 7.2 to 7.4 (MS-TDS), as the emulated release speaks it: packets,
+//! PRELOGIN, LOGIN7, SQL batches, RPC requests and the reply tokens. Only what a SQL Server client
+//! needs to talk to the lab; references are the MS-TDS section numbers.
 
 use std::fmt;
 
