@@ -38,6 +38,10 @@ pub const PATH: &str = "/ApiRemoting30/WebService.asmx";
 
 /// The version a WSUS 3.0 SP2 server reports (3.0 RTM `3.0.6000.374`, SP1 `3.1.6001.65`:
 /// MS-WSUSSS note 13).
+/// ASP.NET's default request limit (`httpRuntime maxRequestLength`, 4096 KB), which an
+/// ApiRemoting30 site does not raise: a larger body is refused before it is parsed.
+const MAX_BODY: usize = 4096 * 1024;
+
 const SERVER_VERSION: &str = "3.2.7600.226";
 
 /// `GetCurrentUserRole` for an administrator. The enum's numbers are not public [I]; a public
@@ -839,6 +843,20 @@ impl Lab {
         request: Request<Incoming>,
         state: &Mutex<NtlmState>,
     ) -> Response<Full<Bytes>> {
+        // The body is read before anything is answered: a 401 sent while a POST body is still
+        // unread leaves the kept-alive connection mid-request, and NTLM needs that connection.
+        let (parts, body) = request.into_parts();
+        let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return respond(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "text/plain",
+                    format!("the request body could not be read: {e}").into_bytes(),
+                );
+            }
+        };
+        let request = Request::from_parts(parts, ());
         let host = request
             .headers()
             .get(hyper::header::HOST)
@@ -882,10 +900,6 @@ impl Lab {
         if request.method() != hyper::Method::POST {
             return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", Vec::new());
         }
-        let body = match request.into_body().collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => return respond(StatusCode::BAD_REQUEST, "text/plain", Vec::new()),
-        };
         let (operation, params) = match parse_request(&body) {
             Ok(parsed) => parsed,
             Err(e) => {
