@@ -14,6 +14,8 @@ command -v tsql >/dev/null || missing+=(freetds-bin)
 command -v npm >/dev/null || missing+=(nodejs npm)
 # man-db: the generated manual page must render with `man -l`.
 command -v man >/dev/null || missing+=(man-db)
+# curl: an independent HTTPS + NTLM client for the lab's web service.
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   as_root apt-get update -qq

@@ -794,6 +794,16 @@ fn authenticate(
     }
 }
 
+async fn serve_http<S, Svc>(stream: S, service: Svc) -> hyper::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
+{
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await
+}
+
 impl Lab {
     /// Serves every server's administration web service until `shutdown` (the state is written
     /// by the TDS listener's end, or [`Lab::save`]).
@@ -808,15 +818,23 @@ impl Lab {
             async move {
                 // NTLM authenticates a connection, not a request.
                 let state = Arc::new(Mutex::new(NtlmState::default()));
+                let https = lab.shared.tls.as_ref().map(|a| a.https.clone());
                 let service = hyper::service::service_fn(move |request| {
                     let (lab, state) = (lab.clone(), Arc::clone(&state));
                     async move { Ok::<_, Infallible>(lab.api_request(request, &state).await) }
                 });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-                {
+                // HTTPS whenever the lab has a certificate, as a WSUS site with SSL required.
+                let served = match https {
+                    None => serve_http(stream, service).await,
+                    Some(https) => match https.accept(stream).await {
+                        Ok(tls) => serve_http(tls, service).await,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "api TLS handshake failed");
+                            return;
+                        }
+                    },
+                };
+                if let Err(e) = served {
                     tracing::debug!(error = %e, "api connection ended");
                 }
             }
@@ -890,7 +908,12 @@ impl Lab {
                 .query()
                 .is_some_and(|q| q.eq_ignore_ascii_case("wsdl"))
         {
-            let address = format!("http://{host}{PATH}");
+            let scheme = if self.shared.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let address = format!("{scheme}://{host}{PATH}");
             return respond(
                 StatusCode::OK,
                 "text/xml; charset=utf-8",

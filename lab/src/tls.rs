@@ -117,11 +117,13 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The two acceptors a lab with a certificate needs: TDS 7.x (TLS inside PRELOGIN) and TDS 8.0.
+/// The acceptors a lab with a certificate needs: TDS 7.x (TLS inside PRELOGIN), TDS 8.0, and
+/// HTTPS for the administration web service.
 #[derive(Clone)]
 pub struct Acceptors {
     pub tds7: TlsAcceptor,
     pub strict: TlsAcceptor,
+    pub https: TlsAcceptor,
 }
 
 impl std::fmt::Debug for Acceptors {
@@ -180,8 +182,8 @@ impl Acceptors {
         });
         let config = |alpn: Option<&[u8]>| -> TlsAcceptor {
             // TLS 1.2 inside PRELOGIN, as SQL Server does: with TLS 1.3, tiberius's last
-            // handshake flight reached the lab without its PRELOGIN framing. TDS 8.0 has no
-            // framing and takes TLS 1.3.
+            // handshake flight reached the lab without its PRELOGIN framing. TDS 8.0 and HTTPS
+            // have no framing and take TLS 1.3.
             let versions: &[&SupportedProtocolVersion] = if alpn.is_some() {
                 &[&version::TLS13, &version::TLS12]
             } else {
@@ -198,6 +200,8 @@ impl Acceptors {
         Ok(Acceptors {
             tds7: config(None),
             strict: config(Some(TDS_ALPN)),
+            // IIS speaks HTTP/1.1 to SOAP clients; the lab's web service serves nothing else.
+            https: config(Some(b"http/1.1")),
         })
     }
 }

@@ -109,6 +109,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
             (Some(identity), trust)
         }
     };
+    let https = tls.is_some();
     let lab = Lab::new(
         &topology,
         LabConfig {
@@ -164,7 +165,10 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
                 .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
             crate::emit(
                 out,
-                &format!("api listening on {addr} (the administration web service, routed by Host)\n"),
+                &format!(
+                    "api listening on {addr} (the administration web service over {}, routed by Host)\n",
+                    if https { "HTTPS" } else { "HTTP" }
+                ),
             )?;
             let (lab, stop) = (lab.clone(), stop.clone());
             tokio::spawn(async move {

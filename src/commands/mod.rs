@@ -400,7 +400,8 @@ fn generate_identity(
     let mut hosts: Vec<String> = topology
         .servers()
         .iter()
-        .filter_map(|s| s.sql.host.clone())
+        // The web service is reached by the server's name (until the topology names its host).
+        .flat_map(|s| s.sql.host.iter().chain(std::iter::once(&s.name)).cloned())
         .collect();
     hosts.sort_unstable();
     hosts.dedup();

@@ -7,6 +7,7 @@ use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
 
 use crate::repair::{LabProcess, PASSWORD, calls, text};
+use susdb_lab::api::NS;
 
 /// One server reached as `localhost`: both clients send the host they connect to as the
 /// LOGIN7 server name, which is how the lab routes.
@@ -284,20 +285,9 @@ rows = hq.ExecuteSPGetDeploymentsByUpdate1(id={"UpdateId": update, "RevisionNumb
 print("rows after decline", len(rows or []))
 "#;
 
-#[test]
-fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
-    if !available(
-        "zeep and requests-ntlm",
-        Command::new("python3").args(["-c", "import zeep, requests_ntlm"]),
-    ) {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("scratch");
-    std::fs::write(
-        dir.path().join("h.yaml"),
-        "version: 1\nservers:\n  - name: wsus-hq\n    sql: { host: sql-hq.test.example }\n  - name: wsus-b\n    upstream: wsus-hq\n    mode: replica\n    sql: { host: sql-b.test.example }\n",
-    )
-    .expect("topology");
+/// A lab of `dir/h.yaml` serving its web service with NTLM for `CORP\\wsus_repair` (and
+/// `CORP\\reporter` without the administrator role); returns it and the web service's address.
+fn api_lab(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
     let mut lab = Command::new(env!("CARGO_BIN_EXE_wsus-reset"))
         .args([
             "lab",
@@ -315,8 +305,9 @@ fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
             "--api-reporter",
             "CORP\\reporter",
         ])
+        .args(extra)
         .env("WSUS_RESET_TEST_PW", PASSWORD)
-        .current_dir(dir.path())
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -328,6 +319,94 @@ fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
             break rest.split_whitespace().next().expect("ADDR").to_string();
         }
     };
+    (lab, api)
+}
+
+#[test]
+fn curl_reaches_the_labs_web_service_over_validated_https_with_ntlm() {
+    if !available("curl", Command::new("curl").arg("--version")) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("scratch");
+    std::fs::write(
+        dir.path().join("h.yaml"),
+        "version: 1\nservers:\n  - name: wsus-hq\n    sql: { host: sql-hq.test.example }\n",
+    )
+    .expect("topology");
+    let (mut lab, api) = api_lab(dir.path(), &["--tls-generate", "tls"]);
+    let port = api.rsplit(':').next().expect("port").to_string();
+    let url = format!("https://wsus-hq:{port}/ApiRemoting30/WebService.asmx");
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--resolve"])
+            .arg(format!("wsus-hq:{port}:127.0.0.1"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("curl runs")
+    };
+    let user = format!("CORP\\wsus_repair:{PASSWORD}");
+    let untrusted = curl(&["--ntlm", "-u", &user, &format!("{url}?WSDL")]);
+    let wsdl = curl(&[
+        "--cacert",
+        "tls/ca.pem",
+        "--ntlm",
+        "-u",
+        &user,
+        &format!("{url}?WSDL"),
+    ]);
+    let envelope = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><GetServerVersion xmlns=\"{NS}\"/></soap:Body></soap:Envelope>"
+    );
+    let version = curl(&[
+        "--cacert",
+        "tls/ca.pem",
+        "--ntlm",
+        "-u",
+        &user,
+        "-H",
+        "Content-Type: text/xml; charset=utf-8",
+        "-H",
+        &format!("SOAPAction: \"{NS}/GetServerVersion\""),
+        "--data-binary",
+        &envelope,
+        &url,
+    ]);
+    let _ = lab.kill();
+    let _ = lab.wait();
+    // curl's 60: the certificate is not signed by an authority the client trusts.
+    assert_eq!(untrusted.status.code(), Some(60), "{}", text(&untrusted));
+    assert_eq!(wsdl.status.code(), Some(0), "{}", text(&wsdl));
+    // The WSDL gives the address the client reached, scheme included.
+    assert!(
+        String::from_utf8_lossy(&wsdl.stdout).contains(&format!("location=\"{url}\"")),
+        "{}",
+        text(&wsdl)
+    );
+    assert_eq!(version.status.code(), Some(0), "{}", text(&version));
+    assert!(
+        String::from_utf8_lossy(&version.stdout)
+            .contains("<GetServerVersionResult>3.2.7600.226</GetServerVersionResult>"),
+        "{}",
+        text(&version)
+    );
+}
+
+#[test]
+fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
+    if !available(
+        "zeep and requests-ntlm",
+        Command::new("python3").args(["-c", "import zeep, requests_ntlm"]),
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("scratch");
+    std::fs::write(
+        dir.path().join("h.yaml"),
+        "version: 1\nservers:\n  - name: wsus-hq\n    sql: { host: sql-hq.test.example }\n  - name: wsus-b\n    upstream: wsus-hq\n    mode: replica\n    sql: { host: sql-b.test.example }\n",
+    )
+    .expect("topology");
+    let (mut lab, api) = api_lab(dir.path(), &[]);
     let real_wsdl = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/wsus/ApiRemoting30-ws2022.wsdl");
     let out = Command::new("python3")
