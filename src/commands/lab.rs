@@ -144,10 +144,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
                 ));
             }
             None => {
-                let listener = bind(listen, listen_any).await?;
-                let addr = listener
-                    .local_addr()
-                    .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+                let (listener, addr) = bind(listen, listen_any).await?;
                 crate::emit(
                     out,
                     &format!(
@@ -159,10 +156,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
             }
         };
         if let Some(api) = api_listen {
-            let listener = bind(api, listen_any).await?;
-            let addr = listener
-                .local_addr()
-                .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            let (listener, addr) = bind(api, listen_any).await?;
             crate::emit(
                 out,
                 &format!(

@@ -378,17 +378,25 @@ fn seed(seed: LabSeed) -> Seed {
     }
 }
 
-/// Binds a listener: only loopback unless told otherwise, since the lab is a stand-in that accepts
-/// a made-up login and, without a certificate, speaks plaintext.
-async fn bind(addr: std::net::SocketAddr, any: bool) -> Result<TcpListener, Failure> {
+/// Binds a listener, and says the address it got (port 0 picks one): only loopback unless told
+/// otherwise, since the lab is a stand-in that accepts a made-up login and, without a
+/// certificate, speaks plaintext.
+async fn bind(
+    addr: std::net::SocketAddr,
+    any: bool,
+) -> Result<(TcpListener, std::net::SocketAddr), Failure> {
     if !addr.ip().is_loopback() && !any {
         return Err(Failure::BadInput(format!(
             "error: {addr} is not a loopback address, and the lab is a stand-in for tests (plaintext without a certificate): use 127.0.0.1, or add --listen-any"
         )));
     }
-    TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| Failure::BadInput(format!("error: cannot listen on {addr}: {e}")))
+        .map_err(|e| Failure::BadInput(format!("error: cannot listen on {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    Ok((listener, bound))
 }
 
 /// A throwaway authority and a certificate for each host of `topology` (as its clients will

@@ -40,10 +40,7 @@ pub(crate) fn run(
     let state_dir = state_dir.unwrap_or_else(|| temp.path().join("state"));
     let rt = runtime()?;
     let (addr, stop) = rt.block_on(async {
-        let listener = bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), false).await?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+        let (listener, addr) = bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), false).await?;
         let stop = CancellationToken::new();
         let serving = lab.clone();
         let token = stop.clone();
