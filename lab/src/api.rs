@@ -36,12 +36,12 @@ use crate::{Lab, LabError, lock};
 pub const NS: &str = "http://www.microsoft.com/SoftwareDistribution/Server/ApiRemotingWebService";
 pub const PATH: &str = "/ApiRemoting30/WebService.asmx";
 
-/// The version a WSUS 3.0 SP2 server reports (3.0 RTM `3.0.6000.374`, SP1 `3.1.6001.65`:
-/// MS-WSUSSS note 13).
 /// ASP.NET's default request limit (`httpRuntime maxRequestLength`, 4096 KB), which an
 /// ApiRemoting30 site does not raise: a larger body is refused before it is parsed.
 const MAX_BODY: usize = 4096 * 1024;
 
+/// The version a WSUS 3.0 SP2 server reports (3.0 RTM `3.0.6000.374`, SP1 `3.1.6001.65`:
+/// MS-WSUSSS note 13).
 const SERVER_VERSION: &str = "3.2.7600.226";
 
 /// `GetCurrentUserRole` for an administrator. The enum's numbers are not public [I]; a public
@@ -867,8 +867,13 @@ impl Lab {
         let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
+                let status = if e.is::<http_body_util::LengthLimitError>() {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
                 return respond(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                    status,
                     "text/plain",
                     format!("the request body could not be read: {e}").into_bytes(),
                 );

@@ -372,8 +372,30 @@ fn curl_reaches_the_labs_web_service_over_validated_https_with_ntlm() {
         &envelope,
         &url,
     ]);
+    // Over ASP.NET's default 4 MiB request limit: refused, the connection still answered.
+    std::fs::write(dir.path().join("big.xml"), vec![b' '; 5 << 20]).expect("big body");
+    let too_large = curl(&[
+        "--cacert",
+        "tls/ca.pem",
+        "--ntlm",
+        "-u",
+        &user,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--data-binary",
+        "@big.xml",
+        &url,
+    ]);
     let _ = lab.kill();
     let _ = lab.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&too_large.stdout),
+        "413",
+        "{}",
+        text(&too_large)
+    );
     // curl's 60: the certificate is not signed by an authority the client trusts.
     assert_eq!(untrusted.status.code(), Some(60), "{}", text(&untrusted));
     assert_eq!(wsdl.status.code(), Some(0), "{}", text(&wsdl));
