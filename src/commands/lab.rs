@@ -128,6 +128,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
     .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
     let rt = runtime()?;
     rt.block_on(async {
+        let mut signals = Signals::watch();
         let stop = CancellationToken::new();
         let servers = topology.servers().len();
         let mut serving = match listen_pipe {
@@ -173,7 +174,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
         }
         // Until a signal, or until serving fails by itself (a pipe that cannot be created).
         let result = tokio::select! {
-            _ = wait_for_signal() => {
+            _ = signals.recv() => {
                 stop.cancel();
                 serving.await
             }

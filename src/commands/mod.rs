@@ -161,9 +161,10 @@ fn resume_command(run: &RunArgs, conn: &ConnArgs) -> String {
 fn interrupts(resume: String) -> Interrupts {
     let interrupts = Interrupts::default();
     let (stop, abort) = (interrupts.stop.clone(), interrupts.abort.clone());
+    let mut signals = Signals::watch();
     tokio::spawn(async move {
         for n in 0..2 {
-            if !wait_for_signal().await {
+            if !signals.recv().await {
                 return;
             }
             if n == 0 {
@@ -183,25 +184,54 @@ fn interrupts(resume: String) -> Interrupts {
     interrupts
 }
 
-/// Waits for SIGINT or SIGTERM; false if signals cannot be watched.
-async fn wait_for_signal() -> bool {
+/// SIGINT and SIGTERM (Ctrl-C on Windows), watched from the moment this is made: one that comes
+/// before the first [`Signals::recv`] is kept for it, rather than killing the process as the
+/// default action would. Make it before saying "listening" or starting any change.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return false;
-        };
-        tokio::select! {
-            _ = int.recv() => true,
-            _ = term.recv() => true,
+    watched: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    #[cfg(windows)]
+    watched: Option<tokio::signal::windows::CtrlC>,
+}
+
+impl Signals {
+    /// Must run inside the Tokio runtime.
+    fn watch() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let watched = signal(SignalKind::interrupt())
+                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                .ok();
+            Signals { watched }
+        }
+        #[cfg(windows)]
+        {
+            Signals {
+                watched: tokio::signal::windows::ctrl_c().ok(),
+            }
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.is_ok()
+
+    /// The next signal; false if signals cannot be watched (then this never returns true).
+    async fn recv(&mut self) -> bool {
+        #[cfg(unix)]
+        {
+            let Some((int, term)) = &mut self.watched else {
+                return false;
+            };
+            tokio::select! {
+                got = int.recv() => got.is_some(),
+                got = term.recv() => got.is_some(),
+            }
+        }
+        #[cfg(windows)]
+        {
+            match &mut self.watched {
+                Some(ctrl_c) => ctrl_c.recv().await.is_some(),
+                None => false,
+            }
+        }
     }
 }
 
