@@ -823,7 +823,11 @@ impl Lab {
                     let (lab, state) = (lab.clone(), Arc::clone(&state));
                     async move { Ok::<_, Infallible>(lab.api_request(request, &state).await) }
                 });
-                // HTTPS whenever the lab has a certificate, as a WSUS site with SSL required.
+                // HTTPS whenever the lab has a certificate, as a WSUS site that requires SSL on
+                // ApiRemoting30. Such a site answers plain HTTP on its other port with 403
+                // (DCourtel/Wsus_Package_Publisher#88); the lab has one port, so plain HTTP to
+                // it fails the TLS handshake instead: harsher, a client that forgets TLS gets
+                // no answer at all.
                 let served = match https {
                     None => serve_http(stream, service).await,
                     Some(https) => match https.accept(stream).await {

@@ -214,10 +214,7 @@ async fn approve_with_deadline(
 ) -> tiberius::error::Error {
     let mut cmd = approve_command();
     cmd.bind_param("@deadline", deadline);
-    match cmd.exec(c).await {
-        Ok(stream) => stream.into_command_result().await.unwrap_err(),
-        Err(e) => e,
-    }
+    refusal(cmd, c).await
 }
 
 #[tokio::test]

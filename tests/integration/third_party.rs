@@ -347,6 +347,12 @@ fn curl_reaches_the_labs_web_service_over_validated_https_with_ntlm() {
     };
     let user = format!("CORP\\wsus_repair:{PASSWORD}");
     let untrusted = curl(&["--ntlm", "-u", &user, &format!("{url}?WSDL")]);
+    let plain = curl(&[
+        "--ntlm",
+        "-u",
+        &user,
+        &format!("http://wsus-hq:{port}/ApiRemoting30/WebService.asmx?WSDL"),
+    ]);
     let wsdl = curl(&[
         "--cacert",
         "tls/ca.pem",
@@ -396,6 +402,9 @@ fn curl_reaches_the_labs_web_service_over_validated_https_with_ntlm() {
         "{}",
         text(&too_large)
     );
+    // Plain HTTP to the HTTPS site gets no answer (a real SSL-only site: 403; see api.rs).
+    assert!(!plain.status.success(), "{}", text(&plain));
+    assert!(plain.stdout.is_empty(), "{}", text(&plain));
     // curl's 60: the certificate is not signed by an authority the client trusts.
     assert_eq!(untrusted.status.code(), Some(60), "{}", text(&untrusted));
     assert_eq!(wsdl.status.code(), Some(0), "{}", text(&wsdl));
