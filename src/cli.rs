@@ -246,14 +246,19 @@ pub enum LabSeed {
 
 /// How to reach the servers.
 #[derive(Debug, Clone, Args)]
+#[group(id = "via", args = ["connect_via", "api_via"], multiple = true, required = false)]
 pub struct ConnArgs {
     /// Send every TCP connection to this address (a lab) while each login still names its own
     /// server; plaintext only to a loopback address.
     #[arg(long, value_name = "ADDR")]
     pub connect_via: Option<SocketAddr>,
-    /// With --connect-via: keep each server's `encrypt` and validate the lab's certificate
-    /// against this authority (the `ca.pem` of `lab --tls-generate`).
-    #[arg(long, value_name = "FILE", requires = "connect_via")]
+    /// Send every web-service connection to this address (a lab) while each request still
+    /// names its own server's `api.host`; plaintext only to a loopback address.
+    #[arg(long, value_name = "ADDR")]
+    pub api_via: Option<SocketAddr>,
+    /// With --connect-via or --api-via: keep each server's TLS and validate the lab's
+    /// certificate against this authority (the `ca.pem` of `lab --tls-generate`).
+    #[arg(long, value_name = "FILE", requires = "via")]
     pub connect_via_ca: Option<PathBuf>,
     /// Seconds to wait for a connection and login.
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]

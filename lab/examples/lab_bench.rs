@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hosts: Vec<String> = topology
         .servers()
         .iter()
-        .filter_map(|s| s.sql.host.clone())
+        .filter_map(|s| s.sql.as_ref()?.host.clone())
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -674,6 +674,17 @@ fn deployment_row(db: &ServerDb, d: &crate::model::Deployment) -> Vec<Cell> {
     ]
 }
 
+/// How a connection reached the lab's web service.
+#[derive(Debug, Clone)]
+enum Scheme {
+    /// The lab has no certificate: every server over plain HTTP.
+    Http,
+    /// Plain HTTP to a lab that has a certificate.
+    HttpBesideHttps,
+    /// TLS, with the name the client asked for.
+    Https { sni: Option<String> },
+}
+
 /// The NTLM state of one HTTP connection (the handshake is per connection).
 #[derive(Debug, Default)]
 struct NtlmState {
@@ -816,27 +827,38 @@ impl Lab {
         crate::accept_until(listener, shutdown, move |stream| {
             let lab = lab.clone();
             async move {
+                let https = lab.shared.tls.as_ref().map(|a| a.https.clone());
+                // With a certificate the lab serves each server as its topology entry says:
+                // HTTPS for `api.tls` (the default), HTTP for `tls: false`. The first byte tells
+                // a TLS ClientHello (22) from an HTTP request line.
+                let mut first = [0u8; 1];
+                let tls = https.is_some()
+                    && matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 22);
                 // NTLM authenticates a connection, not a request.
                 let state = Arc::new(Mutex::new(NtlmState::default()));
-                let https = lab.shared.tls.as_ref().map(|a| a.https.clone());
-                let service = hyper::service::service_fn(move |request| {
+                let service = |scheme: Scheme| {
                     let (lab, state) = (lab.clone(), Arc::clone(&state));
-                    async move { Ok::<_, Infallible>(lab.api_request(request, &state).await) }
-                });
-                // HTTPS whenever the lab has a certificate, as a WSUS site that requires SSL on
-                // ApiRemoting30. Such a site answers plain HTTP on its other port with 403
-                // (DCourtel/Wsus_Package_Publisher#88); the lab has one port, so plain HTTP to
-                // it fails the TLS handshake instead: harsher, a client that forgets TLS gets
-                // no answer at all.
+                    hyper::service::service_fn(move |request| {
+                        let (lab, state, scheme) =
+                            (lab.clone(), Arc::clone(&state), scheme.clone());
+                        async move {
+                            Ok::<_, Infallible>(lab.api_request(request, &state, scheme).await)
+                        }
+                    })
+                };
                 let served = match https {
-                    None => serve_http(stream, service).await,
-                    Some(https) => match https.accept(stream).await {
-                        Ok(tls) => serve_http(tls, service).await,
+                    Some(https) if tls => match https.accept(stream).await {
+                        Ok(tls) => {
+                            let sni = tls.get_ref().1.server_name().map(str::to_string);
+                            serve_http(tls, service(Scheme::Https { sni })).await
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "api TLS handshake failed");
                             return;
                         }
                     },
+                    Some(_) => serve_http(stream, service(Scheme::HttpBesideHttps)).await,
+                    None => serve_http(stream, service(Scheme::Http)).await,
                 };
                 if let Err(e) = served {
                     tracing::debug!(error = %e, "api connection ended");
@@ -846,8 +868,20 @@ impl Lab {
         .await
     }
 
-    /// The server a request is for: the `Host` it names (without a port), as a server's name or
-    /// the host it is reached at.
+    /// Whether `server`'s web service requires HTTPS: its `api.tls`, or for a server the
+    /// topology reaches through SQL, whether the lab has a certificate.
+    fn api_tls(&self, server: &str) -> bool {
+        self.shared
+            .routes
+            .iter()
+            .find(|r| r.name == server)
+            .and_then(|r| r.api_tls)
+            .unwrap_or(true)
+    }
+
+    /// The server a request is for: the `Host` it names (without a port), as its `api.host`, or
+    /// for a server the topology reaches through SQL (a hand-made client, a test), its name or
+    /// SQL host.
     fn route_host(&self, host: &str) -> Option<String> {
         let host = host
             .rsplit_once(':')
@@ -856,7 +890,16 @@ impl Lab {
         self.shared
             .routes
             .iter()
-            .find(|r| r.name.eq_ignore_ascii_case(host) || r.host.eq_ignore_ascii_case(host))
+            .find(|r| {
+                r.api_host
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(host))
+                    || r.api_host.is_none()
+                        && (r.name.eq_ignore_ascii_case(host)
+                            || r.host
+                                .as_deref()
+                                .is_some_and(|h| h.eq_ignore_ascii_case(host)))
+            })
             .map(|r| r.name.clone())
     }
 
@@ -864,6 +907,7 @@ impl Lab {
         &self,
         request: Request<Incoming>,
         state: &Mutex<NtlmState>,
+        scheme: Scheme,
     ) -> Response<Full<Bytes>> {
         // The body is read before anything is answered: a 401 sent while a POST body is still
         // unread leaves the kept-alive connection mid-request, and NTLM needs that connection.
@@ -897,6 +941,33 @@ impl Lab {
                 format!("the lab serves no WSUS server named {host}").into_bytes(),
             );
         };
+        // A site's binding decides its scheme. A server whose `api.tls` is true (the default)
+        // requires SSL: IIS refuses plain HTTP to it with 403.4 (an SSL-only ApiRemoting30 gave
+        // "HTTP error 403: Forbidden", DCourtel/Wsus_Package_Publisher#88). One whose `tls` is
+        // false listens on a plain HTTP port, which does not speak TLS: the lab serves nothing
+        // over the TLS connection (harsher than a handshake failure only in when it fails).
+        let api_tls = self.api_tls(&server);
+        match &scheme {
+            Scheme::HttpBesideHttps if api_tls => {
+                return respond(
+                    StatusCode::FORBIDDEN,
+                    "text/plain",
+                    format!("403.4 Forbidden: SSL is required to view {host}{PATH}").into_bytes(),
+                );
+            }
+            Scheme::Https { sni } if !api_tls => {
+                return respond(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "text/plain",
+                    format!(
+                        "{} serves its web service over plain HTTP (`tls: false`)",
+                        sni.as_deref().unwrap_or(&server)
+                    )
+                    .into_bytes(),
+                );
+            }
+            _ => {}
+        }
         if request.uri().path() != PATH {
             return respond(StatusCode::NOT_FOUND, "text/plain", b"not found".to_vec());
         }
@@ -917,7 +988,7 @@ impl Lab {
                 .query()
                 .is_some_and(|q| q.eq_ignore_ascii_case("wsdl"))
         {
-            let scheme = if self.shared.tls.is_some() {
+            let scheme = if matches!(scheme, Scheme::Https { .. }) {
                 "https"
             } else {
                 "http"
@@ -962,7 +1033,7 @@ impl Lab {
                 fault_xml(
                     false,
                     "System.Data.SqlClient.SqlException",
-                    &format!("Injected error {number}."),
+                    crate::injected_error(number).1,
                 ),
             );
         }

@@ -108,7 +108,14 @@ pub enum LabError {
 #[derive(Debug, Clone)]
 struct Route {
     name: String,
-    host: String,
+    /// Its SUSDB's host; `None` for a server the topology reaches only through its web service:
+    /// its SUSDB is WID or SSEE, which take local named-pipe connections only (issue 13, and
+    /// `sql.pipe` in the README), so no TDS login over TCP reaches it.
+    host: Option<String>,
+    /// The host its administration web service answers on (`api.host`).
+    api_host: Option<String>,
+    /// Its `api.tls`, when the topology reaches it through its web service.
+    api_tls: Option<bool>,
     instance: String,
     database: String,
     pipe: Option<String>,
@@ -198,22 +205,25 @@ impl Lab {
         let routes = topology
             .servers()
             .iter()
-            .map(|s| Route {
-                name: s.name.clone(),
-                host: s
-                    .sql
-                    .host
-                    .clone()
-                    .unwrap_or_else(|| s.name.clone())
-                    .to_ascii_lowercase(),
-                instance: s
-                    .sql
-                    .instance
-                    .clone()
-                    .unwrap_or_default()
-                    .to_ascii_lowercase(),
-                database: s.sql.database.to_ascii_lowercase(),
-                pipe: s.sql.pipe.clone(),
+            .map(|s| {
+                let sql = s.sql.as_ref();
+                Route {
+                    name: s.name.clone(),
+                    host: sql.map(|sql| {
+                        sql.host
+                            .clone()
+                            .unwrap_or_else(|| s.name.clone())
+                            .to_ascii_lowercase()
+                    }),
+                    api_host: s.api.as_ref().map(|a| a.host.to_ascii_lowercase()),
+                    api_tls: s.api.as_ref().map(|a| a.tls),
+                    instance: sql
+                        .and_then(|sql| sql.instance.clone())
+                        .unwrap_or_default()
+                        .to_ascii_lowercase(),
+                    database: sql.map_or_else(String::new, |sql| sql.database.to_ascii_lowercase()),
+                    pipe: sql.and_then(|sql| sql.pipe.clone()),
+                }
             })
             .collect();
         let tls = config.tls.as_ref().map(tls::Acceptors::new).transpose()?;
@@ -438,7 +448,7 @@ impl Lab {
             .shared
             .routes
             .iter()
-            .filter(|r| r.host == host)
+            .filter(|r| r.host.as_deref() == Some(host.as_str()))
             .collect();
         let pick = |candidates: Vec<&Route>| -> Option<String> {
             match candidates.as_slice() {
@@ -452,7 +462,7 @@ impl Lab {
                 self.shared
                     .routes
                     .iter()
-                    .find(|r| r.name.eq_ignore_ascii_case(&host))
+                    .find(|r| r.host.is_some() && r.name.eq_ignore_ascii_case(&host))
                     .map(|r| r.name.clone())
             });
         }
@@ -863,17 +873,7 @@ impl Lab {
                 return Ok(());
             }
             if let Some(number) = action.error {
-                let (class, text) = match number {
-                    1205 => (
-                        13,
-                        "Transaction (Process ID 57) was deadlocked on lock resources with another process and has been chosen as the deadlock victim. Rerun the transaction.",
-                    ),
-                    -2 => (
-                        11,
-                        "Timeout expired. The timeout period elapsed prior to completion of the operation or the server is not responding.",
-                    ),
-                    _ => (16, "Injected error."),
-                };
+                let (class, text) = injected_error(number);
                 reply.error(number, class, text, server, "");
                 reply.done(done::ERROR, None);
                 tds::write_message(wr, packet::REPLY, &reply.bytes, packet_size).await?;
@@ -1666,5 +1666,21 @@ impl Request {
             Request::Rpc(rpc) => rpc.procedure.trim_start_matches("dbo.").to_string(),
             Request::Transaction(_) => "transaction".into(),
         }
+    }
+}
+
+/// An injected SQL Server error's severity and text: SQL Server's own words for 1205 (deadlock
+/// victim) and -2 (timeout), which a web service passes on inside its fault.
+pub(crate) fn injected_error(number: i32) -> (u8, &'static str) {
+    match number {
+        1205 => (
+            13,
+            "Transaction (Process ID 57) was deadlocked on lock resources with another process and has been chosen as the deadlock victim. Rerun the transaction.",
+        ),
+        -2 => (
+            11,
+            "Timeout expired. The timeout period elapsed prior to completion of the operation or the server is not responding.",
+        ),
+        _ => (16, "Injected error."),
     }
 }

@@ -93,9 +93,10 @@ pub(crate) fn run(
         for (found, &id) in surveyed.iter().zip(&selection.servers) {
             let server = topology.server(id);
             // The logs name a server by the host its clients use: the WSUS server's name, or
-            // (where WSUS and its SQL Server share a machine) the SQL host.
+            // (where WSUS and its SQL Server share a machine) the SQL host, or its web service's.
             let aliases: Vec<&str> = std::iter::once(server.name.as_str())
-                .chain(server.sql.host.as_deref())
+                .chain(server.sql.as_ref().and_then(|sql| sql.host.as_deref()))
+                .chain(server.api.as_ref().map(|api| api.host.as_str()))
                 .collect();
             let logged = diagnosis
                 .servers

@@ -59,6 +59,8 @@ fn connect_options(conn: &ConnArgs) -> Result<ConnectOptions, Failure> {
         connect_timeout: Duration::from_secs(conn.connect_timeout.max(1)),
         command_timeout: Duration::from_secs(conn.command_timeout.max(1)),
         lab_login: None,
+        api_via: conn.api_via,
+        lab_windows_login: None,
     })
 }
 
@@ -73,6 +75,23 @@ fn connect_for(
 ) -> Result<ConnectOptions, Failure> {
     let options = connect_options(conn)?;
     let servers = || selection.servers.iter().map(|&id| topology.server(id));
+    // A lab rehearsal that sent one transport to the lab and the other to production would
+    // change production servers: each transport in use must go to the lab, or neither.
+    let over = |t: topology::Transport| servers().filter(|s| s.transport == t).count();
+    let (sql, api) = (
+        over(topology::Transport::Sql),
+        over(topology::Transport::Api),
+    );
+    let lab_flag = match (conn.connect_via, conn.api_via) {
+        (Some(_), None) if api > 0 => Some(("--connect-via", "--api-via", api, "web service")),
+        (None, Some(_)) if sql > 0 => Some(("--api-via", "--connect-via", sql, "SUSDB")),
+        _ => None,
+    };
+    if let Some((given, missing, count, what)) = lab_flag {
+        return Err(Failure::BadInput(format!(
+            "error: {given} sends connections to a lab, but {count} selected server(s) are reached through their {what}, which would still be reached at their own addresses: add {missing} ADDR (the lab's other listener)"
+        )));
+    }
     let missing = workflows::connect::missing_secrets(servers(), &options);
     if !missing.is_empty() {
         let mut text = format!(
@@ -99,11 +118,26 @@ fn connect_for(
         && conn.connect_via_ca.is_none()
     {
         let encrypted = servers()
-            .filter(|s| s.sql.pipe.is_none() && s.sql.encrypt != topology::Encrypt::DangerPlaintext)
+            .filter_map(|s| s.via_sql())
+            .filter(|sql| sql.pipe.is_none() && sql.encrypt != topology::Encrypt::DangerPlaintext)
             .count();
         if encrypted > 0 {
             report::say(&format!(
                 "warning: --connect-via {via}: {encrypted} server(s) whose `encrypt` asks for TLS are reached in plaintext (a lab on loopback); add --connect-via-ca with the authority of `lab --tls-generate` to keep their encryption"
+            ));
+        }
+    }
+    if let Some(via) = conn.api_via
+        && via.ip().is_loopback()
+        && conn.connect_via_ca.is_none()
+    {
+        let encrypted = servers()
+            .filter_map(|s| s.via_api())
+            .filter(|a| a.tls)
+            .count();
+        if encrypted > 0 {
+            report::say(&format!(
+                "warning: --api-via {via}: {encrypted} server(s) whose `api.tls` asks for HTTPS are reached over plain HTTP (a lab on loopback); add --connect-via-ca with the authority of `lab --tls-generate` to keep their encryption"
             ));
         }
     }
@@ -148,6 +182,9 @@ fn resume_command(run: &RunArgs, conn: &ConnArgs) -> String {
     }
     if let Some(via) = conn.connect_via {
         command.push_str(&format!(" --connect-via {via}"));
+    }
+    if let Some(via) = conn.api_via {
+        command.push_str(&format!(" --api-via {via}"));
     }
     if let Some(ca) = &conn.connect_via_ca {
         command.push_str(" --connect-via-ca ");
@@ -284,6 +321,12 @@ async fn run_engine(
     for (top, why) in &lock.unreachable {
         report::say(&format!(
             "warning: cannot take the hierarchy lock on top server {top} ({why}): no server of its tree will be changed (each stops at its probe, reported FAILED)"
+        ));
+    }
+    if !lock.unlocked_api.is_empty() {
+        report::say(&format!(
+            "note: top server(s) {} are reached through the web service, which has no lock: their trees are guarded by this state directory's lock only, so run wsus-reset for them from one machine",
+            lock.unlocked_api.join(", ")
         ));
     }
     let interrupts = interrupts(resume_with.clone());
@@ -438,8 +481,15 @@ fn generate_identity(
     let mut hosts: Vec<String> = topology
         .servers()
         .iter()
-        // The web service is reached by the server's name (until the topology names its host).
-        .flat_map(|s| s.sql.host.iter().chain(std::iter::once(&s.name)).cloned())
+        // A server's name too: hand-made clients of the web service reach it by that.
+        .flat_map(|s| {
+            let sql = s.sql.as_ref().and_then(|sql| sql.host.as_ref());
+            let api = s.api.as_ref().map(|api| &api.host);
+            sql.into_iter()
+                .chain(api)
+                .chain(std::iter::once(&s.name))
+                .cloned()
+        })
         .collect();
     hosts.sort_unstable();
     hosts.dedup();

@@ -14,11 +14,13 @@ pub(crate) fn run(
     out: &mut impl Write,
 ) -> Result<u8, Failure> {
     let topology = Arc::new(Topology::load(file)?);
-    // The lab checks one made-up SQL login, and every server logs in with it.
+    // The lab checks one made-up SQL login and one made-up Windows account (for the web
+    // service, over NTLM), and every server logs in with them.
     let login = (
         "wsus_rehearsal".to_string(),
         format!("rehearsal-{:016x}", fastrand::u64(..)),
     );
+    let windows_login = (format!("REHEARSAL\\{}", login.0), login.1.clone());
     let temp = tempfile::tempdir()
         .map_err(|e| Failure::BadInput(format!("error: temporary directory: {e}")))?;
     // Encrypted as each server's `encrypt` says, its certificate validated against its host
@@ -30,6 +32,7 @@ pub(crate) fn run(
             seed: seed(lab_seed),
             latency: Duration::from_millis(latency),
             credentials: Some(login.clone()),
+            windows_login: Some(windows_login.clone()),
             tls: Some(identity),
             ..LabConfig::default()
         },
@@ -39,18 +42,23 @@ pub(crate) fn run(
     let keep_journal = state_dir.is_some();
     let state_dir = state_dir.unwrap_or_else(|| temp.path().join("state"));
     let rt = runtime()?;
-    let (addr, stop) = rt.block_on(async {
-        let (listener, addr) = bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), false).await?;
+    let (addr, api_addr, stop) = rt.block_on(async {
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let (listener, addr) = bind(loopback, false).await?;
+        let (api_listener, api_addr) = bind(loopback, false).await?;
         let stop = CancellationToken::new();
-        let serving = lab.clone();
-        let token = stop.clone();
+        let (serving, token) = (lab.clone(), stop.clone());
         tokio::spawn(async move { serving.serve(listener, token).await });
-        Ok::<_, Failure>((addr, stop))
+        let (serving, token) = (lab.clone(), stop.clone());
+        tokio::spawn(async move { serving.serve_api(api_listener, token).await });
+        Ok::<_, Failure>((addr, api_addr, stop))
     })?;
     let options = ConnectOptions {
         connect_via: Some(addr),
         connect_via_ca: Some(ca),
         lab_login: Some(login),
+        api_via: Some(api_addr),
+        lab_windows_login: Some(windows_login),
         ..ConnectOptions::default()
     };
     let selection = select_all(&topology)?;
@@ -61,7 +69,7 @@ pub(crate) fn run(
         crate::emit(
             out,
             &format!(
-                "Rehearsal: lab on {addr} (SQL Server {}, TLS as each server's `encrypt` says, certificates from a throwaway authority), seed {}, {} servers\n\n== Online plan (read-only probe) ==\n{}\n== Apply ==\n",
+                "Rehearsal: lab on {addr} (SQL Server {}, TLS as each server's `encrypt` says) and {api_addr} (the web service, HTTPS as each server's `api.tls` says, NTLM), certificates from a throwaway authority, seed {}, {} servers\n\n== Online plan (read-only probe) ==\n{}\n== Apply ==\n",
                 susdb_lab::version::SqlVersion::default().product_version(),
                 lab_seed.name(),
                 topology.servers().len(),

@@ -8,3 +8,4 @@ mod repair;
 mod safety;
 mod third_party;
 mod tls;
+mod web_service;

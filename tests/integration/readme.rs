@@ -12,8 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::repair::listening_addr;
-
 const README: &str = include_str!("../../README.md");
 const LAB_PASSWORD: &str = "lab-only-password";
 
@@ -95,6 +93,7 @@ fn shell(dir: &Path, script: &str) -> std::process::Output {
         .env("PATH", path)
         .env("HOME", dir)
         .env("WSUS_SQL_PASSWORD", LAB_PASSWORD)
+        .env("WSUS_ADMIN_PASSWORD", LAB_PASSWORD)
         .env("MANPAGER", "cat")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -161,6 +160,8 @@ fn every_console_block_prints_what_the_readme_shows() {
 struct Lab {
     child: Child,
     addr: String,
+    /// Its web service, for the hierarchy's servers reached through `api`.
+    api: String,
 }
 
 impl Drop for Lab {
@@ -177,6 +178,8 @@ fn lab(dir: &Path) -> Lab {
             "hierarchy.yaml",
             "--listen",
             "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
             "--windows-user",
             "CONTOSO\\svc-wsus-repair",
             "--windows-password-env",
@@ -188,8 +191,33 @@ fn lab(dir: &Path) -> Lab {
         .stderr(Stdio::null())
         .spawn()
         .expect("the lab starts");
-    let addr = listening_addr(&mut child);
-    Lab { child, addr }
+    let (addr, api) = lab_addresses(&mut child, true);
+    Lab {
+        child,
+        addr,
+        api: api.expect("the lab's web service"),
+    }
+}
+
+/// Where a `wsus-reset lab` child listens, and where its web service does when it has one.
+fn lab_addresses(child: &mut Child, want_api: bool) -> (String, Option<String>) {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut addr = None;
+    let mut api = None;
+    // The lab prints `listening on`, then `api listening on` when asked for it, then nothing.
+    while let Some(Ok(line)) = lines.next() {
+        let word = |rest: &str| rest.split_whitespace().next().map(str::to_string);
+        if let Some(rest) = line.strip_prefix("api listening on ") {
+            api = word(rest);
+        } else if let Some(rest) = line.strip_prefix("listening on ") {
+            addr = word(rest);
+        }
+        if addr.is_some() && (api.is_some() || !want_api) {
+            break;
+        }
+    }
+    (addr.expect("the lab says where it listens"), api)
 }
 
 /// The `sh` blocks' lines as commands: continuations joined.
@@ -259,11 +287,18 @@ fn every_wsus_reset_command_of_the_sh_blocks_runs() {
                     .nth(1)
                     .expect("--listen ADDR")
                     .to_string();
+                let documented_api = started
+                    .split_whitespace()
+                    .skip_while(|w| *w != "--api-listen")
+                    .nth(1)
+                    .map(str::to_string);
                 let mut child = Command::new("bash")
                     .arg("-c")
                     .arg(format!(
                         "exec {}",
-                        started.replace(documented.as_str(), "127.0.0.1:0")
+                        started
+                            .replace(documented.as_str(), "127.0.0.1:0")
+                            .replace(documented_api.as_deref().unwrap_or("\0"), "127.0.0.1:0")
                     ))
                     .current_dir(dir.path())
                     .env(
@@ -279,7 +314,11 @@ fn every_wsus_reset_command_of_the_sh_blocks_runs() {
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("the block's lab starts");
-                replace.push((documented, listening_addr(&mut child)));
+                let (addr, api) = lab_addresses(&mut child, documented_api.is_some());
+                replace.push((documented, addr));
+                if let (Some(documented_api), Some(api)) = (documented_api, api) {
+                    replace.push((documented_api, api));
+                }
                 background.push(child);
                 ran += 1;
                 continue;
@@ -294,9 +333,10 @@ fn every_wsus_reset_command_of_the_sh_blocks_runs() {
                         (h.to_string(), format!(" > {r}"))
                     });
                 command = format!(
-                    "{} --connect-via {}{redirect}  #{comment}",
+                    "{} --connect-via {} --api-via {}{redirect}  #{comment}",
                     head.trim_end(),
-                    lab.addr
+                    lab.addr,
+                    lab.api
                 );
             }
             let out = shell(dir.path(), &command);

@@ -47,6 +47,8 @@ const REPLICAS: &[&str] = &["r1a", "r2", "r2a"];
 pub(crate) struct LabProcess {
     child: Child,
     pub(crate) addr: String,
+    /// The web service's address, when the lab was started with `--api-listen`.
+    pub(crate) api: Option<String>,
     dir: tempfile::TempDir,
     /// Arguments added to `wsus-reset lab`, kept for a restart.
     extra: Vec<String>,
@@ -97,10 +99,11 @@ impl LabProcess {
         std::fs::write(dir.path().join("hierarchy.yaml"), topology).expect("topology written");
         std::fs::write(dir.path().join("faults.yaml"), faults).expect("faults written");
         let extra: Vec<String> = extra.iter().map(ToString::to_string).collect();
-        let (child, addr) = spawn_lab(dir.path(), seed, latency_ms, &extra);
+        let (child, addr, api) = spawn_lab(dir.path(), seed, latency_ms, &extra);
         LabProcess {
             child,
             addr,
+            api,
             dir,
             extra,
         }
@@ -110,9 +113,10 @@ impl LabProcess {
     pub(crate) fn kill_and_restart(mut self) -> LabProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr) = spawn_lab(self.dir.path(), "healthy", 0, &self.extra);
+        let (child, addr, api) = spawn_lab(self.dir.path(), "healthy", 0, &self.extra);
         self.child = child;
         self.addr = addr;
+        self.api = api;
         self
     }
 
@@ -120,10 +124,13 @@ impl LabProcess {
         self.dir.path().join(name)
     }
 
-    /// `wsus-reset ARGS --connect-via ADDR`, in the scratch directory.
+    /// `wsus-reset ARGS --connect-via ADDR [--api-via ADDR2]`, in the scratch directory.
     pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = self.direct(args);
         cmd.args(["--connect-via", &self.addr]);
+        if let Some(api) = &self.api {
+            cmd.args(["--api-via", api]);
+        }
         cmd
     }
 
@@ -159,13 +166,14 @@ impl LabProcess {
     }
 }
 
-/// `wsus-reset lab` in `dir` on a free loopback port; returns once it says where it listens.
+/// `wsus-reset lab` in `dir` on a free loopback port; returns once it says where it listens
+/// (and where its web service listens, when `extra` asks for it).
 fn spawn_lab(
     dir: &std::path::Path,
     seed: &str,
     latency_ms: u64,
     extra: &[String],
-) -> (Child, String) {
+) -> (Child, String, Option<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wsus-reset"))
         .args([
             "lab",
@@ -196,20 +204,23 @@ fn spawn_lab(
         .stderr(Stdio::null())
         .spawn()
         .expect("the lab starts");
-    let addr = listening_addr(&mut child);
-    (child, addr)
-}
-
-/// The address a `wsus-reset lab` child says it listens on, in its first line of output.
-pub(crate) fn listening_addr(child: &mut Child) -> String {
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout piped"))
-        .read_line(&mut line)
-        .expect("the lab says where it listens");
-    line.strip_prefix("listening on ")
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let mut line = || lines.next().and_then(Result::ok).unwrap_or_default();
+    let first = line();
+    let addr = first
+        .strip_prefix("listening on ")
         .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line from the lab: {line:?}"))
-        .to_string()
+        .unwrap_or_else(|| panic!("unexpected first line from the lab: {first:?}"))
+        .to_string();
+    let api = extra.iter().any(|a| a == "--api-listen").then(|| {
+        let second = line();
+        second
+            .strip_prefix("api listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected second line from the lab: {second:?}"))
+            .to_string()
+    });
+    (child, addr, api)
 }
 
 pub(crate) fn text(output: &Output) -> String {
@@ -437,7 +448,7 @@ fn a_replica_whose_approval_fails_is_switched_back_and_its_subtree_skipped() {
 }
 
 /// Returns once the run's journal holds `records` records or `apply` has exited (bounded: 20 s).
-fn wait_for_journal_records(runs: &std::path::Path, records: usize, apply: &mut Child) {
+pub(crate) fn wait_for_journal_records(runs: &std::path::Path, records: usize, apply: &mut Child) {
     for _ in 0..10_000 {
         let lines = std::fs::read_dir(runs)
             .into_iter()

@@ -93,6 +93,8 @@ impl Topology {
                 mode: s.mode,
                 depth: depth[i],
                 sql: s.sql,
+                api: s.api,
+                transport: s.transport,
                 line: line_of(s.span.start),
             });
         }
@@ -126,19 +128,11 @@ impl Topology {
     pub(crate) fn locate(&mut self, path: std::path::PathBuf) {
         if let Some(dir) = path.parent() {
             for server in &mut self.servers {
-                let sql = &mut server.sql;
-                if let Some(ca) = sql.ca_file.as_mut().filter(|ca| ca.is_relative()) {
-                    *ca = dir.join(&*ca);
+                if let Some(sql) = &mut server.sql {
+                    relative_to(dir, &mut sql.ca_file, &mut sql.auth);
                 }
-                let password = match &mut sql.auth {
-                    crate::model::Auth::Sql { password, .. }
-                    | crate::model::Auth::Windows { password, .. } => password,
-                    crate::model::Auth::Integrated => continue,
-                };
-                if let crate::model::SecretSource::File(file) = password
-                    && file.is_relative()
-                {
-                    *file = dir.join(&*file);
+                if let Some(api) = &mut server.api {
+                    relative_to(dir, &mut api.ca_file, &mut api.auth);
                 }
             }
         }
@@ -228,5 +222,23 @@ impl Topology {
                 .count(),
             tops: self.tops().count(),
         }
+    }
+}
+
+/// A relative `ca_file` or `password_file` taken from `dir`, the topology file's directory.
+fn relative_to(
+    dir: &std::path::Path,
+    ca_file: &mut Option<std::path::PathBuf>,
+    auth: &mut crate::model::Auth,
+) {
+    if let Some(ca) = ca_file.as_mut().filter(|ca| ca.is_relative()) {
+        *ca = dir.join(&*ca);
+    }
+    if let crate::model::Auth::Sql { password, .. } | crate::model::Auth::Windows { password, .. } =
+        auth
+        && let crate::model::SecretSource::File(file) = password
+        && file.is_relative()
+    {
+        *file = dir.join(&*file);
     }
 }

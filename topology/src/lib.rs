@@ -26,7 +26,8 @@ use sha2::{Digest, Sha256};
 pub use diagnostic::{Diagnostic, redact_passwords};
 pub use graph::{Stats, Topology};
 pub use model::{
-    Auth, Encrypt, KB954960_UPDATE_ID, Mode, SecretSource, Server, ServerId, SqlTarget,
+    ApiTarget, Auth, Encrypt, KB954960_UPDATE_ID, Mode, SecretSource, Server, ServerId, SqlTarget,
+    Transport,
 };
 pub use select::{SelectError, SelectOptions, Selection};
 

@@ -91,6 +91,55 @@ pub struct SqlTarget {
     pub auth: Auth,
 }
 
+/// How to reach one server's administration web service (ApiRemoting30), as the WSUS console
+/// does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiTarget {
+    pub host: String,
+    /// 80 (HTTP) or 443 (HTTPS) unless given: WSUS 3.0's default web site; 8530/8531 on the
+    /// custom one.
+    pub port: u16,
+    /// HTTPS, the certificate validated (the default).
+    pub tls: bool,
+    pub trust_cert: bool,
+    pub ca_file: Option<PathBuf>,
+    /// `Windows` (NTLM with an account) or `Integrated`; never `Sql`.
+    pub auth: Auth,
+}
+
+impl ApiTarget {
+    /// `https://host:port`, for messages and the request line.
+    pub fn origin(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// Which way a server is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Its SUSDB over TDS (`sql`).
+    Sql,
+    /// Its administration web service (`api`).
+    Api,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sql => "sql",
+            Transport::Api => "api",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One WSUS server of the hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
@@ -100,9 +149,30 @@ pub struct Server {
     pub mode: Mode,
     /// Distance from the top server of its tree (0 for a top server).
     pub depth: u32,
-    pub sql: SqlTarget,
+    /// Its SUSDB, when the file says how to reach it.
+    pub sql: Option<SqlTarget>,
+    /// Its administration web service, when the file says how to reach it.
+    pub api: Option<ApiTarget>,
+    /// The way the repair reaches it: the one given, or `transport` when both are.
+    pub transport: Transport,
     /// The 1-based line of the server's entry in the file, for messages about it.
     pub line: usize,
+}
+
+impl Server {
+    /// The SUSDB this server is reached through, when its transport is `sql`.
+    pub fn via_sql(&self) -> Option<&SqlTarget> {
+        self.sql
+            .as_ref()
+            .filter(|_| self.transport == Transport::Sql)
+    }
+
+    /// The web service this server is reached through, when its transport is `api`.
+    pub fn via_api(&self) -> Option<&ApiTarget> {
+        self.api
+            .as_ref()
+            .filter(|_| self.transport == Transport::Api)
+    }
 }
 
 /// Index of a server in [`crate::Topology::servers`], which is the execution order.

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use crate::diagnostic::Diagnostic;
-use crate::model::{Encrypt, Mode, SecretSource};
+use crate::model::{Encrypt, Mode, SecretSource, Transport};
 use crate::yaml::{self, Node, NodeKind, Span, YamlError};
 
 /// A value and where it was written.
@@ -25,6 +25,8 @@ pub struct RawTopology {
     pub version: Option<Spanned<u64>>,
     pub update: Option<Spanned<String>>,
     pub defaults: RawSql,
+    pub defaults_api: RawApi,
+    pub defaults_transport: Option<Spanned<Transport>>,
     pub servers: Option<Spanned<Vec<RawServer>>>,
 }
 
@@ -35,7 +37,38 @@ pub struct RawServer {
     pub name: Option<Spanned<String>>,
     pub upstream: Option<Spanned<String>>,
     pub mode: Option<Spanned<Mode>>,
+    /// `span` is `Some` only when the server writes its own `sql`.
     pub sql: RawSql,
+    /// `span` is `Some` only when the server writes its own `api`.
+    pub api: RawApi,
+    pub transport: Option<Spanned<Transport>>,
+}
+
+/// A server's or the defaults' `api` section.
+#[derive(Debug, Default, Clone)]
+pub struct RawApi {
+    pub span: Option<Span>,
+    pub host: Option<Spanned<String>>,
+    pub port: Option<Spanned<u16>>,
+    pub tls: Option<Spanned<bool>>,
+    pub trust_cert: Option<Spanned<bool>>,
+    pub ca_file: Option<Spanned<PathBuf>>,
+    pub auth: Option<Spanned<RawAuth>>,
+}
+
+impl RawApi {
+    /// `self` over `defaults`, key by key; `auth` is replaced whole, never merged.
+    pub fn merged_over(self, defaults: &RawApi) -> RawApi {
+        RawApi {
+            span: self.span.or(defaults.span),
+            host: self.host.or_else(|| defaults.host.clone()),
+            port: self.port.or_else(|| defaults.port.clone()),
+            tls: self.tls.or_else(|| defaults.tls.clone()),
+            trust_cert: self.trust_cert.or_else(|| defaults.trust_cert.clone()),
+            ca_file: self.ca_file.or_else(|| defaults.ca_file.clone()),
+            auth: self.auth.or_else(|| defaults.auth.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -87,8 +120,10 @@ pub struct RawAuth {
 }
 
 const TOP_FIELDS: &[&str] = &["version", "update", "defaults", "servers"];
-const DEFAULTS_FIELDS: &[&str] = &["sql"];
-const SERVER_FIELDS: &[&str] = &["name", "upstream", "mode", "sql"];
+const DEFAULTS_FIELDS: &[&str] = &["sql", "api", "transport"];
+const SERVER_FIELDS: &[&str] = &["name", "upstream", "mode", "sql", "api", "transport"];
+const API_FIELDS: &[&str] = &["host", "port", "tls", "trust_cert", "ca_file", "auth"];
+const TRANSPORTS: &[(&str, Transport)] = &[("sql", Transport::Sql), ("api", Transport::Api)];
 const SQL_FIELDS: &[&str] = &[
     "host",
     "pipe",
@@ -336,9 +371,14 @@ impl Reader<'_> {
         raw.update = self.string(&fields, "update", "");
         if let Some(defaults) = fields.get("defaults")
             && let Some(d) = self.fields(defaults, "defaults", DEFAULTS_FIELDS)
-            && let Some(sql) = d.get("sql")
         {
-            raw.defaults = self.sql(sql, "defaults.sql");
+            if let Some(sql) = d.get("sql") {
+                raw.defaults = self.sql(sql, "defaults.sql");
+            }
+            if let Some(api) = d.get("api") {
+                raw.defaults_api = self.api(api, "defaults.api");
+            }
+            raw.defaults_transport = self.choice(&d, "transport", "defaults", TRANSPORTS);
         }
         if let Some(servers) = fields.get("servers") {
             if let NodeKind::Seq(items) = &servers.kind {
@@ -373,20 +413,25 @@ impl Reader<'_> {
             Some(sql) => self.sql(sql, &join(path, "sql")),
             None => RawSql::default(),
         };
+        let api = match fields.get("api") {
+            Some(api) => self.api(api, &join(path, "api")),
+            None => RawApi::default(),
+        };
+        let transport = self.choice(&fields, "transport", path, TRANSPORTS);
         Some(RawServer {
             span: node.span,
             name,
             upstream,
             mode,
             sql,
+            api,
+            transport,
         })
     }
 
-    fn sql(&mut self, node: &Node, path: &str) -> RawSql {
-        let Some(fields) = self.fields(node, path, SQL_FIELDS) else {
-            return RawSql::default();
-        };
-        let port = self.unsigned(&fields, "port", path).and_then(|p| {
+    /// A TCP port, 1 to 65535.
+    fn port(&mut self, fields: &Fields<'_>, path: &str, usual: &str) -> Option<Spanned<u16>> {
+        self.unsigned(fields, "port", path).and_then(|p| {
             match u16::try_from(p.value).ok().filter(|&n| n > 0) {
                 Some(value) => Some(Spanned {
                     value,
@@ -399,12 +444,49 @@ impl Reader<'_> {
                             p.span,
                             join(path, "port"),
                         )
-                        .help("a TCP port is between 1 and 65535; SQL Server listens on 1433"),
+                        .help(format!("a TCP port is between 1 and 65535; {usual}")),
                     );
                     None
                 }
             }
-        });
+        })
+    }
+
+    fn api(&mut self, node: &Node, path: &str) -> RawApi {
+        let Some(fields) = self.fields(node, path, API_FIELDS) else {
+            return RawApi {
+                span: Some(node.span),
+                ..RawApi::default()
+            };
+        };
+        RawApi {
+            span: Some(node.span),
+            host: self.string(&fields, "host", path),
+            port: self.port(
+                &fields,
+                path,
+                "WSUS 3.0 serves its web services on 80/443 (default web site) or 8530/8531",
+            ),
+            tls: self.bool(&fields, "tls", path),
+            trust_cert: self.bool(&fields, "trust_cert", path),
+            ca_file: self.string(&fields, "ca_file", path).map(|s| Spanned {
+                value: PathBuf::from(s.value),
+                span: s.span,
+            }),
+            auth: fields.get("auth").and_then(|auth| {
+                Some(Spanned {
+                    value: self.auth(auth, &join(path, "auth"))?,
+                    span: auth.span,
+                })
+            }),
+        }
+    }
+
+    fn sql(&mut self, node: &Node, path: &str) -> RawSql {
+        let Some(fields) = self.fields(node, path, SQL_FIELDS) else {
+            return RawSql::default();
+        };
+        let port = self.port(&fields, path, "SQL Server listens on 1433");
         RawSql {
             span: Some(node.span),
             host: self.string(&fields, "host", path),

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use crate::diagnostic::Diagnostic;
-use crate::model::{Auth, KB954960_UPDATE_ID, Mode, SqlTarget};
+use crate::model::{ApiTarget, Auth, KB954960_UPDATE_ID, Mode, SqlTarget, Transport};
 use crate::schema::{
-    AuthMethod, RawAuth, RawServer, RawSql, RawTopology, SUGGESTIONS_PER_FILE, Spanned, suggest,
+    AuthMethod, RawApi, RawAuth, RawServer, RawSql, RawTopology, SUGGESTIONS_PER_FILE, Spanned,
+    suggest,
 };
 use crate::yaml::Span;
 
@@ -17,8 +18,17 @@ pub struct Checked {
     pub name: String,
     pub upstream: Option<usize>,
     pub mode: Mode,
-    pub sql: SqlTarget,
+    pub sql: Option<SqlTarget>,
+    pub api: Option<ApiTarget>,
+    pub transport: Transport,
     pub span: Span,
+}
+
+/// What every server inherits.
+struct Defaults<'a> {
+    sql: &'a RawSql,
+    api: &'a RawApi,
+    transport: Option<&'a Spanned<Transport>>,
 }
 
 #[derive(Debug)]
@@ -84,7 +94,12 @@ pub fn check(raw: RawTopology, diagnostics: &mut Vec<Diagnostic>) -> Option<Chec
         Some(list) => list.value,
     };
 
-    let checked = check_servers(servers, &raw.defaults, diagnostics);
+    let defaults = Defaults {
+        sql: &raw.defaults,
+        api: &raw.defaults_api,
+        transport: raw.defaults_transport.as_ref(),
+    };
+    let checked = check_servers(servers, &defaults, diagnostics);
     (diagnostics.len() == errors_before).then(|| CheckedTopology {
         update: update.unwrap_or_default(),
         servers: checked,
@@ -93,7 +108,7 @@ pub fn check(raw: RawTopology, diagnostics: &mut Vec<Diagnostic>) -> Option<Chec
 
 fn check_servers(
     servers: Vec<RawServer>,
-    defaults: &RawSql,
+    defaults: &Defaults<'_>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Vec<Checked> {
     // Paths are formatted only for an error: a valid 100,000-server file formats none.
@@ -170,23 +185,141 @@ fn check_servers(
 
     let mut checked = Vec::with_capacity(servers.len());
     for ((i, server), upstream) in servers.into_iter().enumerate().zip(upstream_of) {
-        let sql = check_sql(
-            server.sql.merged_over(defaults),
-            server.span,
-            i,
-            diagnostics,
-        );
-        if let (Some(name), Some(sql)) = (server.name, sql) {
+        // A server is reached the way(s) it writes; one that writes neither, through its SUSDB
+        // (version 1 before `api` existed). `defaults` only fill in keys.
+        let wrote_api = server.api.span.is_some();
+        let has_sql = server.sql.span.is_some() || !wrote_api;
+        let transport = check_transport(&server, has_sql, wrote_api, defaults, i, diagnostics);
+        let sql = has_sql.then(|| {
+            check_sql(
+                server.sql.merged_over(defaults.sql),
+                server.span,
+                i,
+                diagnostics,
+            )
+        });
+        let api =
+            wrote_api.then(|| check_api(server.api.merged_over(defaults.api), i, diagnostics));
+        if sql.as_ref().is_some_and(Option::is_none) || api.as_ref().is_some_and(Option::is_none) {
+            continue;
+        }
+        if let (Some(name), Some(transport)) = (server.name, transport) {
             checked.push(Checked {
                 name: name.value,
                 upstream,
                 mode: server.mode.map_or(Mode::Autonomous, |m| m.value),
-                sql,
+                sql: sql.flatten(),
+                api: api.flatten(),
+                transport,
                 span: server.span,
             });
         }
     }
     checked
+}
+
+/// The way a server is reached: the only one it gives, or `transport` (its own, else the
+/// defaults') when it gives both.
+fn check_transport(
+    server: &RawServer,
+    has_sql: bool,
+    has_api: bool,
+    defaults: &Defaults<'_>,
+    index: usize,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Transport> {
+    let path = format!("servers[{index}].transport");
+    let given = server.transport.as_ref();
+    let only = match (has_sql, has_api) {
+        (true, true) => {
+            return match given.or(defaults.transport) {
+                Some(t) => Some(t.value),
+                None => {
+                    let at = server.api.span.unwrap_or(server.span);
+                    diagnostics.push(
+                        Diagnostic::new(
+                            "both `sql` and `api` are given, and no `transport` chooses one",
+                            at,
+                            path,
+                        )
+                        .help(
+                            "add `transport: api` (the administration web service) or \
+                             `transport: sql` (the SUSDB), here or under `defaults`",
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        (false, true) => Transport::Api,
+        _ => Transport::Sql,
+    };
+    match given {
+        Some(t) if t.value != only => {
+            diagnostics.push(
+                Diagnostic::new(
+                    format!(
+                        "`transport: {}`, but the server has no `{}`",
+                        t.value, t.value
+                    ),
+                    t.span,
+                    path,
+                )
+                .help(format!(
+                    "add `{}: {{ host: ... }}` to this server, or write `transport: {only}`",
+                    t.value
+                )),
+            );
+            None
+        }
+        _ => Some(only),
+    }
+}
+
+fn check_api(api: RawApi, index: usize, diagnostics: &mut Vec<Diagnostic>) -> Option<ApiTarget> {
+    let path = &format!("servers[{index}].api");
+    let at = api.span.unwrap_or_default();
+    let Some(host) = api.host else {
+        diagnostics.push(
+            Diagnostic::new("missing `api.host`", at, format!("{path}.host")).help(
+                "add `api: { host: <the WSUS server's DNS name> }`: the host its \
+                 administration web service answers on",
+            ),
+        );
+        return None;
+    };
+    let auth = match api.auth {
+        None => Auth::Integrated,
+        Some(auth) => {
+            if let Some(method) = &auth.value.method
+                && method.value == AuthMethod::Sql
+            {
+                diagnostics.push(
+                    Diagnostic::new(
+                        "the web service does not take a SQL login",
+                        method.span,
+                        format!("{path}.auth.method"),
+                    )
+                    .help(
+                        "the administration web service uses Windows authentication: \
+                         `method: windows` with `user: 'DOMAIN\\user'` and a password source, \
+                         or `method: integrated`",
+                    ),
+                );
+                return None;
+            }
+            check_auth(auth, &format!("{path}.auth"), diagnostics)?
+        }
+    };
+    let tls = api.tls.is_none_or(|t| t.value);
+    Some(ApiTarget {
+        host: host.value,
+        port: api.port.map_or(if tls { 443 } else { 80 }, |p| p.value),
+        tls,
+        trust_cert: api.trust_cert.is_some_and(|t| t.value),
+        ca_file: api.ca_file.map(|c| c.value),
+        auth,
+    })
 }
 
 fn resolve_upstream(

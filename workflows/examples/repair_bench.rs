@@ -1,9 +1,13 @@
 //! The whole repair against an in-process lab, timed: makespan against its lower bound
 //! max(critical path, total work / N), and round trips per server (probe and verify included,
-//! the login excluded). Figures in BENCHMARKS.md.
+//! the login excluded; over the web service the login's last leg carries GetCurrentUserRole and
+//! counts). Figures in BENCHMARKS.md. The lab serves both transports; each server is reached the
+//! way its topology entry says.
 //!
 //!     cargo run --release --example gen_hierarchy -- 1000 4 > /tmp/h1000.yaml
 //!     cargo run --release -p workflows --example repair_bench -- /tmp/h1000.yaml 2 8 64 256
+//!     cargo run --release --example gen_hierarchy -- 1000 4 api > /tmp/h1000api.yaml
+//!     cargo run --release -p workflows --example repair_bench -- /tmp/h1000api.yaml 2 64
 //!
 //! Arguments: the topology, the lab's latency per round trip in ms, then one or more `--parallel`
 //! values, each run side by side on a fresh lab.
@@ -33,6 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let latency = Duration::from_millis(latency.parse()?);
     let selection = topology.select(&SelectOptions::default())?;
     let login = ("wsus_repair".to_string(), "bench-only".to_string());
+    let windows_login = ("BENCH\\wsus_repair".to_string(), "bench-only".to_string());
     println!(
         "{} servers, {} levels, {} ms per round trip",
         topology.servers().len(),
@@ -48,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 seed: Seed::Broken,
                 latency,
                 credentials: Some(login.clone()),
+                windows_login: Some(windows_login.clone()),
                 ..LabConfig::default()
             },
         )?;
@@ -57,12 +63,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let serving = lab.clone();
         let token = stop.clone();
         let server = tokio::spawn(async move { serving.serve(listener, token).await });
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api_addr = api_listener.local_addr()?;
+        let (serving, token) = (lab.clone(), stop.clone());
+        tokio::spawn(async move { serving.serve_api(api_listener, token).await });
         let state = tempfile::tempdir()?;
         let repair = Repair {
             update: topology.update().to_string(),
             connect: ConnectOptions {
                 connect_via: Some(addr),
                 lab_login: Some(login.clone()),
+                api_via: Some(api_addr),
+                lab_windows_login: Some(windows_login.clone()),
                 ..ConnectOptions::default()
             },
             admin: "bench".into(),

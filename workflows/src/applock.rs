@@ -7,6 +7,13 @@
 //! under idle timeouts each lock connection asks whether it still holds the lock
 //! (`APPLOCK_MODE`, which also keeps it busy); a lock found lost is taken again at once on a new
 //! connection; one that cannot be taken again stops the run from starting any further server.
+//!
+//! A top server reached through its web service has no such lock: ApiRemoting30 offers no lock
+//! operation, and the tool creates no server-side object to stand in for one. Its tree is
+//! guarded by the state directory's lock (one run per state directory) and by the probe, which
+//! refuses a replica another run left switched to autonomous (its mode disagrees with the
+//! topology); two operators on two machines are not excluded. [`HierarchyLock::unlocked_api`]
+//! names those tops so the run says so.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -24,6 +31,9 @@ pub struct HierarchyLock {
     pub locked: HashSet<String>,
     /// Top servers that could not be reached: nothing below them will be changed.
     pub unreachable: Vec<(String, String)>,
+    /// Top servers reached through their web service, which has no lock to take: their trees
+    /// run under the state directory's lock only.
+    pub unlocked_api: Vec<String>,
     connections: Vec<(String, Connection)>,
 }
 
@@ -114,12 +124,18 @@ impl HierarchyLock {
         let mut lock = HierarchyLock {
             locked: HashSet::new(),
             unreachable: Vec::new(),
+            unlocked_api: Vec::new(),
             connections: Vec::new(),
         };
         for name in tops {
             let Some(id) = topology.find(&name) else {
                 continue;
             };
+            if topology.server(id).transport == topology::Transport::Api {
+                lock.locked.insert(name.clone());
+                lock.unlocked_api.push(name);
+                continue;
+            }
             match take(topology.server(id), options).await {
                 Ok(Some(c)) => {
                     lock.locked.insert(name.clone());

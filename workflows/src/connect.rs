@@ -8,7 +8,7 @@ use std::time::Duration;
 use tiberius::{AuthMethod, Client, Config, EncryptionLevel, SqlBrowser};
 use tokio::net::TcpStream;
 use tokio_util::compat::TokioAsyncWriteCompatExt;
-use topology::{Auth, Encrypt, SecretSource, Server};
+use topology::{Auth, Encrypt, SecretSource, Server, SqlTarget};
 
 use crate::db::{Connection, DbError, Transport};
 
@@ -24,8 +24,14 @@ pub struct ConnectOptions {
     /// The limit for one command's round trip.
     pub command_timeout: Duration,
     /// Log every server in with this SQL login instead of its own `auth`: only `rehearse` sets
-    /// it, for the lab it starts itself (which has no Windows accounts).
+    /// it, for the lab it starts itself.
     pub lab_login: Option<(String, String)>,
+    /// Send every web-service connection here (a lab) while each request still names its own
+    /// server's `api.host`.
+    pub api_via: Option<SocketAddr>,
+    /// Log every web service in with this Windows account (`DOMAIN\user`) instead of its own
+    /// `auth`: only `rehearse` sets it, for its lab.
+    pub lab_windows_login: Option<(String, String)>,
 }
 
 impl Default for ConnectOptions {
@@ -36,6 +42,8 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(15),
             command_timeout: Duration::from_secs(60),
             lab_login: None,
+            api_via: None,
+            lab_windows_login: None,
         }
     }
 }
@@ -62,6 +70,14 @@ pub enum SettingsError {
     )]
     AuthUnavailable(&'static str),
     #[error(
+        "`api.auth.method: integrated` works only when wsus-reset runs on Windows: use `method: windows` (NTLM with a user and a password source)"
+    )]
+    ApiAuthUnavailable,
+    #[error("NTLM: {0}")]
+    Ntlm(String),
+    #[error("{0} is reached through its web service (`api`): it has no `sql` to connect to")]
+    NoSql(String),
+    #[error(
         "`sql.pipe` (a local named pipe) works only when wsus-reset runs on that Windows server itself: run it there, or use `export-sql` for this server"
     )]
     PipeUnavailable,
@@ -74,7 +90,9 @@ pub enum SettingsError {
 /// The tiberius configuration for `server`. Reading the password is deferred to here, so a
 /// secret lives only as long as a connection attempt.
 pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, SettingsError> {
-    let sql = &server.sql;
+    let sql = server
+        .via_sql()
+        .ok_or_else(|| SettingsError::NoSql(server.name.clone()))?;
     let via_pipe = sql.pipe.is_some() && options.connect_via.is_none();
     if via_pipe && !cfg!(windows) {
         return Err(SettingsError::PipeUnavailable);
@@ -87,8 +105,8 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
     }
     config.database(&sql.database);
     config.application_name("wsus-reset");
-    config.encryption(encryption(server, options)?);
-    if let Some(ca) = lab_ca(server, options) {
+    config.encryption(encryption(sql, options)?);
+    if let Some(ca) = lab_ca(sql, options) {
         // A lab's certificate, validated against the lab's authority. The base store is the
         // compiled-in one: tiberius reads the whole OS store again for every connection, which
         // made a rehearsal of 1,000 servers ten times slower, and no OS root signs a lab.
@@ -131,12 +149,15 @@ pub fn missing_secrets<'a>(
     options: &ConnectOptions,
 ) -> Vec<(String, Vec<String>)> {
     let mut problems: Vec<(String, Vec<String>)> = Vec::new();
-    if options.lab_login.is_some() {
-        return problems;
-    }
     for server in servers {
-        let (Auth::Sql { user, password } | Auth::Windows { user, password }) = &server.sql.auth
-        else {
+        let auth = match (server.via_sql(), server.via_api()) {
+            (Some(_), _) if options.lab_login.is_some() => continue,
+            (_, Some(_)) if options.lab_windows_login.is_some() => continue,
+            (Some(sql), _) => &sql.auth,
+            (_, Some(api)) => &api.auth,
+            (None, None) => continue,
+        };
+        let (Auth::Sql { user, password } | Auth::Windows { user, password }) = auth else {
             continue;
         };
         if let Err(e) = read_secret(user, password) {
@@ -152,22 +173,21 @@ pub fn missing_secrets<'a>(
 
 /// The authority of a lab with a certificate, when this server is reached through it (a
 /// server given as a local pipe stays plaintext, as it would be on its own machine).
-fn lab_ca<'a>(server: &Server, options: &'a ConnectOptions) -> Option<&'a PathBuf> {
+fn lab_ca<'a>(sql: &SqlTarget, options: &'a ConnectOptions) -> Option<&'a PathBuf> {
     options
         .connect_via_ca
         .as_ref()
-        .filter(|_| server.sql.pipe.is_none())
+        .filter(|_| sql.pipe.is_none())
 }
 
 /// The encryption a connection asks for: the server's `encrypt`, except towards a plaintext
 /// lab on loopback (no `connect_via_ca`) and over a local pipe.
-fn encryption(server: &Server, options: &ConnectOptions) -> Result<EncryptionLevel, SettingsError> {
-    let sql = &server.sql;
+fn encryption(sql: &SqlTarget, options: &ConnectOptions) -> Result<EncryptionLevel, SettingsError> {
     // A loopback socket or a local pipe never leaves the machine, and WID has no certificate a
     // client could validate; a lab given a certificate (and its authority here) encrypts as
     // production does.
     let via_pipe = sql.pipe.is_some() && options.connect_via.is_none();
-    let lab_tls = lab_ca(server, options).is_some();
+    let lab_tls = lab_ca(sql, options).is_some();
     let loopback = options.connect_via.map(|a| a.ip().is_loopback());
     Ok(match sql.encrypt {
         _ if via_pipe || (loopback == Some(true) && !lab_tls) => EncryptionLevel::NotSupported,
@@ -183,7 +203,7 @@ fn encryption(server: &Server, options: &ConnectOptions) -> Result<EncryptionLev
     })
 }
 
-fn read_secret(user: &str, source: &SecretSource) -> Result<String, SettingsError> {
+pub(crate) fn read_secret(user: &str, source: &SecretSource) -> Result<String, SettingsError> {
     match source {
         SecretSource::Env(var) => std::env::var(var).map_err(|_| SettingsError::MissingEnv {
             user: user.into(),
@@ -202,7 +222,7 @@ fn read_secret(user: &str, source: &SecretSource) -> Result<String, SettingsErro
 /// The TCP connection: to `--connect-via`, through SQL Browser for a named instance, or to
 /// host:port.
 async fn tcp(
-    server: &Server,
+    sql: &SqlTarget,
     config: &Config,
     options: &ConnectOptions,
 ) -> Result<Box<dyn Transport>, DbError> {
@@ -210,7 +230,7 @@ async fn tcp(
         Some(addr) => TcpStream::connect(addr).await.map_err(|e| {
             DbError::transient(format!("cannot connect to {addr} (--connect-via): {e}"))
         })?,
-        None if server.sql.instance.is_some() => TcpStream::connect_named(config).await?,
+        None if sql.instance.is_some() => TcpStream::connect_named(config).await?,
         None => TcpStream::connect(config.get_addr()).await.map_err(|e| {
             DbError::transient(format!("cannot connect to {}: {e}", config.get_addr()))
         })?,
@@ -241,28 +261,30 @@ async fn pipe(name: &str) -> Result<Box<dyn Transport>, DbError> {
 /// Opens and logs in, within the connect timeout.
 pub async fn connect(server: &Server, options: &ConnectOptions) -> Result<Connection, DbError> {
     let config = config(server, options).map_err(|e| DbError::permanent(e.to_string()))?;
+    let sql = server
+        .via_sql()
+        .ok_or_else(|| DbError::permanent(SettingsError::NoSql(server.name.clone()).to_string()))?;
     let attempt = async {
         #[cfg(windows)]
-        let stream = match (&server.sql.pipe, options.connect_via) {
+        let stream = match (&sql.pipe, options.connect_via) {
             (Some(name), None) => pipe(name).await?,
-            _ => tcp(server, &config, options).await?,
+            _ => tcp(sql, &config, options).await?,
         };
         #[cfg(not(windows))]
-        let stream = tcp(server, &config, options).await?;
+        let stream = tcp(sql, &config, options).await?;
         Ok::<_, DbError>(Client::connect(config, stream.compat_write()).await?)
     };
     tokio::time::timeout(options.connect_timeout, attempt)
         .await
         .map_err(|_| DbError::timeout("connecting", options.connect_timeout))?
         .map_err(|e| DbError {
-            message: format!("login to {}: {}", describe(server), e.message),
+            message: format!("login to {}: {}", describe(sql), e.message),
             ..e
         })
 }
 
 /// `host\instance:port/database`, for messages.
-pub fn describe(server: &Server) -> String {
-    let sql = &server.sql;
+pub fn describe(sql: &SqlTarget) -> String {
     let mut text = sql
         .host
         .clone()
@@ -298,7 +320,9 @@ mod tests {
             ..ConnectOptions::default()
         };
         let level = |sql: &str, options: &ConnectOptions| {
-            encryption(&server(sql), options).map_err(|e| e.to_string())
+            let s = server(sql);
+            encryption(s.sql.as_ref().unwrap_or_else(|| panic!("sql")), options)
+                .map_err(|e| e.to_string())
         };
         let required = "{ host: h }";
         let plain = "{ host: h, encrypt: danger-plaintext }";

@@ -23,7 +23,8 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::
 /// A connection to one server's SUSDB.
 pub type Connection = Client<Compat<Box<dyn Transport>>>;
 
-/// A failed database call, already sorted into worth-retrying or not.
+/// A failed call to a server (its SUSDB or its web service), already sorted into worth-retrying
+/// or not.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct DbError {
@@ -139,6 +140,7 @@ impl Approval {
 /// What the probe reads, in one round trip (`susdb::sql::PROBE`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observed {
+    /// The SQL Server's version; empty for a server read through its web service.
     pub sql_version: String,
     pub schema_version: Option<i32>,
     pub replica: bool,

@@ -87,6 +87,35 @@ impl Step {
             }
         }
     }
+    /// What this step does to a server reached through its web service (ApiRemoting30).
+    pub fn api_effect(self) -> &'static str {
+        match self {
+            Step::Probe => {
+                "read-only: GetCurrentUserRole (stops the server unless the account is a WSUS \
+                 administrator), ExecuteSPGetConfiguration (ReplicaMode, upstream), \
+                 ExecuteSPGetRevisions and ExecuteSPGetDeploymentsByUpdate1 for each revision; \
+                 stops the server if it disagrees with the topology"
+            }
+            Step::SwitchToAutonomous => {
+                "records the original mode in the journal, then ExecuteSPSetConfiguration with \
+                 the configuration row as read and ReplicaMode false, and reads it back"
+            }
+            Step::Decline => "ExecuteSPDeclineUpdate, failIfReplica true (IUpdate.Decline)",
+            Step::Approve => {
+                "ExecuteSPDeployUpdate1: the highest revision flagged latest, action 2 (not \
+                 approved / detect only), All Computers, the console's no-deadline value, \
+                 isAssigned true (IUpdate.Approve)"
+            }
+            Step::RestoreReplica => {
+                "ExecuteSPSetConfiguration with ReplicaMode true, read back; runs whenever \
+                 switch-to-autonomous ran, even after a failure"
+            }
+            Step::Verify => {
+                "read-only: as the probe; the update is declined, no computer-group approval \
+                 remains, and the mode equals the original"
+            }
+        }
+    }
 }
 
 impl fmt::Display for Step {

@@ -3,12 +3,14 @@
 //! that sends SQL; [`connect`]), the engine workflow ([`repair`]) and the read-only survey of
 //! many servers at once ([`survey`]) behind `plan --online` and `verify`.
 
+pub mod api;
 pub mod applock;
 pub mod connect;
 pub mod db;
 pub mod export;
 pub mod kb954960;
 pub mod plan;
+pub mod reach;
 pub mod repair;
 pub mod survey;
 

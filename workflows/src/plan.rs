@@ -18,6 +18,15 @@ pub const PLAN_VERSION: u32 = 1;
 const UNREACHABLE: &str = "UNREACHABLE";
 const WILL_FAIL: &str = "WILL FAIL";
 
+/// How `server` is reached, in words for the plan's reviewers.
+fn via(server: &topology::Server) -> String {
+    match (server.via_sql(), server.via_api()) {
+        (Some(sql), _) => format!("SUSDB {}", crate::connect::describe(sql)),
+        (_, Some(api)) => format!("web service {}", api.origin()),
+        (None, None) => String::new(),
+    }
+}
+
 /// A path for people: relative to the working directory when it lies below it (the plan keeps
 /// the absolute path, for `apply` from any directory).
 fn shown_path(path: &str) -> String {
@@ -50,6 +59,9 @@ pub struct PlannedServer {
     pub upstream: Option<String>,
     pub mode: Mode,
     pub depth: u32,
+    /// How the server is reached: `SUSDB host:port/database` or `web service https://host:port`.
+    #[serde(default)]
+    pub via: String,
     pub steps: Vec<Step>,
     /// Selected without its upstream (`--allow-partial`): the top-down guarantee does not hold.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -76,6 +88,7 @@ impl Plan {
                     upstream: server.upstream.clone(),
                     mode: server.mode,
                     depth: server.depth,
+                    via: via(server),
                     steps: steps_for(server.mode),
                     upstream_not_selected: selection.is_partial(id),
                     observed: None,
@@ -107,9 +120,13 @@ impl Plan {
                 ),
                 (None, true) => match &found.observed {
                     Some(o) => format!(
-                        "{}, SQL Server {}: {}",
+                        "{}, {}: {}",
                         if o.replica { "replica" } else { "autonomous" },
-                        o.sql_version,
+                        if o.sql_version.is_empty() {
+                            "through its web service".to_string()
+                        } else {
+                            format!("SQL Server {}", o.sql_version)
+                        },
                         found.verdict
                     ),
                     None => found.verdict.clone(),
@@ -184,6 +201,11 @@ impl Plan {
                 &format!("{name} upstream"),
                 format!("{:?}", saved.upstream),
                 format!("{:?}", now.upstream),
+            );
+            field(
+                &format!("{name} reached"),
+                saved.via.clone(),
+                now.via.clone(),
             );
             if saved.observed != now.observed {
                 field(
@@ -284,6 +306,9 @@ impl Plan {
                 s.depth,
                 s.mode.as_str(),
             );
+            if !s.via.is_empty() {
+                let _ = writeln!(out, "      via {}", s.via);
+            }
             if let Some(verdict) = &s.verdict {
                 let _ = writeln!(out, "      observed: {verdict}");
             }
@@ -339,7 +364,7 @@ impl Plan {
             let _ = writeln!(out, "### Level {depth}\n");
             let _ = writeln!(
                 out,
-                "| # | Server | Upstream | Mode | Steps |\n|---|---|---|---|---|"
+                "| # | Server | Upstream | Mode | Reached through | Steps |\n|---|---|---|---|---|---|"
             );
             for (k, s) in self.servers[level_start..level_end].iter().enumerate() {
                 let steps: Vec<&str> = s.steps.iter().map(|step| step.as_str()).collect();
@@ -355,10 +380,11 @@ impl Plan {
                     .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {upstream} | {} | {}{observed} |",
+                    "| {} | {} | {upstream} | {} | {} | {}{observed} |",
                     level_start + k + 1,
                     s.name,
                     s.mode,
+                    s.via,
                     steps.join(" → ")
                 );
             }
@@ -366,13 +392,21 @@ impl Plan {
             level_start = level_end;
         }
 
-        let _ = writeln!(out, "## What each step changes in SUSDB\n");
-        let _ = writeln!(out, "| Step | Effect |\n|---|---|");
+        let _ = writeln!(out, "## What each step changes\n");
+        let _ = writeln!(
+            out,
+            "| Step | Through the SUSDB | Through the web service |\n|---|---|---|"
+        );
         let mut listed = Vec::new();
         for step in steps_for(Mode::Replica) {
             if !listed.contains(&step) {
                 listed.push(step);
-                let _ = writeln!(out, "| `{step}` | {} |", step.effect());
+                let _ = writeln!(
+                    out,
+                    "| `{step}` | {} | {} |",
+                    step.effect(),
+                    step.api_effect()
+                );
             }
         }
         out.push('\n');

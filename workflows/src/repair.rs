@@ -1,5 +1,6 @@
 //! The KB 954960 repair as an engine [`Workflow`]: each step of [`crate::kb954960`] run over a
-//! server's SUSDB connection, and how each mutation is observed for retries and resume.
+//! server's session (its SUSDB or its web service, through the [`WsusServer`] port), and how each
+//! mutation is observed for retries and resume.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,9 +8,10 @@ use std::sync::Arc;
 use engine::{StepContext, StepError, StepOutput, StepSpec, Workflow};
 use topology::{Mode, Server};
 
-use crate::connect::{ConnectOptions, connect};
-use crate::db::{self, Connection, DbError, Observed};
+use crate::connect::ConnectOptions;
+use crate::db::{self, DbError, Observed};
 use crate::kb954960::{Step, steps_for};
+use crate::reach::{self, Session, WsusServer};
 
 /// The facts the probe journals before the first change: what undo and resume rely on.
 pub mod facts {
@@ -117,7 +119,7 @@ fn same_host(a: &str, b: &str) -> bool {
     a == b || a.split('.').next() == b.split('.').next() && (a.contains('.') != b.contains('.'))
 }
 
-/// The KB 954960 repair over SUSDB.
+/// The KB 954960 repair, over whichever transport each server's topology entry chose.
 #[derive(Debug, Clone)]
 pub struct Repair {
     pub update: String,
@@ -157,11 +159,11 @@ fn step_of(spec: &StepSpec) -> Result<Step, StepError> {
 }
 
 impl Repair {
-    async fn probe(&self, c: &mut Connection) -> Result<Observed, StepError> {
+    async fn probe(&self, c: &mut Session) -> Result<Observed, StepError> {
         timed(
             self.connect.command_timeout,
             "the probe",
-            db::probe(c, &self.update),
+            c.probe(&self.update),
         )
         .await
     }
@@ -186,7 +188,7 @@ impl Repair {
 }
 
 impl Workflow for Repair {
-    type Session = Connection;
+    type Session = Session;
 
     fn steps(&self, server: &Server) -> Vec<StepSpec> {
         let steps = steps_for(server.mode);
@@ -201,13 +203,15 @@ impl Workflow for Repair {
             .collect()
     }
 
-    async fn open(&self, server: &Server) -> Result<Connection, StepError> {
-        connect(server, &self.connect).await.map_err(to_step_error)
+    async fn open(&self, server: &Server) -> Result<Session, StepError> {
+        reach::open(server, &self.connect)
+            .await
+            .map_err(to_step_error)
     }
 
     async fn run(
         &self,
-        c: &mut Connection,
+        c: &mut Session,
         server: &Server,
         spec: &StepSpec,
         context: &StepContext,
@@ -216,8 +220,7 @@ impl Workflow for Repair {
         match step_of(spec)? {
             Step::Probe => {
                 self.lock_check(server)?;
-                let differences =
-                    timed(limit, "the catalog read", db::signature_differences(c)).await?;
+                let differences = timed(limit, "the pre-flight read", c.refusals()).await?;
                 if !differences.is_empty() {
                     return Err(StepError::permanent(format!(
                         "nothing changed: {}",
@@ -263,8 +266,7 @@ impl Workflow for Repair {
             }
             Step::SwitchToAutonomous | Step::RestoreReplica => {
                 let replica = step_of(spec)? == Step::RestoreReplica;
-                let now =
-                    timed(limit, spec.name.as_str(), db::set_replica_mode(c, replica)).await?;
+                let now = timed(limit, spec.name.as_str(), c.set_replica_mode(replica)).await?;
                 if now == replica {
                     Ok(StepOutput::default())
                 } else {
@@ -276,12 +278,7 @@ impl Workflow for Repair {
                 }
             }
             Step::Decline => {
-                timed(
-                    limit,
-                    "spDeclineUpdate",
-                    db::decline(c, &self.update, &self.admin),
-                )
-                .await?;
+                timed(limit, "the decline", c.decline(&self.update, &self.admin)).await?;
                 Ok(StepOutput::default())
             }
             Step::Approve => {
@@ -293,8 +290,8 @@ impl Workflow for Repair {
                     .ok_or_else(|| StepError::permanent("the probe recorded no latest revision"))?;
                 timed(
                     limit,
-                    "spDeployUpdate",
-                    db::approve_detect_only(c, &self.update, revision, &self.admin),
+                    "the approval",
+                    c.approve_detect_only(&self.update, revision, &self.admin),
                 )
                 .await?;
                 Ok(StepOutput::note(format!("revision {revision}")))
@@ -319,7 +316,7 @@ impl Workflow for Repair {
 
     async fn took_effect(
         &self,
-        c: &mut Connection,
+        c: &mut Session,
         _server: &Server,
         spec: &StepSpec,
         context: &StepContext,

@@ -1,12 +1,14 @@
 //! The read-only survey: the probe on many servers at once, bounded, for `plan --online` and
-//! `verify`. It sends nothing but the probe.
+//! `verify`, over each server's transport. It sends nothing but the probe (and its pre-flight
+//! reads).
 
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use topology::{Selection, Topology};
 
-use crate::connect::{ConnectOptions, connect};
+use crate::connect::ConnectOptions;
 use crate::db::{self, Observed};
+use crate::reach::{self, WsusServer};
 use crate::repair::{Verdict, mismatches};
 
 /// One server as the survey found it.
@@ -41,15 +43,15 @@ pub async fn survey(
         let update = update.clone();
         async move {
             let read = async {
-                let mut c = connect(&server, options).await?;
+                let mut c = reach::open(&server, options).await?;
                 let limit = options.command_timeout;
-                let differences = tokio::time::timeout(limit, db::signature_differences(&mut c))
+                let differences = tokio::time::timeout(limit, c.refusals())
                     .await
-                    .map_err(|_| db::DbError::timeout("the catalog read", limit))??;
+                    .map_err(|_| db::DbError::timeout("the pre-flight read", limit))??;
                 if !differences.is_empty() {
                     return Ok(Err(differences));
                 }
-                let observed = tokio::time::timeout(limit, db::probe(&mut c, &update))
+                let observed = tokio::time::timeout(limit, c.probe(&update))
                     .await
                     .map_err(|_| db::DbError::timeout("the probe", limit))??;
                 Ok::<_, db::DbError>(Ok(observed))

@@ -1,0 +1,255 @@
+//! A hierarchy mixing servers reached through their SUSDB and servers reached through their
+//! administration web service (as WID servers are), against one lab serving both: planned online,
+//! repaired, interrupted and resumed, verified. What each test checks is what the lab's state
+//! file says the servers hold, and which transport each call came over.
+
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::repair::{LabProcess, assert_all_repaired, calls, text};
+
+/// The test hierarchy of `repair.rs` (same names, same replicas), with r1, r1a and r2a reached
+/// through their web service and r2b giving both ways and choosing the web service.
+const MIXED: &str = "\
+version: 1
+defaults:
+  sql:
+    auth: { method: sql, user: wsus_repair, password_env: WSUS_RESET_TEST_PW }
+  api:
+    port: 8530
+    tls: false
+    auth: { method: windows, user: 'CORP\\wsus_repair', password_env: WSUS_RESET_TEST_PW }
+servers:
+  - name: hq
+    sql: { host: sql-hq.test.example }
+  - name: r1
+    upstream: hq
+    api: { host: r1.test.example }
+  - name: r1a
+    upstream: r1
+    mode: replica
+    api: { host: r1a.test.example }
+  - name: r2
+    upstream: hq
+    mode: replica
+    sql: { host: sql-r2.test.example }
+  - name: r2a
+    upstream: r2
+    mode: replica
+    api: { host: r2a.test.example }
+  - name: r2b
+    upstream: r2
+    transport: api
+    sql: { host: sql-r2b.test.example }
+    api: { host: r2b.test.example }
+";
+
+const API_SERVERS: &[&str] = &["r1", "r1a", "r2a", "r2b"];
+
+fn mixed_lab(seed: &str, faults: &str, latency_ms: u64) -> LabProcess {
+    LabProcess::start_extra(
+        MIXED,
+        seed,
+        faults,
+        latency_ms,
+        &[
+            "--api-listen",
+            "127.0.0.1:0",
+            "--api-reporter",
+            "CORP\\reporter",
+        ],
+    )
+}
+
+/// Only the web service's operations on an API server, only procedures on a SQL server.
+fn assert_each_server_used_its_own_transport(servers: &serde_json::Map<String, Value>) {
+    for (name, server) in servers {
+        for call in calls(server) {
+            let over_api = call.starts_with("ExecuteSP");
+            assert_eq!(
+                over_api,
+                API_SERVERS.contains(&name.as_str()),
+                "{name} got {call} over the wrong transport"
+            );
+        }
+    }
+}
+
+const API_REPLICA_CALLS: &[&str] = &[
+    "ExecuteSPSetConfiguration",
+    "ExecuteSPDeclineUpdate",
+    "ExecuteSPDeployUpdate1",
+    "ExecuteSPDeclineUpdate",
+    "ExecuteSPSetConfiguration",
+];
+
+#[test]
+fn a_mixed_hierarchy_is_planned_online_repaired_and_verified_over_both_transports() {
+    let lab = mixed_lab("broken", "faults: []\n", 0);
+    let plan = lab.run(&["plan", "hierarchy.yaml", "--online", "--out", "plan.json"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let said = text(&plan);
+    assert_eq!(
+        said.matches("through its web service: BROKEN").count(),
+        4,
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("SQL Server 9.00.4035.00: BROKEN").count(),
+        2,
+        "{said}"
+    );
+    let before = lab.run(&["verify", "hierarchy.yaml"]);
+    assert_eq!(before.status.code(), Some(1), "{}", text(&before));
+
+    let out = lab.run(&["apply", "plan.json", "--yes", "--state-dir", "state"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let servers = lab.servers();
+    assert_all_repaired(&servers);
+    assert_each_server_used_its_own_transport(&servers);
+    assert_eq!(calls(&servers["r1a"]), API_REPLICA_CALLS);
+    // The replica switch echoed the whole row and wrote ReplicaMode false, then true.
+    let switches: Vec<&Value> = servers["r2a"]["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .filter(|c| c["procedure"] == "ExecuteSPSetConfiguration")
+        .map(|c| &c["params"]["ReplicaMode"])
+        .collect();
+    assert_eq!(switches, [&Value::Bool(false), &Value::Bool(true)]);
+    // The approval went on the latest revision, "not approved", All Computers, no deadline.
+    let approve = servers["r1"]["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .find(|c| c["procedure"] == "ExecuteSPDeployUpdate1")
+        .expect("r1 was approved");
+    assert_eq!(approve["params"]["deploymentAction"], 2, "{approve}");
+    assert_eq!(approve["params"]["deadline"], "9999-12-31T23:59:59.997");
+    assert_eq!(
+        approve["params"]["targetGroupId"],
+        "A0A08746-4DBE-4A37-9ADF-9E7652C0B421"
+    );
+
+    let verify = lab.run(&["verify", "hierarchy.yaml"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+}
+
+#[test]
+fn a_mixed_run_killed_or_interrupted_is_finished_by_resume_with_every_replica_switched_back() {
+    for (k, (signal, records)) in [("-KILL", 14usize), ("-INT", 14), ("-KILL", 30)]
+        .into_iter()
+        .enumerate()
+    {
+        let lab = mixed_lab("broken", "faults: []\n", 15);
+        let mut apply = lab
+            .command(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("apply starts");
+        crate::repair::wait_for_journal_records(&lab.path("state/runs"), records, &mut apply);
+        let status = Command::new("kill")
+            .args([signal, &apply.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let out = apply.wait_with_output().expect("apply ends");
+        let servers = lab.servers();
+        assert!(
+            servers.values().any(|s| !calls(s).is_empty()),
+            "case {k}: the signal came before any change: nothing was tested"
+        );
+        if signal == "-INT" {
+            // Ctrl-C: steps in flight finish, every switched replica is switched back, exit 4.
+            assert_eq!(out.status.code(), Some(4), "case {k}: {}", text(&out));
+            assert!(text(&out).contains("--api-via"), "case {k}: {}", text(&out));
+            for name in ["r1a", "r2", "r2a"] {
+                assert_eq!(
+                    servers[name]["replica_mode"], true,
+                    "case {k}: {name} left autonomous"
+                );
+            }
+        }
+        let resumed = lab.run(&["resume", "--state-dir", "state"]);
+        assert_eq!(
+            resumed.status.code(),
+            Some(0),
+            "case {k}: {}",
+            text(&resumed)
+        );
+        assert!(
+            text(&resumed).contains("resuming run"),
+            "case {k}: {}",
+            text(&resumed)
+        );
+        let servers = lab.servers();
+        assert_all_repaired(&servers);
+        assert_each_server_used_its_own_transport(&servers);
+        for (name, server) in &servers {
+            let approvals = calls(server)
+                .iter()
+                .filter(|c| {
+                    c.starts_with("spDeployUpdate") || c.starts_with("ExecuteSPDeployUpdate")
+                })
+                .count();
+            assert_eq!(approvals, 1, "case {k}: {name} approved {approvals} times");
+        }
+        let verify = lab.run(&["verify", "hierarchy.yaml"]);
+        assert_eq!(verify.status.code(), Some(0), "case {k}: {}", text(&verify));
+    }
+}
+
+#[test]
+fn lost_answers_and_deadlocks_over_the_web_service_are_retried_without_doing_anything_twice() {
+    let faults = "\
+faults:
+  - { server: r1a, target: ExecuteSPDeclineUpdate, nth: 1, drop: after }
+  - { server: r1a, target: ExecuteSPSetConfiguration, nth: 2, drop: before }
+  - { server: r2a, target: ExecuteSPDeployUpdate1, nth: 1, error: 1205 }
+";
+    let lab = mixed_lab("broken", faults, 0);
+    let out = lab.apply("state");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let servers = lab.servers();
+    assert_all_repaired(&servers);
+    assert_eq!(calls(&servers["r1a"]), API_REPLICA_CALLS);
+    assert_eq!(calls(&servers["r2a"]), API_REPLICA_CALLS);
+}
+
+#[test]
+fn a_user_outside_the_wsus_administrators_or_a_wrong_password_changes_nothing_and_says_so() {
+    let lab = mixed_lab("broken", "faults: []\n", 0);
+    let reporter = MIXED.replace(
+        "api: { host: r1.test.example }",
+        "api: { host: r1.test.example, auth: { method: windows, user: 'CORP\\reporter', password_env: WSUS_RESET_TEST_PW } }",
+    );
+    std::fs::write(lab.path("reporter.yaml"), reporter).expect("written");
+    let out = lab.run(&["apply", "reporter.yaml", "--yes", "--state-dir", "state"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("CORP\\reporter is not a WSUS administrator on r1"),
+        "{}",
+        text(&out)
+    );
+    // r1 and its subtree untouched, the rest repaired.
+    let servers = lab.servers();
+    for name in ["r1", "r1a"] {
+        assert!(calls(&servers[name]).is_empty(), "{name} was changed");
+    }
+    for name in ["hq", "r2", "r2a", "r2b"] {
+        crate::repair::assert_repaired(&servers, name);
+    }
+
+    let mut wrong = lab.command(&["verify", "hierarchy.yaml", "--only", "r1"]);
+    let out = wrong
+        .env("WSUS_RESET_TEST_PW", "not-the-password")
+        .output()
+        .expect("runs");
+    assert!(
+        text(&out).contains("login failed for CORP\\wsus_repair (HTTP 401)"),
+        "{}",
+        text(&out)
+    );
+}
