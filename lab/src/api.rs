@@ -62,14 +62,21 @@ pub const OPERATIONS: &[&str] = &[
     "ExecuteSPGetDeploymentsByUpdate1",
 ];
 
-/// The configuration row's elements the lab serves, in order; a row written back must hold each.
+/// The configuration row's elements the lab serves, in the order of the real server's WSDL
+/// (`ConfigurationTableRow`, W1); a row written back must hold each it was served.
+/// `UpstreamServerName` is `minOccurs="0"`: absent for a server that syncs from Microsoft Update,
+/// as .NET's serializer omits a null string.
 const ROW: &[&str] = &[
+    "configurationChangeNumber",
+    "LastConfigChange",
+    "ServerId",
     "SyncToMU",
     "UpstreamServerName",
     "ServerPortNumber",
     "UpstreamServerUseSsl",
+    "AutoRefreshDeployments",
+    "DoDetailedRollup",
     "ReplicaMode",
-    "ServerId",
 ];
 
 /// A request's parameters: an element's text, or the children of a structured one (`id`,
@@ -450,20 +457,7 @@ fn operate(
                 None,
             ))
         }
-        "ExecuteSPGetConfiguration" => Ok((
-            Answer::Configuration(vec![
-                ("SyncToMU", db.upstream_server_name.is_none().to_string()),
-                (
-                    "UpstreamServerName",
-                    db.upstream_server_name.clone().unwrap_or_default(),
-                ),
-                ("ServerPortNumber", db.upstream_port.to_string()),
-                ("UpstreamServerUseSsl", "false".into()),
-                ("ReplicaMode", db.replica_mode.to_string()),
-                ("ServerId", server_id(server)),
-            ]),
-            None,
-        )),
+        "ExecuteSPGetConfiguration" => Ok((Answer::Configuration(row_of(server, db)), None)),
         "ExecuteSPSetConfiguration" => {
             let row = params.nested.get("row").ok_or_else(|| {
                 (
@@ -472,12 +466,25 @@ fn operate(
                     "Value cannot be null.\nParameter name: row".to_string(),
                 )
             })?;
-            // Harsher than known: the whole row read must come back.
-            if let Some(missing) = ROW.iter().find(|e| !row.contains_key(**e)) {
+            // Harsher than known: the whole row read must come back, and it must be the row as
+            // it is now. `configurationChangeNumber` reads as a change counter [I]: a row read
+            // before another write is refused, as optimistic concurrency would.
+            let served = row_of(server, db);
+            if let Some((missing, _)) = served.iter().find(|(e, _)| !row.contains_key(*e)) {
                 return Err((
                     true,
                     "System.ArgumentException",
                     format!("The configuration row lacks {missing}: write back every element read"),
+                ));
+            }
+            let current = db.config_change_number.to_string();
+            if row.get("configurationChangeNumber") != Some(&current) {
+                return Err((
+                    false,
+                    "System.InvalidOperationException",
+                    format!(
+                        "The configuration was changed since it was read (configurationChangeNumber {current}): read it again"
+                    ),
                 ));
             }
             let replica = match row.get("ReplicaMode").map(String::as_str) {
@@ -495,6 +502,7 @@ fn operate(
                 }
             };
             db.set_replica_mode(replica);
+            db.config_change_number += 1;
             Ok((
                 Answer::Empty,
                 Some(call(true, &[("ReplicaMode", replica.into())])),
@@ -604,6 +612,28 @@ fn operate(
             format!("the lab does not serve the operation {other}"),
         )),
     }
+}
+
+/// The configuration row as the lab serves it (see [`ROW`]).
+fn row_of(server: &str, db: &ServerDb) -> Vec<(&'static str, String)> {
+    let mut row = vec![
+        ("configurationChangeNumber", db.config_change_number.to_string()),
+        ("LastConfigChange", "2009-03-27T10:55:29".into()),
+        ("ServerId", server_id(server)),
+        ("SyncToMU", db.upstream_server_name.is_none().to_string()),
+    ];
+    if let Some(upstream) = &db.upstream_server_name {
+        row.push(("UpstreamServerName", upstream.clone()));
+    }
+    row.extend([
+        ("ServerPortNumber", db.upstream_port.to_string()),
+        ("UpstreamServerUseSsl", "false".into()),
+        ("AutoRefreshDeployments", "true".into()),
+        ("DoDetailedRollup", "false".into()),
+        ("ReplicaMode", db.replica_mode.to_string()),
+    ]);
+    debug_assert!(row.iter().all(|(name, _)| ROW.contains(name)));
+    row
 }
 
 /// The update's revisions as `minimalProperties` rows (W4 and W3 agree on the indexes used: 0

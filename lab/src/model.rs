@@ -75,6 +75,9 @@ pub struct ServerDb {
     pub dead_deployments: Vec<Deployment>,
     pub next_deployment_id: i32,
     pub calls: Vec<Call>,
+    /// `configurationChangeNumber` of the configuration row: counts the web service's writes.
+    #[serde(default)]
+    pub config_change_number: i64,
 }
 
 /// Why a procedure refused: a SQL Server error number and message.
@@ -131,6 +134,7 @@ impl ServerDb {
             dead_deployments: Vec::new(),
             next_deployment_id: base + 500,
             calls: Vec::new(),
+            config_change_number: 1,
         };
         let variant = match seed {
             Seed::Broken => 0,
