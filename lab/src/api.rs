@@ -617,7 +617,10 @@ fn operate(
 /// The configuration row as the lab serves it (see [`ROW`]).
 fn row_of(server: &str, db: &ServerDb) -> Vec<(&'static str, String)> {
     let mut row = vec![
-        ("configurationChangeNumber", db.config_change_number.to_string()),
+        (
+            "configurationChangeNumber",
+            db.config_change_number.to_string(),
+        ),
         ("LastConfigChange", "2009-03-27T10:55:29".into()),
         ("ServerId", server_id(server)),
         ("SyncToMU", db.upstream_server_name.is_none().to_string()),

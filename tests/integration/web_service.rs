@@ -134,6 +134,14 @@ fn a_mixed_hierarchy_is_planned_online_repaired_and_verified_over_both_transport
 
     let verify = lab.run(&["verify", "hierarchy.yaml"]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    // The NTLM password is in no output and no journal.
+    for said in [&plan, &out, &before, &verify] {
+        assert!(!text(said).contains(crate::repair::PASSWORD), "{}", text(said));
+    }
+    for entry in std::fs::read_dir(lab.path("state/runs")).expect("journals") {
+        let journal = std::fs::read(entry.expect("entry").path()).expect("read");
+        assert!(!String::from_utf8_lossy(&journal).contains(crate::repair::PASSWORD));
+    }
 }
 
 #[test]
@@ -252,4 +260,67 @@ fn a_user_outside_the_wsus_administrators_or_a_wrong_password_changes_nothing_an
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn https_web_services_are_validated_against_the_authority_given_and_plain_http_to_them_is_named() {
+    // r1 and r2b over HTTPS (the default `tls`), the others over plain HTTP, as each site is bound.
+    let topology = MIXED
+        .replace(
+            "api: { host: r1.test.example }",
+            "api: { host: r1.test.example, tls: true, port: 8531 }",
+        )
+        .replace(
+            "api: { host: r2b.test.example }",
+            "api: { host: r2b.test.example, tls: true }",
+        );
+    let lab = LabProcess::start_extra(
+        &topology,
+        "broken",
+        "faults: []\n",
+        0,
+        &["--api-listen", "127.0.0.1:0", "--tls-generate", "tls"],
+    );
+    let impostor = rcgen::generate_simple_self_signed(vec!["r1.test.example".to_string()])
+        .expect("a certificate");
+    std::fs::write(lab.path("impostor.pem"), impostor.cert.pem()).expect("written");
+    let verify = |ca: Option<&str>| {
+        let mut args = vec!["verify", "hierarchy.yaml", "--only", "r1"];
+        if let Some(ca) = ca {
+            args.extend(["--connect-via-ca", ca]);
+        }
+        lab.command(&args).output().expect("runs")
+    };
+    // Without the lab's authority a loopback lab is reached in plaintext: the HTTPS-only site
+    // says so, and the message says what to change.
+    let plain = verify(None);
+    assert!(
+        text(&plain).contains("http://r1.test.example:8531 requires HTTPS (HTTP 403.4")
+            && text(&plain).contains("give --connect-via-ca"),
+        "{}",
+        text(&plain)
+    );
+    let foreign = verify(Some("impostor.pem"));
+    assert!(
+        text(&foreign).contains("certificate was rejected")
+            && text(&foreign).contains("api.ca_file"),
+        "{}",
+        text(&foreign)
+    );
+    let out = lab
+        .command(&[
+            "apply",
+            "hierarchy.yaml",
+            "--yes",
+            "--state-dir",
+            "state",
+            "--connect-via-ca",
+            "tls/ca.pem",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let servers = lab.servers();
+    assert_all_repaired(&servers);
+    assert_each_server_used_its_own_transport(&servers);
 }

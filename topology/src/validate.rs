@@ -602,6 +602,76 @@ mod tests {
     }
 
     #[test]
+    fn each_server_is_reached_the_way_it_says_and_both_ways_need_a_transport() {
+        let yaml = "version: 1
+defaults:
+  api: { port: 8530, tls: false, auth: { method: windows, user: 'CORP\\op', password_env: PW } }
+  transport: api
+servers:
+  - name: old-style
+    sql: { host: sql-a }
+  - name: web
+    upstream: old-style
+    api: { host: web.corp.example }
+  - name: both
+    upstream: old-style
+    sql: { host: sql-b }
+    api: { host: both.corp.example, tls: true }
+  - name: both-sql
+    upstream: old-style
+    transport: sql
+    sql: { host: sql-c }
+    api: { host: c.corp.example }
+";
+        let t = Topology::from_bytes("t.yaml", yaml.as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
+        let find = |name: &str| {
+            t.servers()
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        assert_eq!(find("old-style").transport, Transport::Sql);
+        assert!(find("old-style").api.is_none());
+        let web = find("web")
+            .via_api()
+            .unwrap_or_else(|| panic!("web is api"));
+        assert_eq!((web.port, web.tls), (8530, false));
+        assert!(matches!(&web.auth, Auth::Windows { user, .. } if user == "CORP\\op"));
+        assert!(find("web").sql.is_none());
+        // Both given: the defaults' transport, the server's own keys over the defaults'.
+        let both = find("both")
+            .via_api()
+            .unwrap_or_else(|| panic!("both is api"));
+        assert_eq!((both.port, both.tls), (8530, true));
+        assert!(find("both").sql.is_some());
+        assert_eq!(find("both-sql").transport, Transport::Sql);
+        // Without a transport, both given is an error.
+        let ambiguous = yaml.replace("  transport: api\n", "");
+        let Err(crate::LoadError::Invalid(invalid)) =
+            Topology::from_bytes("t.yaml", ambiguous.as_bytes())
+        else {
+            panic!("both without a transport must be refused");
+        };
+        assert!(invalid.render().contains("no `transport` chooses one"));
+    }
+
+    #[test]
+    fn an_api_port_defaults_to_the_schemes() {
+        let t = Topology::from_bytes(
+            "t.yaml",
+            b"version: 1\nservers:\n  - name: a\n    api: { host: a }\n  - name: b\n    api: { host: b, tls: false }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let ports: Vec<u16> = t
+            .servers()
+            .iter()
+            .filter_map(|s| s.api.as_ref())
+            .map(|a| a.port)
+            .collect();
+        assert_eq!(ports, [443, 80]);
+    }
+
+    #[test]
     fn server_names_are_dns_names() {
         assert!(is_server_name("wsus-hq.corp.example"));
         assert!(is_server_name("WSUS_01"));

@@ -467,8 +467,9 @@ pub struct ApiSession {
     role: i64,
     /// The configuration row as last read, every element: written back whole with one change.
     row: Option<Vec<Element>>,
-    /// Calls made on this session (login excluded), for the benchmark.
-    pub calls: u32,
+    /// The topology asks for HTTPS, but `--api-via` sends this session to a loopback lab in
+    /// plain HTTP (no `--connect-via-ca`).
+    lab_plaintext: bool,
 }
 
 impl std::fmt::Debug for ApiSession {
@@ -549,7 +550,7 @@ pub async fn open(server: &Server, options: &ConnectOptions) -> Result<ApiSessio
             user,
             role: 0,
             row: None,
-            calls: 0,
+            lab_plaintext: api.tls && !tls,
         };
         session.role = session.log_in(login).await?;
         Ok::<_, DbError>(session)
@@ -677,6 +678,23 @@ impl ApiSession {
                     self.user
                 )));
             }
+            // IIS's 403.4: the site requires SSL, and this request came over plain HTTP.
+            StatusCode::FORBIDDEN
+                if String::from_utf8_lossy(&answer.body)
+                    .to_ascii_lowercase()
+                    .contains("ssl is required") =>
+            {
+                let fix = if self.lab_plaintext {
+                    "give --connect-via-ca with the lab's authority (a loopback lab without it \
+                     is reached in plain HTTP)"
+                } else {
+                    "set `api.tls: true` and the port of the site's HTTPS binding (8531 or 443)"
+                };
+                return Err(DbError::permanent(format!(
+                    "{} requires HTTPS (HTTP 403.4, SSL is required): {fix}",
+                    self.origin
+                )));
+            }
             StatusCode::FORBIDDEN => {
                 return Err(DbError::permanent(format!(
                     "{} is not a WSUS administrator on {} (HTTP 403): add the account to the \
@@ -726,7 +744,6 @@ impl ApiSession {
     }
 
     async fn call(&mut self, operation: &str, params: &[Element]) -> Result<Element, DbError> {
-        self.calls += 1;
         let body = request_xml(operation, params);
         let answer = self.send(operation, &body, None).await?;
         self.answer(operation, answer)
