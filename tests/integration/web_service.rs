@@ -136,7 +136,11 @@ fn a_mixed_hierarchy_is_planned_online_repaired_and_verified_over_both_transport
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
     // The NTLM password is in no output and no journal.
     for said in [&plan, &out, &before, &verify] {
-        assert!(!text(said).contains(crate::repair::PASSWORD), "{}", text(said));
+        assert!(
+            !text(said).contains(crate::repair::PASSWORD),
+            "{}",
+            text(said)
+        );
     }
     for entry in std::fs::read_dir(lab.path("state/runs")).expect("journals") {
         let journal = std::fs::read(entry.expect("entry").path()).expect("read");
