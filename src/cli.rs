@@ -86,6 +86,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Walk the hierarchy from the file's top servers (read-only: each server's downstream-server
+    /// table and its own configuration, level by level) and write the file with every server it
+    /// lacks appended.
+    Discover {
+        /// The seed topology: at least the top server(s), and the `defaults` for servers found.
+        seed: PathBuf,
+        /// Where to write the complete topology (refused if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// How found servers are reached; default: as their top server is.
+        #[arg(long, value_enum)]
+        transport: Option<TransportArg>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Compare the file with what the servers say (read-only): servers registered downstream
+    /// but missing from the file, servers no upstream registered or that stopped synchronizing,
+    /// upstream and mode disagreements. Exit 0 when they agree, 1 when they differ.
+    Diff {
+        /// The topology file (YAML).
+        file: PathBuf,
+        /// A registered server whose last synchronization is older than this is reported.
+        #[arg(long, default_value_t = 30, value_name = "N")]
+        stale_days: u32,
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Write the repair of each selected server as a reviewed T-SQL script, for WID/SSEE
     /// databases reached only locally (sqlcmd on the server).
     ExportSql {
@@ -210,6 +239,10 @@ pub enum Command {
         /// administrator: every operation answers it 403 (repeatable).
         #[arg(long, requires = "windows_user", value_name = "DOMAIN\\USER")]
         api_reporter: Vec<String>,
+        /// A registered downstream server the lab does not serve (decommissioned, never deleted
+        /// from its upstream's table), under UPSTREAM or the first top server (repeatable).
+        #[arg(long, value_name = "NAME[@UPSTREAM]")]
+        stale: Vec<String>,
     },
     /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
     ///
@@ -306,6 +339,24 @@ pub enum GraphFormat {
     Dot,
     /// A Mermaid flowchart, for GitHub markdown.
     Mermaid,
+}
+
+/// A transport, as `--transport` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// The SUSDB over TDS (`sql: { host: ... }`).
+    Sql,
+    /// The administration web service (`api: { host: ... }`).
+    Api,
+}
+
+impl From<TransportArg> for topology::Transport {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Sql => topology::Transport::Sql,
+            TransportArg::Api => topology::Transport::Api,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

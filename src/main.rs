@@ -113,6 +113,18 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             conn,
             json,
         } => commands::verify::run(&file, select, &conn, json, out),
+        Command::Discover {
+            seed,
+            out: path,
+            transport,
+            conn,
+        } => commands::discover::run(&seed, &path, transport.map(Into::into), &conn, out),
+        Command::Diff {
+            file,
+            stale_days,
+            format,
+            conn,
+        } => commands::diff::run(&file, stale_days, format, &conn, out),
         Command::ExportSql {
             file,
             out: dir,
@@ -160,6 +172,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             windows_user,
             windows_password_env,
             api_reporter,
+            stale,
         } => commands::lab::run(
             &file,
             commands::lab::LabOptions {
@@ -181,6 +194,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
                 login: user.zip(password_env),
                 windows_login: windows_user.zip(windows_password_env),
                 api_reporters: api_reporter,
+                stale,
             },
             out,
         ),

@@ -12,9 +12,9 @@
 //! is not public, the harsher case: `ExecuteSPSetConfiguration` refuses a row that does not echo
 //! every element the lab serves, and `ExecuteSPDeployUpdate1` is refused on a replica.
 //!
-//! Not served yet: the downstream-server reads (issue 14); the operations here are those the
-//! repair needs (identity, role, configuration and the replica switch, revisions, approvals,
-//! decline, approve).
+//! The operations served are those the repair needs (identity, role, configuration and the
+//! replica switch, revisions, approvals, decline, approve) and discovery's
+//! `ExecuteSPGetAllDownstreamServers` (row layout: W3 and W2 agree).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,7 +42,7 @@ const MAX_BODY: usize = 4096 * 1024;
 
 /// The version a WSUS 3.0 SP2 server reports (3.0 RTM `3.0.6000.374`, SP1 `3.1.6001.65`:
 /// MS-WSUSSS note 13).
-const SERVER_VERSION: &str = "3.2.7600.226";
+pub(crate) const SERVER_VERSION: &str = "3.2.7600.226";
 
 /// `GetCurrentUserRole` for an administrator. The enum's numbers are not public [I]; a public
 /// client treats 0 as "no role" (W3).
@@ -60,6 +60,7 @@ pub const OPERATIONS: &[&str] = &[
     "ExecuteSPDeclineUpdate",
     "ExecuteSPDeployUpdate1",
     "ExecuteSPGetDeploymentsByUpdate1",
+    "ExecuteSPGetAllDownstreamServers",
 ];
 
 /// The configuration row's elements the lab serves, in the order of the real server's WSDL
@@ -360,7 +361,7 @@ pub fn wsdl(address: &str) -> String {
 }
 
 /// A stable server GUID from the server's name (the model keeps none): FNV-1a, 128 bits.
-fn server_id(name: &str) -> String {
+pub(crate) fn server_id(name: &str) -> String {
     let mut hash: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
     for byte in name.to_ascii_lowercase().bytes() {
         hash ^= u128::from(byte);
@@ -612,6 +613,52 @@ fn operate(
             format!("the lab does not serve the operation {other}"),
         )),
     }
+}
+
+const EMPTY_GUID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// `ExecuteSPGetAllDownstreamServers(parentServerId, includeNestedChildren)`: the server's
+/// downstream-server table as rows of name, id, last sync, parent id, last rollup, version,
+/// replica (W3 `name: r[0], id: r[1], lastSync: r[2], parentId: r[3], lastRollup: r[4], version:
+/// r[5], replica: r[6]`; W2 agrees). The empty GUID asks from the server itself; a direct child's
+/// parent is the empty GUID (MS-WSUSSS 3.2.4.5: the sender's own entry has ParentServerId
+/// 00000000-…, and the table's owner is not in its own table).
+fn downstream_rows(lab: &Lab, server: &str, params: &Params) -> Result<Vec<Vec<Cell>>, Refusal> {
+    let from = required(params, "parentServerId")?.to_ascii_lowercase();
+    let nested = boolean(params, "includeNestedChildren")?;
+    let table = {
+        let inner = lock(&lab.shared.inner);
+        lab.registered(&inner.servers, server)
+    };
+    let parent_of = |r: &crate::Registered| r.parent.clone().unwrap_or_else(|| EMPTY_GUID.into());
+    let mut wanted: Vec<String> = vec![from];
+    let mut rows = Vec::new();
+    let mut level: Vec<&crate::Registered> = table
+        .iter()
+        .filter(|r| wanted.contains(&parent_of(r)))
+        .collect();
+    while !level.is_empty() {
+        rows.extend(level.iter().map(|r| {
+            vec![
+                Cell::Text(r.name.clone()),
+                Cell::Guid(r.id.clone()),
+                Cell::DateTime(r.last_sync.clone()),
+                Cell::Guid(parent_of(r)),
+                Cell::DateTime(r.last_sync.clone()),
+                Cell::Text(r.version.clone()),
+                Cell::Bool(r.replica),
+            ]
+        }));
+        if !nested {
+            break;
+        }
+        wanted = level.iter().map(|r| r.id.clone()).collect();
+        level = table
+            .iter()
+            .filter(|r| wanted.contains(&parent_of(r)))
+            .collect();
+    }
+    Ok(rows)
 }
 
 /// The configuration row as the lab serves it (see [`ROW`]).
@@ -1069,6 +1116,20 @@ impl Lab {
                     crate::injected_error(number).1,
                 ),
             );
+        }
+        if operation == "ExecuteSPGetAllDownstreamServers" {
+            return match downstream_rows(self, &server, &params) {
+                Ok(rows) => respond(
+                    StatusCode::OK,
+                    "text/xml; charset=utf-8",
+                    answer_xml(&operation, &Answer::Rows(rows)),
+                ),
+                Err((client, exception, message)) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/xml; charset=utf-8",
+                    fault_xml(client, exception, &message),
+                ),
+            };
         }
         let outcome = {
             let mut inner = lock(&self.shared.inner);

@@ -73,7 +73,31 @@ pub struct LabConfig {
     pub sql_version: SqlVersion,
     /// How often each replica synchronizes from its upstream; never when `None`.
     pub replica_sync: Option<Duration>,
+    /// Registered downstream servers the lab does not serve (decommissioned, never deleted):
+    /// each name, and the server whose table holds it (`None`: the first top server).
+    pub stale: Vec<(String, Option<String>)>,
 }
+
+/// One entry of an upstream server's downstream-server table (`tbDownstreamServerTarget`;
+/// MS-WSUSSS 3.1.1: a DSS registers at its first synchronization and its upstream learns its
+/// subtree from its rollups, parents first; entries stay until an administrator deletes them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    /// The server's DNS name as it registered (`AccountName`).
+    pub name: String,
+    /// Its `ServerId` (`AccountServerID`).
+    pub id: String,
+    /// The `ServerId` of the server it synchronizes from, when that is not the table's owner.
+    pub parent: Option<String>,
+    /// `LastSyncTime`, ISO 8601.
+    pub last_sync: String,
+    pub replica: bool,
+    pub version: String,
+}
+
+/// When every served server last synchronized, and when a stale entry did (for `--stale-days`).
+const LAST_SYNC: &str = "2026-11-30T02:00:00";
+const STALE_SYNC: &str = "2025-01-15T02:00:00";
 
 /// The lab's whole state, as written to `--state`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +284,76 @@ impl Lab {
     }
 
     /// Writes the state file, if one is configured: whole or not at all.
+    /// The downstream-server table of `server`: every server below it, its direct children
+    /// without a parent, the others with their upstream's id, in the order rollups bring them
+    /// (parents first), and the stale entries of its subtree.
+    pub(crate) fn registered(
+        &self,
+        servers: &BTreeMap<String, ServerDb>,
+        server: &str,
+    ) -> Vec<Registered> {
+        let order = &self.shared.order;
+        let key = |n: &str| n.to_ascii_lowercase();
+        let mut below: Vec<(String, String)> = Vec::new();
+        let mut frontier = vec![key(server)];
+        while !frontier.is_empty() {
+            let mut next = Vec::new();
+            for parent in &frontier {
+                for (name, upstream) in order {
+                    if upstream.as_deref().map(key).as_deref() == Some(parent.as_str()) {
+                        below.push((name.clone(), parent.clone()));
+                        next.push(key(name));
+                    }
+                }
+            }
+            frontier = next;
+        }
+        let top = order
+            .iter()
+            .find(|(_, up)| up.is_none())
+            .map(|(n, _)| key(n));
+        let parent_id = |parent: &str| (parent != key(server)).then(|| api::server_id(parent));
+        let mut table: Vec<Registered> = below
+            .iter()
+            .map(|(name, parent)| Registered {
+                name: self.dns_name(name),
+                id: api::server_id(name),
+                parent: parent_id(parent),
+                last_sync: LAST_SYNC.into(),
+                replica: servers.get(name).is_some_and(|db| db.replica_mode),
+                version: api::SERVER_VERSION.into(),
+            })
+            .collect();
+        let in_subtree =
+            |n: &str| key(n) == key(server) || below.iter().any(|(b, _)| key(b) == key(n));
+        for (name, upstream) in &self.shared.config.stale {
+            let Some(upstream) = upstream.clone().map(|u| key(&u)).or_else(|| top.clone()) else {
+                continue;
+            };
+            if in_subtree(&upstream) {
+                table.push(Registered {
+                    name: name.clone(),
+                    id: api::server_id(name),
+                    parent: parent_id(&upstream),
+                    last_sync: STALE_SYNC.into(),
+                    replica: false,
+                    version: api::SERVER_VERSION.into(),
+                });
+            }
+        }
+        table
+    }
+
+    /// The DNS name a served server registers with: its web service's host, else its name.
+    fn dns_name(&self, server: &str) -> String {
+        self.shared
+            .routes
+            .iter()
+            .find(|r| r.name.eq_ignore_ascii_case(server))
+            .and_then(|r| r.api_host.clone())
+            .unwrap_or_else(|| server.to_string())
+    }
+
     /// Round trips (requests after login) received per server, by lower-case name.
     pub fn round_trips(&self) -> HashMap<String, u32> {
         lock(&self.shared.inner).counter.per_server()
@@ -1089,6 +1183,39 @@ impl Lab {
             };
             return Ok(vec![None, Some(mode)]);
         }
+        if text_trimmed == susdb::sql::DOWNSTREAM_SERVERS {
+            let table = self.registered(&inner.servers, server);
+            let rows = table
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        Cell::Text(r.name),
+                        Cell::Guid(r.id),
+                        Cell::Text(r.last_sync),
+                        r.parent.map_or(Cell::Null, Cell::Guid),
+                        Cell::Bit(r.replica),
+                        Cell::Text(r.version),
+                    ]
+                })
+                .collect();
+            return Ok(vec![
+                Some(ResultSet {
+                    columns: vec![("ServerId".into(), ColType::Guid)],
+                    rows: vec![vec![Cell::Guid(api::server_id(server))]],
+                }),
+                Some(ResultSet {
+                    columns: vec![
+                        ("AccountName".into(), ColType::NVarChar),
+                        ("AccountServerID".into(), ColType::Guid),
+                        ("LastSyncTime".into(), ColType::NVarChar),
+                        ("ParentServerID".into(), ColType::Guid),
+                        ("IsReplica".into(), ColType::Bit),
+                        ("Version".into(), ColType::NVarChar),
+                    ],
+                    rows,
+                }),
+            ]);
+        }
         if text_trimmed == susdb::sql::KEY_OBJECT {
             let key = arg(0).as_i64().unwrap_or(i64::MIN);
             let mut rows = Vec::new();
@@ -1648,6 +1775,8 @@ impl Request {
                 "set-replica-mode".to_string()
             } else if text == susdb::sql::KEY_OBJECT {
                 "key-object".to_string()
+            } else if text == susdb::sql::DOWNSTREAM_SERVERS {
+                "downstream-servers".to_string()
             } else if text == susdb::sql::SIGNATURES {
                 "signatures".to_string()
             } else if text == susdb::sql::APPLOCK_HELD {

@@ -24,6 +24,8 @@ pub struct LabOptions {
     pub windows_login: Option<(String, String)>,
     /// Web-service accounts without the administrator role.
     pub api_reporters: Vec<String>,
+    /// `NAME[@UPSTREAM]`: registered downstream servers the lab does not serve.
+    pub stale: Vec<String>,
 }
 
 /// What the lab encrypts with.
@@ -74,8 +76,34 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
         login,
         windows_login,
         api_reporters,
+        stale,
     } = options;
     let topology = Topology::load(file)?;
+    // A stale entry names a server the lab does not serve, under one it does.
+    let stale = stale
+        .into_iter()
+        .map(|entry| {
+            let (name, upstream) = match entry.split_once('@') {
+                Some((name, upstream)) => (name.to_string(), Some(upstream.to_string())),
+                None => (entry.clone(), None),
+            };
+            if topology.find(&name).is_some() {
+                return Err(Failure::BadInput(format!(
+                    "error: --stale {entry}: {name} is a server of {}; a stale entry names one the lab does not serve",
+                    file.display()
+                )));
+            }
+            if let Some(up) = &upstream
+                && topology.find(up).is_none()
+            {
+                return Err(Failure::BadInput(format!(
+                    "error: --stale {entry}: {up} is not a server of {}",
+                    file.display()
+                )));
+            }
+            Ok((name, upstream))
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
     let credentials = login
         .map(|(user, var)| secret_from_env(&user, &var).map(|p| (user, p)))
         .transpose()?;
@@ -123,6 +151,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
             tls,
             sql_version,
             replica_sync: replica_sync_ms.map(Duration::from_millis),
+            stale,
         },
     )
     .map_err(|e| Failure::BadInput(format!("error: {e}")))?;

@@ -5,6 +5,8 @@
 
 pub mod apply;
 pub mod diagnose;
+pub mod diff;
+pub mod discover;
 pub mod docs;
 pub mod export_sql;
 pub mod graph;

@@ -221,6 +221,28 @@ UNION ALL SELECT N'DeploymentID' FROM dbo.tbDeployment WHERE DeploymentID = @P1"
     pub const SERVER_VERSION: &str =
         "SELECT CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)) AS ProductVersion";
 
+    /// This server's own id and its downstream-server table, for discovery (read-only, no
+    /// parameters). Two result sets:
+    ///
+    /// 1. `ServerId` uniqueidentifier (`tbConfigurationA`).
+    /// 2. One row per registered downstream server: `AccountName` nvarchar (its DNS name),
+    ///    `AccountServerID` uniqueidentifier, `LastSyncTime` nvarchar (ISO 8601, style 126),
+    ///    `ParentServerID` uniqueidentifier (NULL for a direct child of this server), `IsReplica`
+    ///    bit, `Version` nvarchar.
+    ///
+    /// Columns: an EF Core scaffold of a modern SUSDB (wsus-web-services.md H2:
+    /// `tbDownstreamServerTarget` with `AccountName`, `AccountServerID`, `LastSyncTime`,
+    /// `ParentServerTargetID` → `TargetID`, `Version`, `IsReplica`) and MS-WSUSSS's DSS table
+    /// (ServerID, FQDN, ParentServerID, LastSyncTime, Version, IsReplica, which WSUS 3.0's
+    /// protocol 1.3 rollups carry). Not verified on a 3.0 SUSDB: a missing column fails the read
+    /// (error 207), never the repair.
+    pub const DOWNSTREAM_SERVERS: &str = "\
+SELECT a.ServerId FROM dbo.tbConfigurationA AS a; \
+SELECT d.AccountName, d.AccountServerID, CONVERT(nvarchar(30), d.LastSyncTime, 126) AS LastSyncTime, \
+p.AccountServerID AS ParentServerID, CAST(d.IsReplica AS bit) AS IsReplica, CAST(d.Version AS nvarchar(64)) AS Version \
+FROM dbo.tbDownstreamServerTarget AS d LEFT JOIN dbo.tbDownstreamServerTarget AS p ON p.TargetID = d.ParentServerTargetID \
+ORDER BY d.AccountName";
+
     /// Every statement the tool may send: the lab answers these and nothing else.
     pub const ALL: &[&str] = &[
         PROBE,
@@ -228,6 +250,7 @@ UNION ALL SELECT N'DeploymentID' FROM dbo.tbDeployment WHERE DeploymentID = @P1"
         SET_REPLICA_MODE,
         KEY_OBJECT,
         SERVER_VERSION,
+        DOWNSTREAM_SERVERS,
     ];
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `wsus-reset` binary; all in one test binary (one link, one run).
 
 mod diagnose;
+mod discovery;
 mod fidelity;
 mod offline;
 mod readme;

@@ -11,7 +11,7 @@ use crate::repair::{LabProcess, assert_all_repaired, calls, text};
 
 /// The test hierarchy of `repair.rs` (same names, same replicas), with r1, r1a and r2a reached
 /// through their web service and r2b giving both ways and choosing the web service.
-const MIXED: &str = "\
+pub(crate) const MIXED: &str = "\
 version: 1
 defaults:
   sql:

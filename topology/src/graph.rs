@@ -125,7 +125,7 @@ impl Topology {
 
     /// Records the file's canonical path and resolves the relative paths the file holds
     /// (`password_file`, `ca_file`) against the file's own directory, as the README documents.
-    pub(crate) fn locate(&mut self, path: std::path::PathBuf) {
+    pub fn locate(&mut self, path: std::path::PathBuf) {
         if let Some(dir) = path.parent() {
             for server in &mut self.servers {
                 if let Some(sql) = &mut server.sql {

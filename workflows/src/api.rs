@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use topology::{ApiTarget, Auth, Server};
 
 use crate::connect::{ConnectOptions, SettingsError, read_secret};
-use crate::db::{Approval, DbError, Observed, Revision, UpdateState};
+use crate::db::{Approval, DbError, Downstream, Observed, Registered, Revision, UpdateState};
 
 const NS: &str = "http://www.microsoft.com/SoftwareDistribution/Server/ApiRemotingWebService";
 const PATH: &str = "/ApiRemoting30/WebService.asmx";
@@ -714,15 +714,23 @@ impl ApiSession {
             _ => {}
         }
         // A fault is read from the body whatever the status (ASMX sends it with 500).
-        let document = parse_xml(&answer.body).map_err(|e| {
+        let not_soap = |why: &str| {
+            let shown: String = String::from_utf8_lossy(&answer.body)
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
             DbError::permanent(format!(
-                "{operation}: HTTP {} from {}: {e}",
-                answer.status, self.origin
+                "{operation}: HTTP {} from {}, {why}: {}",
+                answer.status,
+                self.origin,
+                shown.trim()
             ))
-        })?;
+        };
+        let document = parse_xml(&answer.body).map_err(|e| not_soap(&e))?;
         let body = document
             .path(&["Envelope", "Body"])
-            .ok_or_else(|| DbError::permanent(format!("{operation}: the answer is not SOAP")))?;
+            .ok_or_else(|| not_soap("not a SOAP answer"))?;
         if let Some(fault) = body.child("Fault") {
             let message = fault_message(fault);
             let transient = transient_fault(&message);
@@ -977,6 +985,68 @@ impl ApiSession {
         )
         .await
         .map(drop)
+    }
+}
+
+impl ApiSession {
+    /// `ExecuteSPGetAllDownstreamServers` from this server (the empty GUID), nested children
+    /// included: rows of name, id, last sync, parent id, last rollup, version, replica (W3, W2
+    /// agree); a direct child's parent is the empty GUID. The server's own id is the
+    /// configuration row's `ServerId` (one more call).
+    pub async fn downstream(&mut self) -> Result<Downstream, DbError> {
+        const EMPTY: &str = "00000000-0000-0000-0000-000000000000";
+        let what = "ExecuteSPGetAllDownstreamServers";
+        let response = self
+            .call(
+                what,
+                &[
+                    Element::text("parentServerId", EMPTY),
+                    Element::text("includeNestedChildren", "true"),
+                ],
+            )
+            .await?;
+        let rows = response
+            .child("ExecuteSPGetAllDownstreamServersResult")
+            .map(|r| r.children.as_slice())
+            .unwrap_or_default();
+        let text = |cells: &[&Element], i: usize| {
+            cells
+                .get(i)
+                .filter(|c| !c.nil)
+                .map(|c| c.text.trim().to_string())
+                .filter(|t| !t.is_empty())
+        };
+        let registered = rows
+            .iter()
+            .map(|row| {
+                let cells = cells(row);
+                Ok(Registered {
+                    name: text(&cells, 0).ok_or_else(|| bad_row(what, "name (0)"))?,
+                    id: text(&cells, 1)
+                        .ok_or_else(|| bad_row(what, "id (1)"))?
+                        .to_ascii_lowercase(),
+                    parent: text(&cells, 3)
+                        .map(|p| p.to_ascii_lowercase())
+                        .filter(|p| p != EMPTY),
+                    last_sync: text(&cells, 2),
+                    replica: cell_bool(&cells, 6).unwrap_or(false),
+                    version: text(&cells, 5).unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        let row = match &self.row {
+            Some(row) => row.clone(),
+            None => self.configuration().await?,
+        };
+        let server_id = row
+            .iter()
+            .find(|e| e.name == "ServerId")
+            .map(|e| e.text.trim().to_ascii_lowercase())
+            .ok_or_else(|| DbError::permanent("the configuration row has no ServerId"))?;
+        Ok(Downstream {
+            server_id,
+            registered,
+        })
     }
 }
 

@@ -502,6 +502,71 @@ fn compare_signatures(
     out
 }
 
+/// One entry of a server's downstream-server table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The DNS name it registered with.
+    pub name: String,
+    /// Its `ServerId`, lower case.
+    pub id: String,
+    /// The `ServerId` of the server it synchronizes from, when that is not the table's owner.
+    pub parent: Option<String>,
+    /// When it last synchronized, ISO 8601 as the server gave it.
+    pub last_sync: Option<String>,
+    pub replica: bool,
+    pub version: String,
+}
+
+/// A server's own id and its downstream-server table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Downstream {
+    pub server_id: String,
+    pub registered: Vec<Registered>,
+}
+
+/// The downstream-server table (`susdb::sql::DOWNSTREAM_SERVERS`), read-only, one round trip.
+pub async fn downstream(c: &mut Connection) -> Result<Downstream, DbError> {
+    let sets = c
+        .simple_query(sql::DOWNSTREAM_SERVERS)
+        .await?
+        .into_results()
+        .await?;
+    let [own, table] = sets.as_slice() else {
+        return Err(DbError::permanent(format!(
+            "the downstream-server read returned {} result sets, expected 2",
+            sets.len()
+        )));
+    };
+    let guid = |row: &Row, column: &str| -> Result<Option<String>, DbError> {
+        Ok(get::<Uuid>(row, column)?.map(|u| u.to_string().to_ascii_lowercase()))
+    };
+    let server_id = own
+        .first()
+        .map(|row| guid(row, "ServerId"))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| missing("ServerId"))?;
+    let registered = table
+        .iter()
+        .map(|row| {
+            Ok(Registered {
+                name: get::<&str>(row, "AccountName")?
+                    .ok_or_else(|| missing("AccountName"))?
+                    .to_string(),
+                id: guid(row, "AccountServerID")?.ok_or_else(|| missing("AccountServerID"))?,
+                parent: guid(row, "ParentServerID")?,
+                last_sync: get::<&str>(row, "LastSyncTime")?.map(str::to_string),
+                replica: get::<bool>(row, "IsReplica")?.unwrap_or(false),
+                version: get::<&str>(row, "Version")?.unwrap_or_default().to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+    Ok(Downstream {
+        server_id,
+        registered,
+    })
+}
+
 /// `sp_getapplock` owned by the session, without waiting: `Ok(false)` when another session holds
 /// it. The lock goes when the connection closes, however the process ends.
 pub async fn try_applock(c: &mut Connection) -> Result<bool, DbError> {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod applock;
 pub mod connect;
 pub mod db;
+pub mod discover;
 pub mod export;
 pub mod kb954960;
 pub mod plan;

@@ -9,7 +9,7 @@ use topology::{Server, Transport};
 
 use crate::api::{self, ApiSession};
 use crate::connect::{ConnectOptions, connect};
-use crate::db::{self, Connection, DbError, Observed};
+use crate::db::{self, Connection, DbError, Downstream, Observed};
 
 /// A WSUS server as the repair talks to it.
 pub trait WsusServer: Send {
@@ -41,6 +41,9 @@ pub trait WsusServer: Send {
         revision: i32,
         admin: &str,
     ) -> impl Future<Output = Result<(), DbError>> + Send;
+
+    /// The server's own id and its downstream-server table (read-only; discovery).
+    fn downstream(&mut self) -> impl Future<Output = Result<Downstream, DbError>> + Send;
 }
 
 impl WsusServer for Connection {
@@ -67,6 +70,10 @@ impl WsusServer for Connection {
         admin: &str,
     ) -> Result<(), DbError> {
         db::approve_detect_only(self, update, revision, admin).await
+    }
+
+    async fn downstream(&mut self) -> Result<Downstream, DbError> {
+        db::downstream(self).await
     }
 }
 
@@ -95,6 +102,10 @@ impl WsusServer for ApiSession {
         admin: &str,
     ) -> Result<(), DbError> {
         ApiSession::approve_detect_only(self, update, revision, admin).await
+    }
+
+    async fn downstream(&mut self) -> Result<Downstream, DbError> {
+        ApiSession::downstream(self).await
     }
 }
 
@@ -165,6 +176,13 @@ impl WsusServer for Session {
             Session::Api(a) => {
                 WsusServer::approve_detect_only(&mut **a, update, revision, admin).await
             }
+        }
+    }
+
+    async fn downstream(&mut self) -> Result<Downstream, DbError> {
+        match self {
+            Session::Sql(c) => WsusServer::downstream(&mut **c).await,
+            Session::Api(a) => WsusServer::downstream(&mut **a).await,
         }
     }
 }
