@@ -3,7 +3,7 @@
 //! ```yaml
 //! faults:
 //!   - server: wsus-emea        # optional: every server
-//!     target: spDeployUpdate   # a procedure, a statement (probe, set-replica-mode, key-object), or login
+//!     target: spDeployUpdate   # a procedure, a statement (probe, set-replica-mode, key-object, downstream-servers), a web-service operation, or login
 //!     nth: 1                   # optional: every call; otherwise the n-th call (1-based) of that target
 //!     latency_ms: 500          # optional: extra delay before answering
 //!     drop: after              # optional: close the connection before or after the call takes effect
@@ -97,6 +97,7 @@ impl Faults {
         "set-replica-mode",
         "key-object",
         "applock-held",
+        "downstream-servers",
         "batch",
         "transaction",
         "spDeclineUpdate",

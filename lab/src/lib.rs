@@ -95,9 +95,35 @@ pub struct Registered {
     pub version: String,
 }
 
-/// When every served server last synchronized, and when a stale entry did (for `--stale-days`).
-const LAST_SYNC: &str = "2026-11-30T02:00:00";
-const STALE_SYNC: &str = "2025-01-15T02:00:00";
+/// When a served server last synchronized: an hour ago; a stale entry: 400 days ago (for
+/// `diff --stale-days`). ISO 8601 in UTC, as `CONVERT(nvarchar(30), …, 126)` writes it.
+fn sync_time(days_ago: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    civil(now.saturating_sub(days_ago * 86_400 + 3_600))
+}
+
+/// Unix seconds as an ISO 8601 UTC date-time.
+fn civil(t: u64) -> String {
+    let (days, secs) = (t / 86_400, t % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
+}
 
 /// The lab's whole state, as written to `--state`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -319,7 +345,7 @@ impl Lab {
                 name: self.dns_name(name),
                 id: api::server_id(name),
                 parent: parent_id(parent),
-                last_sync: LAST_SYNC.into(),
+                last_sync: sync_time(0),
                 replica: servers.get(name).is_some_and(|db| db.replica_mode),
                 version: api::SERVER_VERSION.into(),
             })
@@ -335,7 +361,7 @@ impl Lab {
                     name: name.clone(),
                     id: api::server_id(name),
                     parent: parent_id(&upstream),
-                    last_sync: STALE_SYNC.into(),
+                    last_sync: sync_time(400),
                     replica: false,
                     version: api::SERVER_VERSION.into(),
                 });
@@ -1811,5 +1837,17 @@ pub(crate) fn injected_error(number: i32) -> (u8, &'static str) {
             "Timeout expired. The timeout period elapsed prior to completion of the operation or the server is not responding.",
         ),
         _ => (16, "Injected error."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_times_are_iso_dates_in_utc() {
+        assert_eq!(civil(1_796_169_600), "2026-12-02T00:00:00");
+        assert_eq!(civil(951_782_400 + 3_661), "2000-02-29T01:01:01");
+        assert_eq!(civil(0), "1970-01-01T00:00:00");
     }
 }

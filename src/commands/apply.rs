@@ -111,6 +111,7 @@ pub(crate) fn run(
     } = apply_input(input, select_args)?;
     let options = connect_for(&topology, &selection, conn)?;
     let rt = runtime()?;
+    rt.block_on(say_unlisted(&topology, &options));
     if let Some(plan) = &plan {
         // The saved plan is the contract: nobody reviewed a server it could not vouch for, and
         // apply does exactly what it says or nothing.

@@ -146,6 +146,18 @@ fn connect_for(
     Ok(options)
 }
 
+/// One line when the top servers have registered downstream servers the file lacks: they would
+/// never be repaired, and nothing else would say so.
+async fn say_unlisted(topology: &Topology, options: &ConnectOptions) {
+    let unlisted = workflows::discover::unlisted(topology, options).await;
+    if unlisted > 0 {
+        report::say(&format!(
+            "note: {unlisted} registered downstream server(s) are not in the topology: wsus-reset diff {}",
+            topology.source()
+        ));
+    }
+}
+
 pub(crate) fn select(topology: &Topology, select: SelectArgs) -> Result<Selection, Failure> {
     topology
         .select(&select.into())

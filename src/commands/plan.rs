@@ -57,6 +57,9 @@ fn plan_online(
     conn: &ConnArgs,
 ) -> Result<Plan, Failure> {
     let options = connect_for(topology, selection, conn)?;
-    let surveyed = runtime()?.block_on(survey(topology, selection, &options, conn.probe_parallel));
+    let surveyed = runtime()?.block_on(async {
+        say_unlisted(topology, &options).await;
+        survey(topology, selection, &options, conn.probe_parallel).await
+    });
     Ok(Plan::online(topology, selection, &surveyed))
 }

@@ -470,15 +470,33 @@ pub fn differences(
     out
 }
 
-/// Registered servers the file lacks, in one line for `plan --online` and `apply`; `None` when
-/// there are none.
-pub fn missing_hint(discovery: &Discovery, file: &str) -> Option<String> {
-    let missing = discovery.servers.iter().filter(|f| !f.in_file).count();
-    (missing > 0).then(|| {
-        format!(
-            "{missing} registered downstream server(s) are not in the topology: wsus-reset diff {file}"
-        )
-    })
+/// How many servers the top servers of `topology` have registered downstream (their whole
+/// subtrees) that the file lacks: one read per top server, for the one-line notice of `plan
+/// --online` and `apply`. A top that cannot be read counts nothing (the probe reports it).
+pub async fn unlisted(topology: &Topology, options: &ConnectOptions) -> usize {
+    let tops = topology.servers().iter().filter(|s| s.upstream.is_none());
+    let reads = tops.map(|top| async move {
+        let read = async {
+            let mut session = reach::open(top, options).await?;
+            tokio::time::timeout(options.command_timeout, session.downstream())
+                .await
+                .map_err(|_| {
+                    DbError::timeout("the downstream-server read", options.command_timeout)
+                })?
+        };
+        read.await.map(|table| {
+            table
+                .registered
+                .iter()
+                .filter(|r| !topology.servers().iter().any(|s| names(s, &r.name)))
+                .count()
+        })
+    });
+    futures_util::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .sum()
 }
 
 /// `text` as a YAML comment's content: one line, no control characters.
