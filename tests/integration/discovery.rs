@@ -33,6 +33,16 @@ fn shape(lab: &LabProcess, file: &str) -> Vec<String> {
 fn discover_from_the_top_alone_finds_every_server_over_sql_and_its_file_plans_and_repairs() {
     let lab = LabProcess::start_with(TOPOLOGY, "broken", "faults: []\n", 0);
     std::fs::write(lab.path("seed.yaml"), only_the_top(TOPOLOGY)).expect("seed");
+    // Planning from the partial file says, in one line, that it lacks servers.
+    let plan = lab.run(&["plan", "seed.yaml", "--online"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    assert!(
+        text(&plan).contains(
+            "note: 5 registered downstream server(s) are not in the topology: wsus-reset diff seed.yaml"
+        ),
+        "{}",
+        text(&plan)
+    );
     let out = lab.run(&["discover", "seed.yaml", "--out", "found.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
@@ -57,6 +67,11 @@ fn discover_from_the_top_alone_finds_every_server_over_sql_and_its_file_plans_an
     );
     let apply = lab.run(&["apply", "found.yaml", "--yes", "--state-dir", "state"]);
     assert_eq!(apply.status.code(), Some(0), "{}", text(&apply));
+    assert!(
+        !text(&apply).contains("not in the topology"),
+        "{}",
+        text(&apply)
+    );
     assert_all_repaired(&lab.servers());
     // A second discovery writes nothing over the first.
     let again = lab.run(&["discover", "seed.yaml", "--out", "found.yaml"]);

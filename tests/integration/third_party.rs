@@ -283,6 +283,9 @@ print("title", one.minimalProperties.GenericReadableRow[0].Values.anyType[29])
 hq.ExecuteSPDeclineUpdate(updateId=update, adminName="CORP\\zeep", failIfReplica=True)
 rows = hq.ExecuteSPGetDeploymentsByUpdate1(id={"UpdateId": update, "RevisionNumber": 101})
 print("rows after decline", len(rows or []))
+empty = "00000000-0000-0000-0000-000000000000"
+below = hq.ExecuteSPGetAllDownstreamServers(parentServerId=empty, includeNestedChildren=True) or []
+print("downstream", [(r.Values.anyType[0], str(r.Values.anyType[3]), r.Values.anyType[6]) for r in below])
 "#;
 
 /// A lab of `dir/h.yaml` serving its web service with NTLM for `CORP\\wsus_repair` (and
@@ -479,6 +482,11 @@ fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
     assert!(said.contains("title Office 2003 Service Pack 1"), "{said}");
     // hq keeps only the Downstream Servers group's approval after the decline.
     assert!(said.contains("rows after decline 1"), "{said}");
+    // hq's downstream-server table: wsus-b, its direct child (the empty GUID as parent), a replica.
+    assert!(
+        said.contains("downstream [('wsus-b', '00000000-0000-0000-0000-000000000000', True)]"),
+        "{said}"
+    );
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("state.json")).expect("state"),
     )
