@@ -783,17 +783,25 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Fu
     response
 }
 
-fn unauthorized(token: Option<String>) -> Response<Full<Bytes>> {
+fn unauthorized(token: Option<(&str, String)>) -> Response<Full<Bytes>> {
     let mut response = respond(
         StatusCode::UNAUTHORIZED,
         "text/plain",
         b"401 Unauthorized".to_vec(),
     );
-    let value = token.map_or_else(|| "NTLM".to_string(), |t| format!("NTLM {t}"));
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
-        response
-            .headers_mut()
-            .insert(hyper::header::WWW_AUTHENTICATE, v);
+    // Without a token, both schemes IIS's Windows authentication offers by default, Negotiate
+    // first (wsus-web-services.md 1.2 [I]); a challenge goes back under the scheme the client
+    // used (SPNEGO takes a raw NTLM token).
+    let values = match token {
+        None => vec!["Negotiate".to_string(), "NTLM".to_string()],
+        Some((scheme, t)) => vec![format!("{scheme} {t}")],
+    };
+    for value in values {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .append(hyper::header::WWW_AUTHENTICATE, v);
+        }
     }
     response
 }
@@ -822,6 +830,11 @@ fn authenticate(
             )
         });
     }
+    let scheme = if header.is_some_and(|h| h.starts_with("Negotiate ")) {
+        "Negotiate"
+    } else {
+        "NTLM"
+    };
     let token = header
         .and_then(|h| {
             h.strip_prefix("NTLM ")
@@ -849,9 +862,10 @@ fn authenticate(
             let filetime = (now.as_secs() + 11_644_473_600) * 10_000_000;
             let message = crate::ntlm::challenge(challenge, domain, server, filetime);
             state.challenge = Some(challenge);
-            Some(unauthorized(Some(
+            Some(unauthorized(Some((
+                scheme,
                 base64::engine::general_purpose::STANDARD.encode(message),
-            )))
+            ))))
         }
         Some(3) => {
             let proven = match (crate::ntlm::Authenticate::parse(&token), state.challenge) {

@@ -567,8 +567,10 @@ pub async fn open(server: &Server, options: &ConnectOptions) -> Result<ApiSessio
 /// An HTTP answer, its body read whole.
 struct Answer {
     status: StatusCode,
-    challenge: Option<Vec<u8>>,
-    offers_ntlm: bool,
+    /// An NTLM CHALLENGE, and the scheme it came under (`NTLM`, or `Negotiate` carrying NTLM).
+    challenge: Option<(&'static str, Vec<u8>)>,
+    /// The schemes `WWW-Authenticate` offers.
+    offers: Vec<String>,
     body: Bytes,
 }
 
@@ -605,55 +607,69 @@ impl ApiSession {
             .await
             .map_err(|e| DbError::transient(format!("the answer could not be read: {e}")))?
             .to_bytes();
-        let challenge = offers
+        let challenge = offers.iter().find_map(|v| {
+            let (scheme, token) = ["NTLM", "Negotiate"]
+                .into_iter()
+                .find_map(|scheme| Some((scheme, v.strip_prefix(scheme)?.strip_prefix(' ')?)))?;
+            let token = base64::engine::general_purpose::STANDARD
+                .decode(token.trim())
+                .ok()?;
+            Some((scheme, token))
+        });
+        let offers = offers
             .iter()
-            .filter_map(|v| v.strip_prefix("NTLM "))
-            .find_map(|t| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(t.trim())
-                    .ok()
-            });
+            .filter_map(|v| v.split_whitespace().next().map(str::to_string))
+            .collect();
         Ok(Answer {
             status,
             challenge,
-            offers_ntlm: offers
-                .iter()
-                .any(|v| v.split_whitespace().next() == Some("NTLM")),
+            offers,
             body,
         })
     }
 
     /// NTLM on this connection (NEGOTIATE, the server's CHALLENGE on a 401, AUTHENTICATE),
     /// the last leg carrying `GetCurrentUserRole`: the login costs two exchanges and answers
-    /// the role. A server that asks for no authentication answers the first.
+    /// the role. NTLM is offered first; a site that offers only `Negotiate` gets the same NTLM
+    /// tokens under that scheme (SPNEGO takes a raw NTLM token; Kerberos is not spoken). A
+    /// server that asks for no authentication answers the first request.
     async fn log_in(&mut self, mut login: Login) -> Result<i64, DbError> {
         const OPERATION: &str = "GetCurrentUserRole";
         let body = request_xml(OPERATION, &[]);
-        let token = |t: Vec<u8>| {
+        let token = |scheme: &str, t: &[u8]| {
             format!(
-                "NTLM {}",
+                "{scheme} {}",
                 base64::engine::general_purpose::STANDARD.encode(t)
             )
         };
         let failed = |e: String| DbError::permanent(format!("NTLM: {e}"));
         let negotiate = login.step(None).map_err(failed)?;
-        let first = self.send(OPERATION, &body, Some(token(negotiate))).await?;
+        let mut first = self
+            .send(OPERATION, &body, Some(token("NTLM", &negotiate)))
+            .await?;
+        let negotiate_only = first.offers.iter().any(|o| o == "Negotiate")
+            && !first.offers.iter().any(|o| o == "NTLM");
+        if first.status == StatusCode::UNAUTHORIZED && first.challenge.is_none() && negotiate_only {
+            first = self
+                .send(OPERATION, &body, Some(token("Negotiate", &negotiate)))
+                .await?;
+        }
         let answer = match (first.status, first.challenge) {
-            (StatusCode::UNAUTHORIZED, Some(challenge)) => {
+            (StatusCode::UNAUTHORIZED, Some((scheme, challenge))) => {
                 let authenticate = login.step(Some(&challenge)).map_err(failed)?;
-                self.send(OPERATION, &body, Some(token(authenticate)))
+                self.send(OPERATION, &body, Some(token(scheme, &authenticate)))
                     .await?
             }
-            (StatusCode::UNAUTHORIZED, None) if !first.offers_ntlm => {
+            (StatusCode::UNAUTHORIZED, None) if first.offers.is_empty() => {
                 return Err(DbError::permanent(
-                    "the web service does not offer NTLM (WWW-Authenticate): enable Windows \
-                     authentication on the ApiRemoting30 virtual directory",
+                    "the web service offers no Windows authentication (WWW-Authenticate): \
+                     enable it on the ApiRemoting30 virtual directory",
                 ));
             }
             (status, challenge) => Answer {
                 status,
                 challenge,
-                offers_ntlm: first.offers_ntlm,
+                offers: first.offers,
                 body: first.body,
             },
         };
