@@ -279,7 +279,6 @@ pub enum LabSeed {
 
 /// How to reach the servers.
 #[derive(Debug, Clone, Args)]
-#[group(id = "via", args = ["connect_via", "api_via"], multiple = true, required = false)]
 pub struct ConnArgs {
     /// Send every TCP connection to this address (a lab) while each login still names its own
     /// server; plaintext only to a loopback address.
@@ -291,7 +290,7 @@ pub struct ConnArgs {
     pub api_via: Option<SocketAddr>,
     /// With --connect-via or --api-via: keep each server's TLS and validate the lab's
     /// certificate against this authority (the `ca.pem` of `lab --tls-generate`).
-    #[arg(long, value_name = "FILE", requires = "via")]
+    #[arg(long, value_name = "FILE")]
     pub connect_via_ca: Option<PathBuf>,
     /// Seconds to wait for a connection and login.
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]

@@ -47,6 +47,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 fn connect_options(conn: &ConnArgs) -> Result<ConnectOptions, Failure> {
+    if conn.connect_via_ca.is_some() && conn.connect_via.is_none() && conn.api_via.is_none() {
+        return Err(Failure::BadInput(
+            "error: --connect-via-ca names the authority of a lab: give it with --connect-via or --api-via (a production server's authority goes in the topology's `ca_file`)".into(),
+        ));
+    }
     if let Some(ca) = &conn.connect_via_ca
         && let Err(e) = std::fs::metadata(ca)
     {

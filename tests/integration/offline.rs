@@ -499,3 +499,19 @@ fn the_manual_page_renders_with_man() {
         stdout(&apply)
     );
 }
+
+#[test]
+fn a_lab_authority_without_a_lab_address_is_refused_before_anything_is_sent() {
+    let out = wsus_reset(&[
+        "verify",
+        "examples/contoso.yaml",
+        "--connect-via-ca",
+        "Cargo.toml",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give it with --connect-via or --api-via"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
