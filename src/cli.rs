@@ -239,6 +239,10 @@ pub enum Command {
         /// administrator: every operation answers it 403 (repeatable).
         #[arg(long, requires = "windows_user", value_name = "DOMAIN\\USER")]
         api_reporter: Vec<String>,
+        /// The web service offers only `Negotiate`, as a site whose NTLM provider was removed
+        /// (NTLM tokens are still taken inside it, as SPNEGO does).
+        #[arg(long, requires = "windows_user")]
+        api_negotiate_only: bool,
         /// A registered downstream server the lab does not serve (decommissioned, never deleted
         /// from its upstream's table), under UPSTREAM or the first top server (repeatable).
         #[arg(long, value_name = "NAME[@UPSTREAM]")]

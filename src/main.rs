@@ -172,6 +172,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             windows_user,
             windows_password_env,
             api_reporter,
+            api_negotiate_only,
             stale,
         } => commands::lab::run(
             &file,
@@ -194,6 +195,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
                 login: user.zip(password_env),
                 windows_login: windows_user.zip(windows_password_env),
                 api_reporters: api_reporter,
+                api_negotiate_only,
                 stale,
             },
             out,

@@ -783,7 +783,7 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Fu
     response
 }
 
-fn unauthorized(token: Option<(&str, String)>) -> Response<Full<Bytes>> {
+fn unauthorized(token: Option<(&str, String)>, negotiate_only: bool) -> Response<Full<Bytes>> {
     let mut response = respond(
         StatusCode::UNAUTHORIZED,
         "text/plain",
@@ -793,6 +793,7 @@ fn unauthorized(token: Option<(&str, String)>) -> Response<Full<Bytes>> {
     // first (wsus-web-services.md 1.2 [I]); a challenge goes back under the scheme the client
     // used (SPNEGO takes a raw NTLM token).
     let values = match token {
+        None if negotiate_only => vec!["Negotiate".to_string()],
         None => vec!["Negotiate".to_string(), "NTLM".to_string()],
         Some((scheme, t)) => vec![format!("{scheme} {t}")],
     };
@@ -830,11 +831,14 @@ fn authenticate(
             )
         });
     }
+    let negotiate_only = lab.shared.config.api_negotiate_only;
     let scheme = if header.is_some_and(|h| h.starts_with("Negotiate ")) {
         "Negotiate"
     } else {
         "NTLM"
     };
+    // A site whose NTLM provider was removed takes no `NTLM` scheme, only NTLM inside `Negotiate`.
+    let header = header.filter(|_| !(negotiate_only && scheme == "NTLM"));
     let token = header
         .and_then(|h| {
             h.strip_prefix("NTLM ")
@@ -846,7 +850,7 @@ fn authenticate(
                 .ok()
         });
     let Some(token) = token else {
-        return Some(unauthorized(None));
+        return Some(unauthorized(None, negotiate_only));
     };
     let kind = token
         .get(8..12)
@@ -862,10 +866,13 @@ fn authenticate(
             let filetime = (now.as_secs() + 11_644_473_600) * 10_000_000;
             let message = crate::ntlm::challenge(challenge, domain, server, filetime);
             state.challenge = Some(challenge);
-            Some(unauthorized(Some((
-                scheme,
-                base64::engine::general_purpose::STANDARD.encode(message),
-            ))))
+            Some(unauthorized(
+                Some((
+                    scheme,
+                    base64::engine::general_purpose::STANDARD.encode(message),
+                )),
+                negotiate_only,
+            ))
         }
         Some(3) => {
             let proven = match (crate::ntlm::Authenticate::parse(&token), state.challenge) {
@@ -892,10 +899,10 @@ fn authenticate(
                     state.user = Some(who);
                     Some(refused)
                 }
-                None => Some(unauthorized(None)),
+                None => Some(unauthorized(None, negotiate_only)),
             }
         }
-        _ => Some(unauthorized(None)),
+        _ => Some(unauthorized(None, negotiate_only)),
     }
 }
 

@@ -65,6 +65,9 @@ pub struct LabConfig {
     /// Windows accounts (with the same password) that log in to the web service but are not in
     /// the WSUS Administrators role: every operation answers them 403.
     pub api_reporters: Vec<String>,
+    /// The web service offers only `Negotiate` (a site whose NTLM provider was removed), taking
+    /// NTLM tokens inside it as SPNEGO does.
+    pub api_negotiate_only: bool,
     /// The whole state as JSON, written atomically after every mutation and loaded at start.
     pub state_file: Option<PathBuf>,
     /// The certificate and key to encrypt with; plaintext only without one.

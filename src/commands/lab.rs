@@ -26,6 +26,8 @@ pub struct LabOptions {
     pub api_reporters: Vec<String>,
     /// `NAME[@UPSTREAM]`: registered downstream servers the lab does not serve.
     pub stale: Vec<String>,
+    /// The web service offers only `Negotiate`.
+    pub api_negotiate_only: bool,
 }
 
 /// What the lab encrypts with.
@@ -77,6 +79,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
         windows_login,
         api_reporters,
         stale,
+        api_negotiate_only,
     } = options;
     let topology = Topology::load(file)?;
     // A stale entry names a server the lab does not serve, under one it does.
@@ -152,6 +155,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
             sql_version,
             replica_sync: replica_sync_ms.map(Duration::from_millis),
             stale,
+            api_negotiate_only,
         },
     )
     .map_err(|e| Failure::BadInput(format!("error: {e}")))?;

@@ -328,3 +328,19 @@ fn https_web_services_are_validated_against_the_authority_given_and_plain_http_t
     assert_all_repaired(&servers);
     assert_each_server_used_its_own_transport(&servers);
 }
+
+#[test]
+fn a_site_offering_only_negotiate_is_logged_in_to_with_ntlm_inside_it() {
+    let lab = LabProcess::start_extra(
+        MIXED,
+        "broken",
+        "faults: []\n",
+        0,
+        &["--api-listen", "127.0.0.1:0", "--api-negotiate-only"],
+    );
+    let out = lab.apply("state");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let servers = lab.servers();
+    assert_all_repaired(&servers);
+    assert_eq!(calls(&servers["r1a"]), API_REPLICA_CALLS);
+}
