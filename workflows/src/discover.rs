@@ -8,6 +8,8 @@
 //! be reached is still known from its upstream's table (which holds its whole subtree), so the
 //! walk goes on below it.
 
+use std::collections::{HashMap, HashSet};
+
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use topology::{Mode, Server, Topology, Transport};
@@ -65,27 +67,6 @@ pub struct Discovery {
     pub servers: Vec<Found>,
     /// Round trips of the walk: one per level.
     pub levels: u32,
-}
-
-/// Whether a registered DNS name is the topology's server: its name, its SQL or web-service
-/// host, or the same first label (WSUS keeps the name as the server registered it: short or
-/// fully qualified).
-fn names(server: &Server, registered: &str) -> bool {
-    let registered = registered.to_ascii_lowercase();
-    let label = |n: &str| n.split('.').next().unwrap_or(n).to_string();
-    let mut own: Vec<String> = vec![server.name.to_ascii_lowercase()];
-    own.extend(
-        server
-            .sql
-            .as_ref()
-            .and_then(|s| s.host.clone())
-            .map(|h| h.to_ascii_lowercase()),
-    );
-    own.extend(server.api.as_ref().map(|a| a.host.to_ascii_lowercase()));
-    own.iter().any(|n| {
-        *n == registered
-            || (n.contains('.') != registered.contains('.') && label(n) == label(&registered))
-    })
 }
 
 /// The topology file discovery starts from, as text: found servers are appended to its
@@ -174,6 +155,59 @@ impl Seed {
     }
 }
 
+/// The file's servers by every name a registered DNS name may match: a server's name, its SQL
+/// or web-service host, or the same first label (WSUS keeps the name as the server registered
+/// it: short or fully qualified). Lookups in constant time.
+struct FileNames {
+    /// Lower-case names and hosts.
+    full: HashMap<String, usize>,
+    /// The first label of a qualified name or host, matched by a short registered name.
+    label_of_qualified: HashMap<String, usize>,
+    /// A short name or host, matched by a qualified registered name's first label.
+    short: HashMap<String, usize>,
+}
+
+impl FileNames {
+    fn new(file: &[&Server]) -> FileNames {
+        let mut index = FileNames {
+            full: HashMap::new(),
+            label_of_qualified: HashMap::new(),
+            short: HashMap::new(),
+        };
+        for (i, server) in file.iter().enumerate() {
+            let sql = server.sql.as_ref().and_then(|s| s.host.as_deref());
+            let api = server.api.as_ref().map(|a| a.host.as_str());
+            for name in std::iter::once(server.name.as_str()).chain(sql).chain(api) {
+                let name = name.to_ascii_lowercase();
+                match name.split_once('.') {
+                    Some((label, _)) => {
+                        index
+                            .label_of_qualified
+                            .entry(label.to_string())
+                            .or_insert(i);
+                    }
+                    None => {
+                        index.short.entry(name.clone()).or_insert(i);
+                    }
+                }
+                index.full.entry(name).or_insert(i);
+            }
+        }
+        index
+    }
+
+    fn find(&self, registered: &str) -> Option<usize> {
+        let registered = registered.to_ascii_lowercase();
+        self.full
+            .get(&registered)
+            .copied()
+            .or_else(|| match registered.split_once('.') {
+                Some((label, _)) => self.short.get(label).copied(),
+                None => self.label_of_qualified.get(&registered).copied(),
+            })
+    }
+}
+
 /// Reads one server: what it says of itself, and its downstream-server table.
 async fn read(
     server: &Server,
@@ -204,6 +238,7 @@ pub async fn discover(
 ) -> Discovery {
     let update = topology.update().to_string();
     let file: Vec<&Server> = topology.servers().iter().collect();
+    let file_names = FileNames::new(&file);
     let mut found: Vec<Found> = Vec::new();
     // Each found server's index of the file server it is, and of its top.
     let mut file_index: Vec<Option<usize>> = Vec::new();
@@ -279,41 +314,53 @@ pub async fn discover(
         }
         // The next level: each server's children, from its own table (no parent) or from any
         // table that names it as the parent (an unreachable server's subtree, from above).
+        // Indexed, so a wide level costs its entries, not its entries times its servers.
+        let mut direct: HashMap<usize, Vec<&Registered>> = HashMap::new();
+        let mut by_parent: HashMap<&str, Vec<&Registered>> = HashMap::new();
+        for (owner, r) in &entries {
+            match &r.parent {
+                None => direct.entry(*owner).or_default().push(r),
+                Some(parent) => by_parent.entry(parent.as_str()).or_default().push(r),
+            }
+        }
+        let mut known: HashSet<String> = found
+            .iter()
+            .flat_map(|f| [Some(f.name.to_ascii_lowercase()), f.id.clone()])
+            .flatten()
+            .collect();
         let mut next = Vec::new();
+        let mut added: Vec<Found> = Vec::new();
         for &k in &level {
-            let children: Vec<Registered> = entries
-                .iter()
-                .filter(|(owner, r)| match (&r.parent, &found[k].id) {
-                    (None, _) => *owner == k,
-                    (Some(parent), Some(id)) => parent == id,
-                    (Some(_), None) => false,
-                })
-                .map(|(_, r)| r.clone())
-                .collect();
-            for child in children {
-                let known = found.iter().any(|f| {
-                    f.name.eq_ignore_ascii_case(&child.name)
-                        || f.id.as_deref() == Some(child.id.as_str())
-                });
-                if known {
+            let own = direct.get(&k).into_iter().flatten();
+            let named = found[k]
+                .id
+                .as_deref()
+                .and_then(|id| by_parent.get(id))
+                .into_iter()
+                .flatten();
+            for child in own.chain(named) {
+                if known.contains(&child.name.to_ascii_lowercase()) || known.contains(&child.id) {
                     continue;
                 }
-                let in_file = file.iter().position(|s| names(s, &child.name));
-                next.push(found.len());
+                known.insert(child.name.to_ascii_lowercase());
+                known.insert(child.id.clone());
+                let in_file = file_names.find(&child.name);
+                next.push(found.len() + added.len());
                 top_of.push(top_of[k]);
                 file_index.push(in_file);
-                found.push(Found {
+                added.push(Found {
                     name: in_file.map_or_else(|| child.name.clone(), |i| file[i].name.clone()),
                     upstream: Some(found[k].name.clone()),
                     depth: found[k].depth + 1,
                     in_file: in_file.is_some(),
                     id: Some(child.id.clone()),
-                    registered: Some(child),
+                    registered: Some((*child).clone()),
                     observed: None,
                     error: None,
                 });
             }
         }
+        found.extend(added);
         level = next;
     }
     Discovery {
@@ -474,6 +521,8 @@ pub fn differences(
 /// subtrees) that the file lacks: one read per top server, for the one-line notice of `plan
 /// --online` and `apply`. A top that cannot be read counts nothing (the probe reports it).
 pub async fn unlisted(topology: &Topology, options: &ConnectOptions) -> usize {
+    let file: Vec<&Server> = topology.servers().iter().collect();
+    let file_names = &FileNames::new(&file);
     let tops = topology.servers().iter().filter(|s| s.upstream.is_none());
     let reads = tops.map(|top| async move {
         let read = async {
@@ -488,7 +537,7 @@ pub async fn unlisted(topology: &Topology, options: &ConnectOptions) -> usize {
             table
                 .registered
                 .iter()
-                .filter(|r| !topology.servers().iter().any(|s| names(s, &r.name)))
+                .filter(|r| file_names.find(&r.name).is_none())
                 .count()
         })
     });
@@ -583,10 +632,12 @@ mod tests {
             b"version: 1\nservers:\n  - name: wsus-hq\n    sql: { host: sql-hq.corp.example }\n",
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
-        let hq = &t.servers()[0];
-        assert!(names(hq, "WSUS-HQ.corp.example"));
-        assert!(names(hq, "sql-hq.corp.example"));
-        assert!(!names(hq, "wsus-hq2.corp.example"));
+        let file: Vec<&Server> = t.servers().iter().collect();
+        let names = FileNames::new(&file);
+        assert_eq!(names.find("WSUS-HQ.corp.example"), Some(0));
+        assert_eq!(names.find("sql-hq.corp.example"), Some(0));
+        assert_eq!(names.find("SQL-HQ"), Some(0));
+        assert_eq!(names.find("wsus-hq2.corp.example"), None);
     }
 
     #[test]
