@@ -206,6 +206,8 @@ struct Shared {
     committed: tokio::sync::Notify,
     /// Each server and its upstream, in execution order (replica synchronization goes top-down).
     order: Vec<(String, Option<String>)>,
+    /// Each server's downstream servers (indexes into `order`), by lower-case name.
+    children: HashMap<String, Vec<usize>>,
     next_connection: AtomicU64,
     tls: Option<tls::Acceptors>,
 }
@@ -298,6 +300,15 @@ impl Lab {
                     .iter()
                     .map(|s| (s.name.clone(), s.upstream.clone()))
                     .collect(),
+                children: {
+                    let mut children: HashMap<String, Vec<usize>> = HashMap::new();
+                    for (i, s) in topology.servers().iter().enumerate() {
+                        if let Some(up) = &s.upstream {
+                            children.entry(up.to_ascii_lowercase()).or_default().push(i);
+                        }
+                    }
+                    children
+                },
                 next_connection: AtomicU64::new(1),
             }),
         };
@@ -328,11 +339,10 @@ impl Lab {
         while !frontier.is_empty() {
             let mut next = Vec::new();
             for parent in &frontier {
-                for (name, upstream) in order {
-                    if upstream.as_deref().map(key).as_deref() == Some(parent.as_str()) {
-                        below.push((name.clone(), parent.clone()));
-                        next.push(key(name));
-                    }
+                for &i in self.shared.children.get(parent).into_iter().flatten() {
+                    let name = &order[i].0;
+                    below.push((name.clone(), parent.clone()));
+                    next.push(key(name));
                 }
             }
             frontier = next;
@@ -342,10 +352,19 @@ impl Lab {
             .find(|(_, up)| up.is_none())
             .map(|(n, _)| key(n));
         let parent_id = |parent: &str| (parent != key(server)).then(|| api::server_id(parent));
+        // The DNS name each server registered with: its web service's host, else its name.
+        let dns: HashMap<&str, &str> = self
+            .shared
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name.as_str(), r.api_host.as_deref()?)))
+            .collect();
         let mut table: Vec<Registered> = below
             .iter()
             .map(|(name, parent)| Registered {
-                name: self.dns_name(name),
+                name: dns
+                    .get(name.as_str())
+                    .map_or_else(|| name.clone(), |h| (*h).to_string()),
                 id: api::server_id(name),
                 parent: parent_id(parent),
                 last_sync: sync_time(0),
@@ -371,16 +390,6 @@ impl Lab {
             }
         }
         table
-    }
-
-    /// The DNS name a served server registers with: its web service's host, else its name.
-    fn dns_name(&self, server: &str) -> String {
-        self.shared
-            .routes
-            .iter()
-            .find(|r| r.name.eq_ignore_ascii_case(server))
-            .and_then(|r| r.api_host.clone())
-            .unwrap_or_else(|| server.to_string())
     }
 
     /// Round trips (requests after login) received per server, by lower-case name.
