@@ -1222,6 +1222,9 @@ impl Lab {
             return Ok(vec![None, Some(mode)]);
         }
         if text_trimmed == susdb::sql::DOWNSTREAM_SERVERS {
+            // `tbDownstreamServerTarget` joined to itself for the parent's id (columns: the EF
+            // scaffold H2 of wsus-web-services.md; NULL parent for a direct child, 3.3 there),
+            // `LastSyncTime` as `CONVERT(…, 126)` writes it.
             let table = self.registered(&inner.servers, server);
             let rows = table
                 .into_iter()
