@@ -5,10 +5,11 @@ use crate::repair::{
     LabProcess, REPLICA_CALLS, TOPOLOGY, assert_all_repaired, assert_repaired, calls, text,
 };
 
-/// A self-signed certificate for the same name as the lab's: trusted by nobody but itself.
-fn impostor_ca(lab: &LabProcess) -> String {
-    let impostor = rcgen::generate_simple_self_signed(vec!["sql-hq.test.example".to_string()])
-        .expect("a certificate");
+/// A self-signed certificate for `host`, a name the lab's certificates hold: trusted by nobody
+/// but itself. Written to the lab's directory; returns its file name.
+pub(crate) fn impostor_ca(lab: &LabProcess, host: &str) -> String {
+    let impostor =
+        rcgen::generate_simple_self_signed(vec![host.to_string()]).expect("a certificate");
     std::fs::write(lab.path("impostor.pem"), impostor.cert.pem()).expect("written");
     "impostor.pem".to_string()
 }
@@ -31,7 +32,7 @@ fn a_hierarchy_with_every_encryption_level_is_repaired_and_a_foreign_authority_c
         "the test hierarchy changed: update this test"
     );
     let lab = LabProcess::start_tls(&topology, "broken");
-    let impostor = impostor_ca(&lab);
+    let impostor = impostor_ca(&lab, "sql-hq.test.example");
 
     let refused = lab
         .command(&[
@@ -94,7 +95,7 @@ servers:
 ";
     let lab = LabProcess::start_tls(hierarchy, "broken");
     let port = lab.addr.rsplit(':').next().expect("a port");
-    let impostor = impostor_ca(&lab);
+    let impostor = impostor_ca(&lab, "sql-hq.test.example");
     let topology = |trust: &str| {
         hierarchy.replace(
             "sql: { host: localhost }",

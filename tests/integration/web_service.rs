@@ -285,9 +285,7 @@ fn https_web_services_are_validated_against_the_authority_given_and_plain_http_t
         0,
         &["--api-listen", "127.0.0.1:0", "--tls-generate", "tls"],
     );
-    let impostor = rcgen::generate_simple_self_signed(vec!["r1.test.example".to_string()])
-        .expect("a certificate");
-    std::fs::write(lab.path("impostor.pem"), impostor.cert.pem()).expect("written");
+    let impostor = crate::tls::impostor_ca(&lab, "r1.test.example");
     let verify = |ca: Option<&str>| {
         let mut args = vec!["verify", "hierarchy.yaml", "--only", "r1"];
         if let Some(ca) = ca {
@@ -304,7 +302,7 @@ fn https_web_services_are_validated_against_the_authority_given_and_plain_http_t
         "{}",
         text(&plain)
     );
-    let foreign = verify(Some("impostor.pem"));
+    let foreign = verify(Some(&impostor));
     assert!(
         text(&foreign).contains("certificate was rejected")
             && text(&foreign).contains("api.ca_file"),

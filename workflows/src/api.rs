@@ -31,6 +31,7 @@ use topology::{ApiTarget, Auth, Server};
 
 use crate::connect::{ConnectOptions, SettingsError, read_secret};
 use crate::db::{Approval, DbError, Downstream, Observed, Registered, Revision, UpdateState};
+use crate::reach::WsusServer;
 
 const NS: &str = "http://www.microsoft.com/SoftwareDistribution/Server/ApiRemotingWebService";
 const PATH: &str = "/ApiRemoting30/WebService.asmx";
@@ -773,19 +774,6 @@ impl ApiSession {
         self.answer(operation, answer)
     }
 
-    /// Refuses a user without the administrator role before any change.
-    pub fn role_problems(&self) -> Vec<String> {
-        if self.role == ROLE_ADMINISTRATOR {
-            Vec::new()
-        } else {
-            vec![format!(
-                "{} is not a WSUS administrator on {} (GetCurrentUserRole answered {}, not \
-                 Administrator): add the account to the WSUS Administrators group of that server",
-                self.user, self.server, self.role
-            )]
-        }
-    }
-
     async fn configuration(&mut self) -> Result<Vec<Element>, DbError> {
         let response = self.call("ExecuteSPGetConfiguration", &[]).await?;
         let row = response
@@ -795,55 +783,6 @@ impl ApiSession {
             .clone();
         self.row = Some(row.clone());
         Ok(row)
-    }
-
-    /// What the probe reads: the configuration row, the update's revisions, and the approvals
-    /// of each revision.
-    pub async fn probe(&mut self, update: &str) -> Result<Observed, DbError> {
-        let row = self.configuration().await?;
-        let field = |name: &str| {
-            row.iter()
-                .find(|e| e.name == name)
-                .filter(|e| !e.nil)
-                .map(|e| e.text.trim().to_string())
-        };
-        let flag = |name: &str| -> Result<bool, DbError> {
-            match field(name).as_deref() {
-                Some("true" | "1") => Ok(true),
-                Some("false" | "0") => Ok(false),
-                _ => Err(DbError::permanent(format!(
-                    "the configuration row has no usable {name}"
-                ))),
-            }
-        };
-        let replica = flag("ReplicaMode")?;
-        let sync_from_microsoft_update = flag("SyncToMU")?;
-        let upstream_server = field("UpstreamServerName").filter(|s| !s.is_empty());
-        let upstream_port = field("ServerPortNumber").and_then(|p| p.parse().ok());
-        let revisions = self.revisions(update).await?;
-        let update = if revisions.is_empty() {
-            None
-        } else {
-            let declined = revisions.iter().any(|(_, declined)| *declined);
-            let mut approvals = Vec::new();
-            for (revision, _) in &revisions {
-                approvals.extend(self.approvals(update, revision.number).await?);
-            }
-            Some(UpdateState {
-                revisions: revisions.into_iter().map(|(r, _)| r).collect(),
-                declined,
-                approvals,
-            })
-        };
-        Ok(Observed {
-            sql_version: String::new(),
-            schema_version: None,
-            replica,
-            upstream_server,
-            upstream_port,
-            sync_from_microsoft_update,
-            update,
-        })
     }
 
     /// `ExecuteSPGetRevisions`: each revision (`minimalProperties` index 1) with whether it is
@@ -918,10 +857,75 @@ impl ApiSession {
             })
             .collect()
     }
+}
+
+impl WsusServer for ApiSession {
+    /// Refuses, before any change, a user without the administrator role (asked on the
+    /// request that completed the login).
+    async fn refusals(&mut self) -> Result<Vec<String>, DbError> {
+        Ok(if self.role == ROLE_ADMINISTRATOR {
+            Vec::new()
+        } else {
+            vec![format!(
+                "{} is not a WSUS administrator on {} (GetCurrentUserRole answered {}, not \
+                 Administrator): add the account to the WSUS Administrators group of that server",
+                self.user, self.server, self.role
+            )]
+        })
+    }
+
+    /// What the probe reads: the configuration row, the update's revisions, and the approvals
+    /// of each revision.
+    async fn probe(&mut self, update: &str) -> Result<Observed, DbError> {
+        let row = self.configuration().await?;
+        let field = |name: &str| {
+            row.iter()
+                .find(|e| e.name == name)
+                .filter(|e| !e.nil)
+                .map(|e| e.text.trim().to_string())
+        };
+        let flag = |name: &str| -> Result<bool, DbError> {
+            match field(name).as_deref() {
+                Some("true" | "1") => Ok(true),
+                Some("false" | "0") => Ok(false),
+                _ => Err(DbError::permanent(format!(
+                    "the configuration row has no usable {name}"
+                ))),
+            }
+        };
+        let replica = flag("ReplicaMode")?;
+        let sync_from_microsoft_update = flag("SyncToMU")?;
+        let upstream_server = field("UpstreamServerName").filter(|s| !s.is_empty());
+        let upstream_port = field("ServerPortNumber").and_then(|p| p.parse().ok());
+        let revisions = self.revisions(update).await?;
+        let update = if revisions.is_empty() {
+            None
+        } else {
+            let declined = revisions.iter().any(|(_, declined)| *declined);
+            let mut approvals = Vec::new();
+            for (revision, _) in &revisions {
+                approvals.extend(self.approvals(update, revision.number).await?);
+            }
+            Some(UpdateState {
+                revisions: revisions.into_iter().map(|(r, _)| r).collect(),
+                declined,
+                approvals,
+            })
+        };
+        Ok(Observed {
+            sql_version: String::new(),
+            schema_version: None,
+            replica,
+            upstream_server,
+            upstream_port,
+            sync_from_microsoft_update,
+            update,
+        })
+    }
 
     /// `ExecuteSPSetConfiguration` with the row as last read and `ReplicaMode` changed, then the
     /// row read again: what the server then holds.
-    pub async fn set_replica_mode(&mut self, replica: bool) -> Result<bool, DbError> {
+    async fn set_replica_mode(&mut self, replica: bool) -> Result<bool, DbError> {
         let row = match self.row.take() {
             Some(row) => row,
             None => self.configuration().await?,
@@ -964,7 +968,7 @@ impl ApiSession {
     }
 
     /// `ExecuteSPDeclineUpdate` (IUpdate.Decline, W4), refused on a replica.
-    pub async fn decline(&mut self, update: &str, admin: &str) -> Result<(), DbError> {
+    async fn decline(&mut self, update: &str, admin: &str) -> Result<(), DbError> {
         self.call(
             "ExecuteSPDeclineUpdate",
             &[
@@ -979,7 +983,7 @@ impl ApiSession {
 
     /// `ExecuteSPDeployUpdate1`: "not approved" for All Computers on `revision`, no deadline
     /// (IUpdate.Approve, W4; the values W3 sends).
-    pub async fn approve_detect_only(
+    async fn approve_detect_only(
         &mut self,
         update: &str,
         revision: i32,
@@ -1002,14 +1006,12 @@ impl ApiSession {
         .await
         .map(drop)
     }
-}
 
-impl ApiSession {
     /// `ExecuteSPGetAllDownstreamServers` from this server (the empty GUID), nested children
     /// included: rows of name, id, last sync, parent id, last rollup, version, replica (W3, W2
     /// agree); a direct child's parent is the empty GUID. The server's own id is the
     /// configuration row's `ServerId` (one more call).
-    pub async fn downstream(&mut self) -> Result<Downstream, DbError> {
+    async fn downstream(&mut self) -> Result<Downstream, DbError> {
         const EMPTY: &str = "00000000-0000-0000-0000-000000000000";
         let what = "ExecuteSPGetAllDownstreamServers";
         let response = self

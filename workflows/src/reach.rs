@@ -1,7 +1,8 @@
 //! The port between the repair and a WSUS server: what the repair asks of a server, whichever
-//! way it is reached. Two adapters: its SUSDB over TDS ([`crate::db`]) and its administration
-//! web service ([`crate::api`]). The steps, their observations (`took_effect`), the journal's
-//! facts and the verdicts are written against [`WsusServer`] only.
+//! way it is reached. Two adapters: its SUSDB over TDS ([`crate::db`], wrapped here) and its
+//! administration web service ([`crate::api::ApiSession`], which implements the port itself).
+//! The steps, their observations (`took_effect`), the journal's facts and the verdicts are
+//! written against [`WsusServer`] only.
 
 use std::future::Future;
 
@@ -74,38 +75,6 @@ impl WsusServer for Connection {
 
     async fn downstream(&mut self) -> Result<Downstream, DbError> {
         db::downstream(self).await
-    }
-}
-
-impl WsusServer for ApiSession {
-    async fn refusals(&mut self) -> Result<Vec<String>, DbError> {
-        // The role was asked on the request that completed the login.
-        Ok(self.role_problems())
-    }
-
-    async fn probe(&mut self, update: &str) -> Result<Observed, DbError> {
-        ApiSession::probe(self, update).await
-    }
-
-    async fn set_replica_mode(&mut self, replica: bool) -> Result<bool, DbError> {
-        ApiSession::set_replica_mode(self, replica).await
-    }
-
-    async fn decline(&mut self, update: &str, admin: &str) -> Result<(), DbError> {
-        ApiSession::decline(self, update, admin).await
-    }
-
-    async fn approve_detect_only(
-        &mut self,
-        update: &str,
-        revision: i32,
-        admin: &str,
-    ) -> Result<(), DbError> {
-        ApiSession::approve_detect_only(self, update, revision, admin).await
-    }
-
-    async fn downstream(&mut self) -> Result<Downstream, DbError> {
-        ApiSession::downstream(self).await
     }
 }
 
