@@ -29,12 +29,12 @@ async fn place_keys(
             .map(|k| (k.clone(), vec![why.to_string()]))
             .collect();
     }
-    let mut connection = workflows::connect::connect(server, options).await;
+    let mut connection = workflows::reach::sql::connect(server, options).await;
     let mut keys = Vec::new();
     for key in logged {
         let objects = match (key.parse::<i32>(), &mut connection) {
             (Err(_), _) => vec!["not a number".to_string()],
-            (Ok(number), Ok(c)) => workflows::db::key_objects(c, number)
+            (Ok(number), Ok(c)) => workflows::reach::sql::key_objects(c, number)
                 .await
                 .unwrap_or_else(|e| vec![format!("cannot ask: {}", e.message)]),
             (Ok(_), Err(e)) => vec![format!("cannot ask: {}", e.message)],

@@ -30,8 +30,8 @@ use susdb_lab::{Lab, LabConfig, faults::Faults, model::Seed};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use topology::{SelectOptions, Selection, Topology};
-use workflows::applock::{HierarchyLock, tops_of};
-use workflows::connect::ConnectOptions;
+use workflows::reach::ConnectOptions;
+use workflows::reach::sql::applock::{HierarchyLock, tops_of};
 use workflows::survey::survey;
 use workflows::{Plan, Repair};
 
@@ -99,7 +99,7 @@ fn connect_for(
             "error: {given} sends connections to a lab, but {count} selected server(s) are reached through their {what}, which would still be reached at their own addresses: add {missing} ADDR (the lab's other listener)"
         )));
     }
-    let missing = workflows::connect::missing_secrets(servers(), &options);
+    let missing = workflows::reach::missing_secrets(servers(), &options);
     if !missing.is_empty() {
         let mut text = format!(
             "error: {} password source(s) cannot be read; nothing was sent to any server:",

@@ -24,8 +24,8 @@ use susdb_lab::{Lab, LabConfig, model::Seed};
 use tokio_util::sync::CancellationToken;
 use topology::{SelectOptions, Topology};
 use workflows::Repair;
-use workflows::applock::tops_of;
-use workflows::connect::ConnectOptions;
+use workflows::reach::ConnectOptions;
+use workflows::reach::sql::applock::tops_of;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -14,9 +14,9 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use topology::{Mode, Server, Topology, Transport};
 
-use crate::connect::ConnectOptions;
-use crate::db::{DbError, Downstream, Observed, Registered};
-use crate::reach::{self, WsusServer};
+use crate::reach::{
+    self, ConnectOptions, Downstream, Observed, Registered, ServerError, WsusServer,
+};
 use crate::repair::{Verdict, mismatches};
 
 /// One server the walk met.
@@ -213,9 +213,9 @@ async fn read(
     server: &Server,
     update: &str,
     options: &ConnectOptions,
-) -> Result<(Observed, Downstream), DbError> {
+) -> Result<(Observed, Downstream), ServerError> {
     let limit = options.command_timeout;
-    let timed = |what: &'static str| move |_| DbError::timeout(what, limit);
+    let timed = |what: &'static str| move |_| ServerError::timeout(what, limit);
     let mut session = reach::open(server, options).await?;
     let observed = tokio::time::timeout(limit, session.probe(update))
         .await
@@ -296,7 +296,7 @@ pub async fn discover(
             async move {
                 let read = match server {
                     Ok(server) => read(&server, &update, options).await,
-                    Err(e) => Err(DbError::permanent(e)),
+                    Err(e) => Err(ServerError::permanent(e)),
                 };
                 (k, read)
             }
@@ -530,7 +530,7 @@ pub async fn unlisted(topology: &Topology, options: &ConnectOptions) -> usize {
             tokio::time::timeout(options.command_timeout, session.downstream())
                 .await
                 .map_err(|_| {
-                    DbError::timeout("the downstream-server read", options.command_timeout)
+                    ServerError::timeout("the downstream-server read", options.command_timeout)
                 })?
         };
         read.await.map(|table| {

@@ -1,12 +1,9 @@
 //! The KB 954960 repair as a workflow: the steps run on each WSUS server ([`kb954960`]), the
-//! reviewable plan built from them ([`plan`]), SUSDB access with tiberius ([`db`], the one module
-//! that sends SQL; [`connect`]), the engine workflow ([`repair`]) and the read-only survey of
-//! many servers at once ([`survey`]) behind `plan --online` and `verify`.
+//! reviewable plan built from them ([`plan`]), the port to a WSUS server with its two adapters,
+//! SUSDB over TDS and the administration web service ([`reach`]), the engine workflow
+//! ([`repair`]), the read-only survey of many servers at once ([`survey`]) behind `plan --online`
+//! and `verify`, and discovery of a hierarchy from its servers ([`discover`]).
 
-pub mod api;
-pub mod applock;
-pub mod connect;
-pub mod db;
 pub mod discover;
 pub mod export;
 pub mod kb954960;

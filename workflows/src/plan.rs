@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use topology::{KB954960_UPDATE_ID, Mode, Selection, Topology};
 
-use crate::db::Observed;
 use crate::kb954960::{KB954960_UPDATE_TITLE, Step, steps_for};
+use crate::reach::Observed;
 use crate::survey::Surveyed;
 
 pub const PLAN_VERSION: u32 = 1;
@@ -21,7 +21,7 @@ const WILL_FAIL: &str = "WILL FAIL";
 /// How `server` is reached, in words for the plan's reviewers.
 fn via(server: &topology::Server) -> String {
     match (server.via_sql(), server.via_api()) {
-        (Some(sql), _) => format!("SUSDB {}", crate::connect::describe(sql)),
+        (Some(sql), _) => format!("SUSDB {}", crate::reach::sql::connect::describe(sql)),
         (_, Some(api)) => format!("web service {}", api.origin()),
         (None, None) => String::new(),
     }

@@ -8,10 +8,9 @@ use std::sync::Arc;
 use engine::{StepContext, StepError, StepOutput, StepSpec, Workflow};
 use topology::{Mode, Server};
 
-use crate::connect::ConnectOptions;
-use crate::db::{self, DbError, Observed};
 use crate::kb954960::{Step, steps_for};
-use crate::reach::{self, Session, WsusServer};
+use crate::reach::sql::applock::Held;
+use crate::reach::{self, ConnectOptions, Observed, ServerError, Session, WsusServer};
 
 /// The facts the probe journals before the first change: what undo and resume rely on.
 pub mod facts {
@@ -58,7 +57,7 @@ impl Verdict {
     }
 
     /// The verdict on `observed` in words, with what is odd but not the repair's to change
-    /// ([`crate::db::UpdateState::notes`]).
+    /// ([`crate::reach::UpdateState::notes`]).
     pub fn describe(observed: &Observed) -> String {
         let mut text = Verdict::of(observed).summary();
         for note in observed.update.iter().flat_map(|u| u.notes()) {
@@ -129,12 +128,12 @@ pub struct Repair {
     /// Top servers whose hierarchy applock this process holds right now (kept up to date by the
     /// lock's watch). A server whose top is not in it refuses to start: two operators never
     /// repair one hierarchy at once.
-    pub locked_tops: Option<crate::applock::Held>,
+    pub locked_tops: Option<Held>,
     /// The server's top server, by name (for the applock check).
     pub tops: Arc<std::collections::HashMap<String, String>>,
 }
 
-fn to_step_error(e: DbError) -> StepError {
+fn to_step_error(e: ServerError) -> StepError {
     if e.transient {
         StepError::transient(e.message)
     } else {
@@ -145,11 +144,11 @@ fn to_step_error(e: DbError) -> StepError {
 async fn timed<T>(
     limit: std::time::Duration,
     what: &str,
-    f: impl Future<Output = Result<T, DbError>>,
+    f: impl Future<Output = Result<T, ServerError>>,
 ) -> Result<T, StepError> {
     match tokio::time::timeout(limit, f).await {
         Ok(result) => result.map_err(to_step_error),
-        Err(_) => Err(to_step_error(DbError::timeout(what, limit))),
+        Err(_) => Err(to_step_error(ServerError::timeout(what, limit))),
     }
 }
 
@@ -340,7 +339,7 @@ impl Workflow for Repair {
                     .and_then(serde_json::Value::as_i64)
                     .and_then(|n| i32::try_from(n).ok());
                 match (&observed.update, revision) {
-                    (Some(u), Some(rev)) => !u.declined && db::detect_only_approval_live(u, rev),
+                    (Some(u), Some(rev)) => !u.declined && reach::detect_only_approval_live(u, rev),
                     _ => false,
                 }
             }
@@ -352,7 +351,7 @@ impl Workflow for Repair {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Approval, Revision, UpdateState};
+    use crate::reach::{Approval, Revision, UpdateState};
 
     const ALL: &str = susdb::groups::ALL_COMPUTERS;
 

@@ -6,9 +6,7 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use topology::{Selection, Topology};
 
-use crate::connect::ConnectOptions;
-use crate::db::{self, Observed};
-use crate::reach::{self, WsusServer};
+use crate::reach::{self, ConnectOptions, Observed, ServerError, WsusServer};
 use crate::repair::{Verdict, mismatches};
 
 /// One server as the survey found it.
@@ -47,14 +45,14 @@ pub async fn survey(
                 let limit = options.command_timeout;
                 let differences = tokio::time::timeout(limit, c.refusals())
                     .await
-                    .map_err(|_| db::DbError::timeout("the pre-flight read", limit))??;
+                    .map_err(|_| ServerError::timeout("the pre-flight read", limit))??;
                 if !differences.is_empty() {
                     return Ok(Err(differences));
                 }
                 let observed = tokio::time::timeout(limit, c.probe(&update))
                     .await
-                    .map_err(|_| db::DbError::timeout("the probe", limit))??;
-                Ok::<_, db::DbError>(Ok(observed))
+                    .map_err(|_| ServerError::timeout("the probe", limit))??;
+                Ok::<_, ServerError>(Ok(observed))
             };
             match read.await {
                 // Signatures that differ: the probe is not even tried (it may not compile there).

@@ -22,8 +22,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use topology::{Selection, ServerId, Topology};
 
-use crate::connect::{ConnectOptions, connect};
-use crate::db::{self, Connection, DbError};
+use crate::reach::port::ServerError;
+use crate::reach::settings::ConnectOptions;
+use crate::reach::sql as db;
+use crate::reach::sql::connect::{Connection, connect};
 
 /// The held locks; dropping this closes the connections, which releases them.
 #[derive(Debug)]
@@ -65,7 +67,7 @@ impl Drop for WatchedLock {
 async fn take(
     server: &topology::Server,
     options: &ConnectOptions,
-) -> Result<Option<Connection>, DbError> {
+) -> Result<Option<Connection>, ServerError> {
     let mut last = None;
     for attempt in 0..3u32 {
         if attempt > 0 {
@@ -74,7 +76,7 @@ async fn take(
         let tried = async {
             let mut c = connect(server, options).await?;
             let granted = db::try_applock(&mut c).await?;
-            Ok::<_, DbError>(granted.then_some(c))
+            Ok::<_, ServerError>(granted.then_some(c))
         };
         match tried.await {
             Ok(granted) => return Ok(granted),
@@ -82,7 +84,7 @@ async fn take(
             Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| DbError::transient("the lock could not be taken")))
+    Err(last.unwrap_or_else(|| ServerError::transient("the lock could not be taken")))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +205,7 @@ impl HierarchyLock {
                     drop(c);
                     let again = match servers.get(&name) {
                         Some(server) => take(server, &options).await,
-                        None => Err(DbError::permanent("unknown top server")),
+                        None => Err(ServerError::permanent("unknown top server")),
                     };
                     match again {
                         Ok(Some(c)) => {

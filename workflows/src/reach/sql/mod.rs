@@ -1,74 +1,33 @@
-//! Every SQL call `wsus-reset` makes, in one module. The texts, procedure names and parameter
-//! names come from the `susdb` contract crate (each with its source in susdb.md); here they are
-//! sent through tiberius, always with bound parameters: no SQL text is ever assembled from input.
+//! The SUSDB adapter: a WSUS server reached through its database over TDS (tiberius), every
+//! SQL call `wsus-reset` makes. The texts, procedure names and parameter names come from the
+//! `susdb` contract crate (each with its source in susdb.md); here they are sent always with
+//! bound parameters: no SQL text is ever assembled from input. Opening the connection is
+//! [`connect`]; the hierarchy lock, which only SQL Server offers, is [`applock`].
 
-use std::time::Duration;
+pub mod applock;
+pub mod connect;
 
-use serde::{Deserialize, Serialize};
-use susdb::{action, groups, procs, schema, sql, target_group_type};
-use tiberius::{Client, Command, Row, Uuid};
-use tokio_util::compat::Compat;
+pub use connect::{Connection, Transport, connect};
 
-/// What a connection runs over: TCP, or on Windows a local named pipe (WID, SSEE).
-pub trait Transport:
-    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug
-{
-}
+use susdb::{action, groups, procs, schema, sql};
+use tiberius::{Command, Row, Uuid};
 
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug> Transport
-    for T
-{
-}
-
-/// A connection to one server's SUSDB.
-pub type Connection = Client<Compat<Box<dyn Transport>>>;
-
-/// A failed call to a server (its SUSDB or its web service), already sorted into worth-retrying
-/// or not.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct DbError {
-    pub transient: bool,
-    /// The SQL Server error number, when the server sent one.
-    pub code: Option<u32>,
-    pub message: String,
-}
-
-impl DbError {
-    pub fn permanent(message: impl Into<String>) -> Self {
-        DbError {
-            transient: false,
-            code: None,
-            message: message.into(),
-        }
-    }
-
-    /// Worth another try: the connection, not the request, failed.
-    pub fn transient(message: impl Into<String>) -> Self {
-        DbError {
-            transient: true,
-            code: None,
-            message: message.into(),
-        }
-    }
-
-    pub fn timeout(what: &str, after: Duration) -> Self {
-        DbError::transient(format!("{what} timed out after {} ms", after.as_millis()))
-    }
-}
+use crate::reach::port::{
+    Approval, Downstream, Observed, Registered, Revision, ServerError, UpdateState, WsusServer,
+};
 
 /// SQL Server errors worth another try: deadlock victim (1205), timeout (-2), lock request timeout
 /// (1222), database in transition or failover (40613, 4060 is not: a wrong database name), and
 /// the transport errors of a dropped connection (233, 10053, 10054).
 const TRANSIENT_CODES: &[i64] = &[1205, -2, 1222, 40613, 233, 10053, 10054];
 
-impl From<tiberius::error::Error> for DbError {
+impl From<tiberius::error::Error> for ServerError {
     fn from(e: tiberius::error::Error) -> Self {
         use tiberius::error::Error as E;
         match &e {
             E::Server(token) => {
                 let code = token.code();
-                DbError {
+                ServerError {
                     // The wire carries the number as u32; -2 arrives as its two's complement.
                     transient: TRANSIENT_CODES.contains(&i64::from(code as i32)),
                     code: Some(code),
@@ -80,10 +39,12 @@ impl From<tiberius::error::Error> for DbError {
                     ),
                 }
             }
-            E::Protocol(text) if text.contains("requested encryption level") => DbError::permanent(
-                "the server does not offer the encryption the topology asks for (`encrypt`): give \
+            E::Protocol(text) if text.contains("requested encryption level") => {
+                ServerError::permanent(
+                    "the server does not offer the encryption the topology asks for (`encrypt`): give \
                  SQL Server a certificate, or lower `encrypt` to `off` (only the login encrypted)",
-            ),
+                )
+            }
             E::Tls(text) if text.contains("certificate was rejected") => {
                 // tiberius's advice names its own API; say it in topology terms.
                 let reason = text
@@ -93,14 +54,16 @@ impl From<tiberius::error::Error> for DbError {
                     .split_once(". ")
                     .map_or(reason, |(first, _)| first)
                     .trim_end_matches('.');
-                DbError::permanent(format!(
+                ServerError::permanent(format!(
                     "TLS: the server's certificate was rejected ({reason}): name the authority \
                      that issued it in `ca_file`, or reach the server by a name its certificate \
                      holds; `trust_cert: true` skips validation (only on a network you trust)"
                 ))
             }
-            E::Io { .. } | E::Protocol(_) => DbError::transient(format!("connection lost: {e}")),
-            _ => DbError {
+            E::Io { .. } | E::Protocol(_) => {
+                ServerError::transient(format!("connection lost: {e}"))
+            }
+            _ => ServerError {
                 transient: false,
                 code: None,
                 message: e.to_string(),
@@ -109,187 +72,35 @@ impl From<tiberius::error::Error> for DbError {
     }
 }
 
-/// One revision of the update (`tbRevision`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Revision {
-    pub number: i32,
-    pub latest: bool,
+fn uuid(text: &str) -> Result<Uuid, ServerError> {
+    Uuid::parse_str(text).map_err(|e| ServerError::permanent(format!("bad GUID {text}: {e}")))
 }
 
-/// One live approval (`tbDeployment`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Approval {
-    pub deployment_id: i32,
-    pub revision: i32,
-    pub target_group: String,
-    /// `TargetGroupTypeID`: 0 a computer group (what clients see), 1 the Downstream Servers
-    /// group (`susdb::target_group_type`).
-    #[serde(default)]
-    pub target_group_type: i32,
-    pub action: i32,
-}
-
-impl Approval {
-    /// An approval for a computer target group: what GetSyncInfo reads, and what the fault and
-    /// the repair are about.
-    pub fn for_computers(&self) -> bool {
-        self.target_group_type == target_group_type::COMPUTER
-    }
-}
-
-/// What the probe reads, in one round trip (`susdb::sql::PROBE`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Observed {
-    /// The SQL Server's version; empty for a server read through its web service.
-    pub sql_version: String,
-    pub schema_version: Option<i32>,
-    pub replica: bool,
-    pub upstream_server: Option<String>,
-    pub upstream_port: Option<i32>,
-    pub sync_from_microsoft_update: bool,
-    /// `None`: the update is not on this server.
-    pub update: Option<UpdateState>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateState {
-    pub revisions: Vec<Revision>,
-    pub declined: bool,
-    pub approvals: Vec<Approval>,
-}
-
-impl UpdateState {
-    /// The revision the approval goes on: the highest `RevisionNumber` flagged latest (WSUS
-    /// should flag one; when several are, the newest is the one clients are offered).
-    pub fn latest_revision(&self) -> Option<i32> {
-        self.revisions
-            .iter()
-            .filter(|r| r.latest)
-            .map(|r| r.number)
-            .max()
-    }
-
-    /// The approvals for computer target groups (`TargetGroupTypeID` 0).
-    pub fn computer_approvals(&self) -> impl Iterator<Item = &Approval> {
-        self.approvals.iter().filter(|a| a.for_computers())
-    }
-
-    /// The inconsistencies of susdb.md section 5 among computer-group approvals, in words;
-    /// empty when consistent.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let latest = self.latest_revision();
-        let stale: Vec<i32> = self
-            .computer_approvals()
-            .filter(|a| Some(a.revision) != latest)
-            .map(|a| a.revision)
-            .collect();
-        if !stale.is_empty() {
-            problems.push(format!("stale approval on old revision {}", join(&stale)));
-        }
-        let mut seen: Vec<&str> = Vec::new();
-        let mut doubled: Vec<&str> = Vec::new();
-        for a in self.computer_approvals() {
-            if seen.contains(&a.target_group.as_str()) {
-                if !doubled.contains(&a.target_group.as_str()) {
-                    doubled.push(&a.target_group);
-                }
-            } else {
-                seen.push(&a.target_group);
-            }
-        }
-        for group in doubled {
-            problems.push(format!(
-                "duplicate live approvals for {}",
-                group_name(group)
-            ));
-        }
-        problems
-    }
-
-    /// What is odd on this server but neither caused by nor repaired by the tool, in words:
-    /// several revisions flagged latest (susdb.md 5), and approvals WSUS keeps for its
-    /// downstream servers (`TargetGroupTypeID` other than 0), which a decline may leave.
-    pub fn notes(&self) -> Vec<String> {
-        let mut notes = Vec::new();
-        let flagged: Vec<i32> = self
-            .revisions
-            .iter()
-            .filter(|r| r.latest)
-            .map(|r| r.number)
-            .collect();
-        if flagged.len() > 1 {
-            notes.push(format!(
-                "{} revisions flagged latest ({}): the highest, {}, is the one approved",
-                flagged.len(),
-                join(&flagged),
-                flagged.iter().max().copied().unwrap_or_default()
-            ));
-        }
-        let downstream = self.approvals.iter().filter(|a| !a.for_computers()).count();
-        if downstream > 0 {
-            notes.push(format!(
-                "{downstream} approval(s) for downstream servers (TargetGroupTypeID other than 0) \
-                 left as WSUS keeps them"
-            ));
-        }
-        notes
-    }
-
-    /// The end state of the repair: declined, with no computer-group approval left.
-    pub fn repaired(&self) -> bool {
-        self.declined && self.computer_approvals().next().is_none()
-    }
-}
-
-fn join(numbers: &[i32]) -> String {
-    numbers
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A built-in target group's name, or its GUID.
-pub fn group_name(id: &str) -> String {
-    let id_upper = id.to_ascii_uppercase();
-    match id_upper.as_str() {
-        groups::ALL_COMPUTERS => "All Computers".into(),
-        groups::UNASSIGNED_COMPUTERS => "Unassigned Computers".into(),
-        groups::DOWNSTREAM_SERVERS => "Downstream Servers".into(),
-        _ => id.into(),
-    }
-}
-
-fn uuid(text: &str) -> Result<Uuid, DbError> {
-    Uuid::parse_str(text).map_err(|e| DbError::permanent(format!("bad GUID {text}: {e}")))
-}
-
-fn missing(column: &str) -> DbError {
-    DbError::permanent(format!(
+fn missing(column: &str) -> ServerError {
+    ServerError::permanent(format!(
         "the probe's answer has no usable `{column}` column: is this a WSUS 3.0 SUSDB?"
     ))
 }
 
-fn get<'a, T: tiberius::FromSql<'a>>(row: &'a Row, column: &str) -> Result<Option<T>, DbError> {
+fn get<'a, T: tiberius::FromSql<'a>>(row: &'a Row, column: &str) -> Result<Option<T>, ServerError> {
     row.try_get::<T, _>(column).map_err(|_| missing(column))
 }
 
 /// The read-only probe: one round trip, four result sets (`susdb::sql::PROBE`).
-pub async fn probe(c: &mut Connection, update: &str) -> Result<Observed, DbError> {
+pub async fn probe(c: &mut Connection, update: &str) -> Result<Observed, ServerError> {
     let sets = c
         .query(sql::PROBE, &[&uuid(update)?])
         .await?
         .into_results()
         .await?;
     let [config, revisions, declined, approvals] = sets.as_slice() else {
-        return Err(DbError::permanent(format!(
+        return Err(ServerError::permanent(format!(
             "the probe returned {} result sets, expected 4: is this a WSUS 3.0 SUSDB?",
             sets.len()
         )));
     };
     let config = config.first().ok_or_else(|| {
-        DbError::permanent("tbConfigurationA/C are empty: is this a WSUS 3.0 SUSDB?")
+        ServerError::permanent("tbConfigurationA/C are empty: is this a WSUS 3.0 SUSDB?")
     })?;
     let revisions = revisions
         .iter()
@@ -300,7 +111,7 @@ pub async fn probe(c: &mut Connection, update: &str) -> Result<Observed, DbError
                 latest: get::<bool>(row, "IsLatestRevision")?.unwrap_or(false),
             })
         })
-        .collect::<Result<Vec<_>, DbError>>()?;
+        .collect::<Result<Vec<_>, ServerError>>()?;
     let update = if revisions.is_empty() {
         None
     } else {
@@ -325,7 +136,7 @@ pub async fn probe(c: &mut Connection, update: &str) -> Result<Observed, DbError
                     action: get::<i32>(row, "ActionID")?.ok_or_else(|| missing("ActionID"))?,
                 })
             })
-            .collect::<Result<Vec<_>, DbError>>()?;
+            .collect::<Result<Vec<_>, ServerError>>()?;
         Some(UpdateState {
             revisions,
             declined,
@@ -349,7 +160,7 @@ pub async fn probe(c: &mut Connection, update: &str) -> Result<Observed, DbError
 
 /// Sets `tbConfigurationC.ReplicaMode` and returns what the database then holds
 /// (`susdb::sql::SET_REPLICA_MODE`: the update and the read back in one round trip).
-pub async fn set_replica_mode(c: &mut Connection, replica: bool) -> Result<bool, DbError> {
+pub async fn set_replica_mode(c: &mut Connection, replica: bool) -> Result<bool, ServerError> {
     let sets = c
         .query(sql::SET_REPLICA_MODE, &[&replica])
         .await?
@@ -358,7 +169,7 @@ pub async fn set_replica_mode(c: &mut Connection, replica: bool) -> Result<bool,
     sets.last()
         .and_then(|set| set.first())
         .and_then(|row| row.try_get::<bool, _>(0).ok().flatten())
-        .ok_or_else(|| DbError::permanent("ReplicaMode could not be read back"))
+        .ok_or_else(|| ServerError::permanent("ReplicaMode could not be read back"))
 }
 
 /// Runs a procedure call; its return status must be 0.
@@ -366,7 +177,7 @@ async fn exec_checked(
     c: &mut Connection,
     cmd: Command<'_>,
     procedure: &str,
-) -> Result<(), DbError> {
+) -> Result<(), ServerError> {
     let code = cmd
         .exec(c)
         .await?
@@ -376,11 +187,11 @@ async fn exec_checked(
     check_return(procedure, code)
 }
 
-fn check_return(procedure: &str, code: u32) -> Result<(), DbError> {
+fn check_return(procedure: &str, code: u32) -> Result<(), ServerError> {
     if code == 0 {
         Ok(())
     } else {
-        Err(DbError {
+        Err(ServerError {
             transient: false,
             code: None,
             message: format!("{procedure} returned {}", code as i32),
@@ -389,7 +200,7 @@ fn check_return(procedure: &str, code: u32) -> Result<(), DbError> {
 }
 
 /// `spDeclineUpdate`: retires every live approval of every revision (susdb.md section 3).
-pub async fn decline(c: &mut Connection, update: &str, admin: &str) -> Result<(), DbError> {
+pub async fn decline(c: &mut Connection, update: &str, admin: &str) -> Result<(), ServerError> {
     let mut cmd = Command::new(procs::DECLINE_UPDATE);
     cmd.bind_param(procs::UPDATE_ID, uuid(update)?);
     cmd.bind_param(procs::ADMIN_NAME, admin.to_string());
@@ -404,7 +215,7 @@ pub async fn approve_detect_only(
     update: &str,
     revision: i32,
     admin: &str,
-) -> Result<(), DbError> {
+) -> Result<(), ServerError> {
     let mut cmd = Command::new(procs::DEPLOY_UPDATE);
     cmd.bind_param(procs::UPDATE_ID, uuid(update)?);
     cmd.bind_param(procs::REVISION_NUMBER, revision);
@@ -418,31 +229,22 @@ pub async fn approve_detect_only(
     exec_checked(c, cmd, procs::DEPLOY_UPDATE).await
 }
 
-/// Whether the approval of [`approve_detect_only`] is live on `revision`.
-pub fn detect_only_approval_live(state: &UpdateState, revision: i32) -> bool {
-    state.computer_approvals().any(|a| {
-        a.revision == revision
-            && a.action == action::DETECT_ONLY
-            && a.target_group.eq_ignore_ascii_case(groups::ALL_COMPUTERS)
-    })
-}
-
 /// Where this server's procedures and tables differ from what this build sends and reads
 /// (`susdb::sql::SIGNATURES` against `susdb::procs::SIGNATURES` and `susdb::schema::COLUMNS`), in
 /// words; empty when they match. Read-only, one round trip.
-pub async fn signature_differences(c: &mut Connection) -> Result<Vec<String>, DbError> {
+pub async fn signature_differences(c: &mut Connection) -> Result<Vec<String>, ServerError> {
     let sets = c
         .simple_query(sql::SIGNATURES)
         .await?
         .into_results()
         .await?;
     let [params, columns] = sets.as_slice() else {
-        return Err(DbError::permanent(format!(
+        return Err(ServerError::permanent(format!(
             "the catalog read returned {} result sets, expected 2",
             sets.len()
         )));
     };
-    let text = |row: &Row, column: &str| -> Result<String, DbError> {
+    let text = |row: &Row, column: &str| -> Result<String, ServerError> {
         Ok(get::<&str>(row, column)?.unwrap_or_default().to_string())
     };
     let mut found_params = Vec::new();
@@ -502,42 +304,20 @@ fn compare_signatures(
     out
 }
 
-/// One entry of a server's downstream-server table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Registered {
-    /// The DNS name it registered with.
-    pub name: String,
-    /// Its `ServerId`, lower case.
-    pub id: String,
-    /// The `ServerId` of the server it synchronizes from, when that is not the table's owner.
-    pub parent: Option<String>,
-    /// When it last synchronized, ISO 8601 as the server gave it.
-    pub last_sync: Option<String>,
-    pub replica: bool,
-    pub version: String,
-}
-
-/// A server's own id and its downstream-server table.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Downstream {
-    pub server_id: String,
-    pub registered: Vec<Registered>,
-}
-
 /// The downstream-server table (`susdb::sql::DOWNSTREAM_SERVERS`), read-only, one round trip.
-pub async fn downstream(c: &mut Connection) -> Result<Downstream, DbError> {
+pub async fn downstream(c: &mut Connection) -> Result<Downstream, ServerError> {
     let sets = c
         .simple_query(sql::DOWNSTREAM_SERVERS)
         .await?
         .into_results()
         .await?;
     let [own, table] = sets.as_slice() else {
-        return Err(DbError::permanent(format!(
+        return Err(ServerError::permanent(format!(
             "the downstream-server read returned {} result sets, expected 2",
             sets.len()
         )));
     };
-    let guid = |row: &Row, column: &str| -> Result<Option<String>, DbError> {
+    let guid = |row: &Row, column: &str| -> Result<Option<String>, ServerError> {
         Ok(get::<Uuid>(row, column)?.map(|u| u.to_string().to_ascii_lowercase()))
     };
     let server_id = own
@@ -560,7 +340,7 @@ pub async fn downstream(c: &mut Connection) -> Result<Downstream, DbError> {
                 version: get::<&str>(row, "Version")?.unwrap_or_default().to_string(),
             })
         })
-        .collect::<Result<Vec<_>, DbError>>()?;
+        .collect::<Result<Vec<_>, ServerError>>()?;
     Ok(Downstream {
         server_id,
         registered,
@@ -569,7 +349,7 @@ pub async fn downstream(c: &mut Connection) -> Result<Downstream, DbError> {
 
 /// `sp_getapplock` owned by the session, without waiting: `Ok(false)` when another session holds
 /// it. The lock goes when the connection closes, however the process ends.
-pub async fn try_applock(c: &mut Connection) -> Result<bool, DbError> {
+pub async fn try_applock(c: &mut Connection) -> Result<bool, ServerError> {
     let mut cmd = Command::new(procs::GET_APPLOCK);
     cmd.bind_param(procs::RESOURCE, procs::APPLOCK_RESOURCE);
     cmd.bind_param(procs::LOCK_MODE, "Exclusive");
@@ -586,7 +366,7 @@ pub async fn try_applock(c: &mut Connection) -> Result<bool, DbError> {
 }
 
 /// Whether this session still holds the hierarchy applock (`susdb::sql::APPLOCK_HELD`).
-pub async fn applock_held(c: &mut Connection) -> Result<bool, DbError> {
+pub async fn applock_held(c: &mut Connection) -> Result<bool, ServerError> {
     let row = c
         .query(sql::APPLOCK_HELD, &[&procs::APPLOCK_RESOURCE])
         .await?
@@ -600,7 +380,7 @@ pub async fn applock_held(c: &mut Connection) -> Result<bool, DbError> {
 
 /// Which objects carry `key` as their local ID on this server (`susdb::sql::KEY_OBJECT`): the
 /// dictionary key a SoftwareDistribution.log names is one of them.
-pub async fn key_objects(c: &mut Connection, key: i32) -> Result<Vec<String>, DbError> {
+pub async fn key_objects(c: &mut Connection, key: i32) -> Result<Vec<String>, ServerError> {
     let rows = c
         .query(sql::KEY_OBJECT, &[&key])
         .await?
@@ -612,6 +392,37 @@ pub async fn key_objects(c: &mut Connection, key: i32) -> Result<Vec<String>, Db
         .collect())
 }
 
+impl WsusServer for Connection {
+    async fn refusals(&mut self) -> Result<Vec<String>, ServerError> {
+        signature_differences(self).await
+    }
+
+    async fn probe(&mut self, update: &str) -> Result<Observed, ServerError> {
+        probe(self, update).await
+    }
+
+    async fn set_replica_mode(&mut self, replica: bool) -> Result<bool, ServerError> {
+        set_replica_mode(self, replica).await
+    }
+
+    async fn decline(&mut self, update: &str, admin: &str) -> Result<(), ServerError> {
+        decline(self, update, admin).await
+    }
+
+    async fn approve_detect_only(
+        &mut self,
+        update: &str,
+        revision: i32,
+        admin: &str,
+    ) -> Result<(), ServerError> {
+        approve_detect_only(self, update, revision, admin).await
+    }
+
+    async fn downstream(&mut self) -> Result<Downstream, ServerError> {
+        downstream(self).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,12 +430,12 @@ mod tests {
     #[test]
     fn encryption_refusals_are_permanent_and_say_what_to_change_in_the_topology() {
         // The texts tiberius 0.13 uses.
-        let refused = DbError::from(tiberius::error::Error::Protocol(
+        let refused = ServerError::from(tiberius::error::Error::Protocol(
             "Server does not allow the requested encryption level.".into(),
         ));
         assert!(!refused.transient);
         assert!(refused.message.contains("`encrypt`"), "{refused}");
-        let rejected = DbError::from(tiberius::error::Error::Tls(
+        let rejected = ServerError::from(tiberius::error::Error::Tls(
             "the server's certificate was rejected during the TLS handshake: UnknownIssuer. To connect anyway you can: (1) trust ..."
                 .into(),
         ));

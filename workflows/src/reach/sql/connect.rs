@@ -1,91 +1,30 @@
 //! Opening a tiberius connection to one server's SUSDB from its topology entry: address, named
 //! instance, encryption, certificate trust, credentials read from the environment or a file.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use tiberius::{AuthMethod, Client, Config, EncryptionLevel, SqlBrowser};
 use tokio::net::TcpStream;
-use tokio_util::compat::TokioAsyncWriteCompatExt;
-use topology::{Auth, Encrypt, SecretSource, Server, SqlTarget};
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+use topology::{Auth, Encrypt, Server, SqlTarget};
 
-use crate::db::{Connection, DbError, Transport};
+use crate::reach::port::ServerError;
+use crate::reach::settings::{ConnectOptions, SettingsError, read_secret};
+use crate::reach::tls::Trust;
 
-/// How connections are made, for every server of a run.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// Send every TCP connection here (a lab) while each login still names its own server.
-    pub connect_via: Option<SocketAddr>,
-    /// With `connect_via`: keep each server's encryption and trust this authority instead of
-    /// the server's own (a lab with a certificate). Without it a loopback lab gets plaintext.
-    pub connect_via_ca: Option<PathBuf>,
-    pub connect_timeout: Duration,
-    /// The limit for one command's round trip.
-    pub command_timeout: Duration,
-    /// Log every server in with this SQL login instead of its own `auth`: only `rehearse` sets
-    /// it, for the lab it starts itself.
-    pub lab_login: Option<(String, String)>,
-    /// Send every web-service connection here (a lab) while each request still names its own
-    /// server's `api.host`.
-    pub api_via: Option<SocketAddr>,
-    /// Log every web service in with this Windows account (`DOMAIN\user`) instead of its own
-    /// `auth`: only `rehearse` sets it, for its lab.
-    pub lab_windows_login: Option<(String, String)>,
+/// What a connection runs over: TCP, or on Windows a local named pipe (WID, SSEE).
+pub trait Transport:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug
+{
 }
 
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        ConnectOptions {
-            connect_via: None,
-            connect_via_ca: None,
-            connect_timeout: Duration::from_secs(15),
-            command_timeout: Duration::from_secs(60),
-            lab_login: None,
-            api_via: None,
-            lab_windows_login: None,
-        }
-    }
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug> Transport
+    for T
+{
 }
 
-/// Why a connection's settings could not be made. These are the operator's to fix, never worth
-/// a retry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SettingsError {
-    #[error(
-        "the password for `{user}` comes from environment variable {var}, which is not set: export it before running"
-    )]
-    MissingEnv { user: String, var: String },
-    // The path is not shown: a password put where the path belongs must not be echoed.
-    #[error(
-        "cannot read the `password_file` given for `{user}`: {reason} (a relative path is taken from the topology file's directory)"
-    )]
-    PasswordFile {
-        user: String,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error(
-        "`auth.method: {0}` works only when wsus-reset runs on Windows: use `method: sql` (a SQL login) or `method: windows` (NTLM with a user and a password source)"
-    )]
-    AuthUnavailable(&'static str),
-    #[error(
-        "`api.auth.method: integrated` works only when wsus-reset runs on Windows: use `method: windows` (NTLM with a user and a password source)"
-    )]
-    ApiAuthUnavailable,
-    #[error("NTLM: {0}")]
-    Ntlm(String),
-    #[error("{0} is reached through its web service (`api`): it has no `sql` to connect to")]
-    NoSql(String),
-    #[error(
-        "`sql.pipe` (a local named pipe) works only when wsus-reset runs on that Windows server itself: run it there, or use `export-sql` for this server"
-    )]
-    PipeUnavailable,
-    #[error(
-        "--connect-via {0} is not a loopback address, and the server's `encrypt` is `danger-plaintext`: plaintext is allowed to a lab on loopback only"
-    )]
-    PlaintextOffLoopback(SocketAddr),
-}
+/// A connection to one server's SUSDB.
+pub type Connection = Client<Compat<Box<dyn Transport>>>;
 
 /// The tiberius configuration for `server`. Reading the password is deferred to here, so a
 /// secret lives only as long as a connection attempt.
@@ -106,17 +45,12 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
     config.database(&sql.database);
     config.application_name("wsus-reset");
     config.encryption(encryption(sql, options)?);
-    if let Some(ca) = lab_ca(sql, options) {
-        // A lab's certificate, validated against the lab's authority. The base store is the
-        // compiled-in one: tiberius reads the whole OS store again for every connection, which
-        // made a rehearsal of 1,000 servers ten times slower, and no OS root signs a lab.
-        config.trust_webpki_roots();
-        config.trust_cert_ca(ca.to_string_lossy());
-    } else if sql.trust_cert {
-        config.trust_cert();
-    } else if let Some(ca) = &sql.ca_file {
-        config.trust_cert_ca(ca.to_string_lossy());
-    }
+    Trust::of(
+        lab_ca(sql, options).map(PathBuf::as_path),
+        sql.trust_cert,
+        sql.ca_file.as_deref(),
+    )
+    .configure_tiberius(&mut config);
     match &sql.auth {
         _ if options.lab_login.is_some() => {
             if let Some((user, password)) = &options.lab_login {
@@ -139,36 +73,6 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
         Auth::Integrated => return Err(SettingsError::AuthUnavailable("integrated")),
     }
     Ok(config)
-}
-
-/// Every password source of `servers` resolved before anything is sent (a variable set, a file
-/// readable): the problems, each with the servers it stops. Nothing is connected to, and the
-/// secrets read are dropped at once.
-pub fn missing_secrets<'a>(
-    servers: impl IntoIterator<Item = &'a Server>,
-    options: &ConnectOptions,
-) -> Vec<(String, Vec<String>)> {
-    let mut problems: Vec<(String, Vec<String>)> = Vec::new();
-    for server in servers {
-        let auth = match (server.via_sql(), server.via_api()) {
-            (Some(_), _) if options.lab_login.is_some() => continue,
-            (_, Some(_)) if options.lab_windows_login.is_some() => continue,
-            (Some(sql), _) => &sql.auth,
-            (_, Some(api)) => &api.auth,
-            (None, None) => continue,
-        };
-        let (Auth::Sql { user, password } | Auth::Windows { user, password }) = auth else {
-            continue;
-        };
-        if let Err(e) = read_secret(user, password) {
-            let text = e.to_string();
-            match problems.iter_mut().find(|(p, _)| *p == text) {
-                Some((_, names)) => names.push(server.name.clone()),
-                None => problems.push((text, vec![server.name.clone()])),
-            }
-        }
-    }
-    problems
 }
 
 /// The authority of a lab with a certificate, when this server is reached through it (a
@@ -203,67 +107,55 @@ fn encryption(sql: &SqlTarget, options: &ConnectOptions) -> Result<EncryptionLev
     })
 }
 
-pub(crate) fn read_secret(user: &str, source: &SecretSource) -> Result<String, SettingsError> {
-    match source {
-        SecretSource::Env(var) => std::env::var(var).map_err(|_| SettingsError::MissingEnv {
-            user: user.into(),
-            var: var.clone(),
-        }),
-        SecretSource::File(path) => std::fs::read_to_string(path)
-            .map(|text| text.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|e| SettingsError::PasswordFile {
-                user: user.into(),
-                path: path.clone(),
-                reason: e.to_string(),
-            }),
-    }
-}
-
 /// The TCP connection: to `--connect-via`, through SQL Browser for a named instance, or to
 /// host:port.
 async fn tcp(
     sql: &SqlTarget,
     config: &Config,
     options: &ConnectOptions,
-) -> Result<Box<dyn Transport>, DbError> {
+) -> Result<Box<dyn Transport>, ServerError> {
     let tcp = match options.connect_via {
         Some(addr) => TcpStream::connect(addr).await.map_err(|e| {
-            DbError::transient(format!("cannot connect to {addr} (--connect-via): {e}"))
+            ServerError::transient(format!("cannot connect to {addr} (--connect-via): {e}"))
         })?,
         None if sql.instance.is_some() => TcpStream::connect_named(config).await?,
         None => TcpStream::connect(config.get_addr()).await.map_err(|e| {
-            DbError::transient(format!("cannot connect to {}: {e}", config.get_addr()))
+            ServerError::transient(format!("cannot connect to {}: {e}", config.get_addr()))
         })?,
     };
     tcp.set_nodelay(true)
-        .map_err(|e| DbError::transient(e.to_string()))?;
+        .map_err(|e| ServerError::transient(e.to_string()))?;
     Ok(Box::new(tcp))
 }
 
 /// A local named pipe (`\\.\pipe\MICROSOFT##WID\tsql\query`), waiting a little while every
 /// instance of it is busy.
 #[cfg(windows)]
-async fn pipe(name: &str) -> Result<Box<dyn Transport>, DbError> {
+async fn pipe(name: &str) -> Result<Box<dyn Transport>, ServerError> {
     use tokio::net::windows::named_pipe::ClientOptions;
     const ERROR_PIPE_BUSY: i32 = 231;
     for _ in 0..50 {
         match ClientOptions::new().open(name) {
             Ok(pipe) => return Ok(Box::new(pipe)),
             Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            Err(e) => return Err(DbError::transient(format!("cannot open pipe {name}: {e}"))),
+            Err(e) => {
+                return Err(ServerError::transient(format!(
+                    "cannot open pipe {name}: {e}"
+                )));
+            }
         }
     }
-    Err(DbError::transient(format!("pipe {name} stayed busy")))
+    Err(ServerError::transient(format!("pipe {name} stayed busy")))
 }
 
 /// Opens and logs in, within the connect timeout.
-pub async fn connect(server: &Server, options: &ConnectOptions) -> Result<Connection, DbError> {
-    let config = config(server, options).map_err(|e| DbError::permanent(e.to_string()))?;
-    let sql = server
-        .via_sql()
-        .ok_or_else(|| DbError::permanent(SettingsError::NoSql(server.name.clone()).to_string()))?;
+pub async fn connect(server: &Server, options: &ConnectOptions) -> Result<Connection, ServerError> {
+    let config = config(server, options).map_err(|e| ServerError::permanent(e.to_string()))?;
+    let sql = server.via_sql().ok_or_else(|| {
+        ServerError::permanent(SettingsError::NoSql(server.name.clone()).to_string())
+    })?;
     let attempt = async {
         #[cfg(windows)]
         let stream = match (&sql.pipe, options.connect_via) {
@@ -272,12 +164,12 @@ pub async fn connect(server: &Server, options: &ConnectOptions) -> Result<Connec
         };
         #[cfg(not(windows))]
         let stream = tcp(sql, &config, options).await?;
-        Ok::<_, DbError>(Client::connect(config, stream.compat_write()).await?)
+        Ok::<_, ServerError>(Client::connect(config, stream.compat_write()).await?)
     };
     tokio::time::timeout(options.connect_timeout, attempt)
         .await
-        .map_err(|_| DbError::timeout("connecting", options.connect_timeout))?
-        .map_err(|e| DbError {
+        .map_err(|_| ServerError::timeout("connecting", options.connect_timeout))?
+        .map_err(|e| ServerError {
             message: format!("login to {}: {}", describe(sql), e.message),
             ..e
         })

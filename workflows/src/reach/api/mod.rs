@@ -1,0 +1,618 @@
+//! A WSUS server reached the way the WSUS console reaches it: its administration web service
+//! (ApiRemoting30, MS-WSUSAR), SOAP 1.1 over HTTP or HTTPS with Windows authentication.
+//!
+//! Sources (`shared/docs/wsus-web-services.md`; the WSDL a real server serves is
+//! `shared/data/wsus/ApiRemoting30-ws2022.wsdl`): the path, namespace, quoted SOAPAction and
+//! document/literal bodies with qualified children (W1, W3); the operations and their element
+//! names and types (W1); `ExecuteSPSetConfiguration` as a read-modify-write of the whole
+//! configuration row, every element echoed as read (W3); `ExecuteSPDeclineUpdate` and
+//! `ExecuteSPDeployUpdate1` as the API's Decline and Approve send them, "not approved" (detect
+//! only) as deployment action 2 and the console's no-deadline value (W3, W4); the row layouts of
+//! `minimalProperties` and of deployments (W3 and W4 agree); a fault's useful message after the
+//! last `--->` (W3); 403 for a user outside the WSUS Administrators role (W3).
+//!
+//! The session and the port are here; the envelopes in [`soap`], the login in [`auth`], the rows
+//! read into the port's types in [`rows`]. These names are written here, apart from the lab's
+//! (`susdb-lab`'s `api/`), so that the client and the lab cannot be wrong together by sharing one
+//! list.
+//!
+//! One HTTP/1.1 connection per session: NTLM authenticates a connection, not a request (MS-NLMP;
+//! IIS keeps the authentication for the connection's later requests).
+
+mod auth;
+mod rows;
+mod soap;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use tokio::net::TcpStream;
+use topology::{ApiTarget, Server};
+
+use crate::reach::port::{
+    Approval, Downstream, Observed, Revision, ServerError, UpdateState, WsusServer,
+};
+use crate::reach::settings::ConnectOptions;
+use crate::reach::tls::Trust;
+use auth::{Login, login_for};
+use rows::revision_id;
+use soap::{Element, NS, PATH, fault_message, parse_xml, request_xml, transient_fault};
+
+/// `GetCurrentUserRole` of a WSUS administrator. The enum's numbers are not public (its members
+/// are Administrator, Reporter, Unauthorized: UpdateServerUserRole, aa354557); a public client
+/// treats 0 as no role (W3). Harsher than known: anything but 1 is refused before any change.
+const ROLE_ADMINISTRATOR: i64 = 1;
+
+/// "Not approved", which on the wire is 2 (W3: with 3 the server creates a block); the same value
+/// as SUSDB's `ActionID` for detect-only.
+const ACTION_NOT_APPROVED: i32 = susdb::action::DETECT_ONLY;
+
+/// The deadline the Windows console sends for "no deadline" (W3).
+const NO_DEADLINE: &str = "9999-12-31T23:59:59.997";
+
+/// A response larger than this is not an answer to anything the repair asks.
+const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// The connection: plaintext, or TLS validated as the topology says.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Says a failed TLS handshake in topology terms.
+fn tls_failure(origin: &str, e: &std::io::Error) -> ServerError {
+    let text = e.to_string();
+    if text.contains("certificate") || text.contains("Certificate") {
+        ServerError::permanent(format!(
+            "TLS to {origin}: the server's certificate was rejected ({text}): name the authority \
+             that issued it in `api.ca_file`, or reach the server by a name its certificate \
+             holds; `trust_cert: true` skips validation (only on a network you trust)"
+        ))
+    } else {
+        ServerError::transient(format!("TLS to {origin}: {text}"))
+    }
+}
+
+/// A WSUS server's administration web service, over one authenticated connection.
+pub struct ApiSession {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    server: String,
+    origin: String,
+    /// The `Host` header: the topology's `api.host` (with the port when not the scheme's).
+    host: String,
+    user: String,
+    /// `GetCurrentUserRole`, asked on the request that completed the login.
+    role: i64,
+    /// The configuration row as last read, every element: written back whole with one change.
+    row: Option<Vec<Element>>,
+    /// The topology asks for HTTPS, but `--api-via` sends this session to a loopback lab in
+    /// plain HTTP (no `--connect-via-ca`).
+    lab_plaintext: bool,
+}
+
+impl std::fmt::Debug for ApiSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSession")
+            .field("server", &self.server)
+            .field("origin", &self.origin)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The address, scheme and trust for `api`: `--api-via` sends the connection to a lab while
+/// the request still names the server; a loopback lab without its authority is plaintext, as
+/// for SQL.
+fn route(api: &ApiTarget, options: &ConnectOptions) -> (Option<SocketAddr>, bool) {
+    let via = options.api_via;
+    let lab_plaintext =
+        via.is_some_and(|a| a.ip().is_loopback()) && options.connect_via_ca.is_none();
+    (via, api.tls && !lab_plaintext)
+}
+
+/// Opens a connection to `server`'s web service and logs in, within the connect timeout.
+pub async fn open(server: &Server, options: &ConnectOptions) -> Result<ApiSession, ServerError> {
+    let api = server
+        .api
+        .as_ref()
+        .ok_or_else(|| ServerError::permanent(format!("{} has no `api`", server.name)))?;
+    let (user, login) =
+        login_for(api, options).map_err(|e| ServerError::permanent(e.to_string()))?;
+    let (via, tls) = route(api, options);
+    let scheme = if tls { "https" } else { "http" };
+    let origin = format!("{scheme}://{}:{}", api.host, api.port);
+    let attempt = async {
+        let tcp = match via {
+            Some(addr) => TcpStream::connect(addr).await.map_err(|e| {
+                ServerError::transient(format!("cannot connect to {addr} (--api-via): {e}"))
+            })?,
+            None => TcpStream::connect((api.host.as_str(), api.port))
+                .await
+                .map_err(|e| ServerError::transient(format!("cannot connect to {origin}: {e}")))?,
+        };
+        tcp.set_nodelay(true)
+            .map_err(|e| ServerError::transient(e.to_string()))?;
+        let stream: Box<dyn Stream> = if tls {
+            let lab_ca = via.and(options.connect_via_ca.as_deref());
+            let config = Trust::of(lab_ca, api.trust_cert, api.ca_file.as_deref())
+                .rustls_config(&[b"http/1.1"])
+                .map_err(ServerError::permanent)?;
+            let name = rustls::pki_types::ServerName::try_from(api.host.clone())
+                .map_err(|e| ServerError::permanent(format!("`api.host` {}: {e}", api.host)))?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            Box::new(
+                connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| tls_failure(&origin, &e))?,
+            )
+        } else {
+            Box::new(tcp)
+        };
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| ServerError::transient(format!("{origin}: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "web service connection ended");
+            }
+        });
+        let default_port = if tls { 443 } else { 80 };
+        let mut session = ApiSession {
+            sender,
+            server: server.name.clone(),
+            host: if api.port == default_port {
+                api.host.clone()
+            } else {
+                format!("{}:{}", api.host, api.port)
+            },
+            origin: origin.clone(),
+            user,
+            role: 0,
+            row: None,
+            lab_plaintext: api.tls && !tls,
+        };
+        session.role = session.log_in(login).await?;
+        Ok::<_, ServerError>(session)
+    };
+    tokio::time::timeout(options.connect_timeout, attempt)
+        .await
+        .map_err(|_| ServerError::timeout("connecting", options.connect_timeout))?
+        .map_err(|e| ServerError {
+            message: format!("login to {origin}: {}", e.message),
+            ..e
+        })
+}
+
+/// An HTTP answer, its body read whole.
+struct Answer {
+    status: StatusCode,
+    /// An NTLM CHALLENGE, and the scheme it came under (`NTLM`, or `Negotiate` carrying NTLM).
+    challenge: Option<(&'static str, Vec<u8>)>,
+    /// The schemes `WWW-Authenticate` offers.
+    offers: Vec<String>,
+    body: Bytes,
+}
+
+impl ApiSession {
+    async fn send(
+        &mut self,
+        operation: &str,
+        body: &[u8],
+        authorization: Option<String>,
+    ) -> Result<Answer, ServerError> {
+        let mut request = Request::post(PATH)
+            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::CONTENT_TYPE, "text/xml; charset=utf-8")
+            .header("SOAPAction", format!("\"{NS}/{operation}\""));
+        if let Some(value) = authorization {
+            request = request.header(hyper::header::AUTHORIZATION, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| ServerError::permanent(e.to_string()))?;
+        let lost = |e: hyper::Error| ServerError::transient(format!("connection lost: {e}"));
+        self.sender.ready().await.map_err(lost)?;
+        let response = self.sender.send_request(request).await.map_err(lost)?;
+        let offers = response
+            .headers()
+            .get_all(hyper::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| ServerError::transient(format!("the answer could not be read: {e}")))?
+            .to_bytes();
+        let challenge = offers.iter().find_map(|v| {
+            let (scheme, token) = ["NTLM", "Negotiate"]
+                .into_iter()
+                .find_map(|scheme| Some((scheme, v.strip_prefix(scheme)?.strip_prefix(' ')?)))?;
+            let token = base64::engine::general_purpose::STANDARD
+                .decode(token.trim())
+                .ok()?;
+            Some((scheme, token))
+        });
+        let offers = offers
+            .iter()
+            .filter_map(|v| v.split_whitespace().next().map(str::to_string))
+            .collect();
+        Ok(Answer {
+            status,
+            challenge,
+            offers,
+            body,
+        })
+    }
+
+    /// NTLM on this connection (NEGOTIATE, the server's CHALLENGE on a 401, AUTHENTICATE),
+    /// the last leg carrying `GetCurrentUserRole`: the login costs two exchanges and answers
+    /// the role. NTLM is offered first; a site that offers only `Negotiate` gets the same NTLM
+    /// tokens under that scheme (SPNEGO takes a raw NTLM token; Kerberos is not spoken). A
+    /// server that asks for no authentication answers the first request.
+    async fn log_in(&mut self, mut login: Login) -> Result<i64, ServerError> {
+        const OPERATION: &str = "GetCurrentUserRole";
+        let body = request_xml(OPERATION, &[]);
+        let token = |scheme: &str, t: &[u8]| {
+            format!(
+                "{scheme} {}",
+                base64::engine::general_purpose::STANDARD.encode(t)
+            )
+        };
+        let failed = |e: String| ServerError::permanent(format!("NTLM: {e}"));
+        let negotiate = login.step(None).map_err(failed)?;
+        let mut first = self
+            .send(OPERATION, &body, Some(token("NTLM", &negotiate)))
+            .await?;
+        let negotiate_only = first.offers.iter().any(|o| o == "Negotiate")
+            && !first.offers.iter().any(|o| o == "NTLM");
+        if first.status == StatusCode::UNAUTHORIZED && first.challenge.is_none() && negotiate_only {
+            first = self
+                .send(OPERATION, &body, Some(token("Negotiate", &negotiate)))
+                .await?;
+        }
+        let answer = match (first.status, first.challenge) {
+            (StatusCode::UNAUTHORIZED, Some((scheme, challenge))) => {
+                let authenticate = login.step(Some(&challenge)).map_err(failed)?;
+                self.send(OPERATION, &body, Some(token(scheme, &authenticate)))
+                    .await?
+            }
+            (StatusCode::UNAUTHORIZED, None) if first.offers.is_empty() => {
+                return Err(ServerError::permanent(
+                    "the web service offers no Windows authentication (WWW-Authenticate): \
+                     enable it on the ApiRemoting30 virtual directory",
+                ));
+            }
+            (status, challenge) => Answer {
+                status,
+                challenge,
+                offers: first.offers,
+                body: first.body,
+            },
+        };
+        let response = self.answer(OPERATION, answer)?;
+        let text = response
+            .child("GetCurrentUserRoleResult")
+            .map(|r| r.text.trim().to_string())
+            .unwrap_or_default();
+        text.parse::<i64>().map_err(|_| {
+            ServerError::permanent(format!(
+                "GetCurrentUserRole answered `{text}`, not a number"
+            ))
+        })
+    }
+
+    /// The `{operation}Response` element of an answer, or the error it says.
+    fn answer(&self, operation: &str, answer: Answer) -> Result<Element, ServerError> {
+        match answer.status {
+            StatusCode::UNAUTHORIZED => {
+                return Err(ServerError::permanent(format!(
+                    "login failed for {} (HTTP 401): check the account and its password",
+                    self.user
+                )));
+            }
+            // IIS's 403.4: the site requires SSL, and this request came over plain HTTP.
+            StatusCode::FORBIDDEN
+                if String::from_utf8_lossy(&answer.body)
+                    .to_ascii_lowercase()
+                    .contains("ssl is required") =>
+            {
+                let fix = if self.lab_plaintext {
+                    "give --connect-via-ca with the lab's authority (a loopback lab without it \
+                     is reached in plain HTTP)"
+                } else {
+                    "set `api.tls: true` and the port of the site's HTTPS binding (8531 or 443)"
+                };
+                return Err(ServerError::permanent(format!(
+                    "{} requires HTTPS (HTTP 403.4, SSL is required): {fix}",
+                    self.origin
+                )));
+            }
+            StatusCode::FORBIDDEN => {
+                return Err(ServerError::permanent(format!(
+                    "{} is not a WSUS administrator on {} (HTTP 403): add the account to the \
+                     WSUS Administrators group of that server",
+                    self.user, self.server
+                )));
+            }
+            StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
+            | StatusCode::REQUEST_TIMEOUT => {
+                return Err(ServerError::transient(format!(
+                    "{operation}: HTTP {} from {}",
+                    answer.status, self.origin
+                )));
+            }
+            _ => {}
+        }
+        // A fault is read from the body whatever the status (ASMX sends it with 500).
+        let not_soap = |why: &str| {
+            let shown: String = String::from_utf8_lossy(&answer.body)
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            ServerError::permanent(format!(
+                "{operation}: HTTP {} from {}, {why}: {}",
+                answer.status,
+                self.origin,
+                shown.trim()
+            ))
+        };
+        let document = parse_xml(&answer.body).map_err(|e| not_soap(&e))?;
+        let body = document
+            .path(&["Envelope", "Body"])
+            .ok_or_else(|| not_soap("not a SOAP answer"))?;
+        if let Some(fault) = body.child("Fault") {
+            let message = fault_message(fault);
+            let transient = transient_fault(&message);
+            return Err(ServerError {
+                transient,
+                code: None,
+                message: format!("{operation}: {message}"),
+            });
+        }
+        if !answer.status.is_success() {
+            return Err(ServerError::permanent(format!(
+                "{operation}: HTTP {} from {}",
+                answer.status, self.origin
+            )));
+        }
+        body.child(&format!("{operation}Response"))
+            .cloned()
+            .ok_or_else(|| ServerError::permanent(format!("{operation}: no {operation}Response")))
+    }
+
+    async fn call(&mut self, operation: &str, params: &[Element]) -> Result<Element, ServerError> {
+        let body = request_xml(operation, params);
+        let answer = self.send(operation, &body, None).await?;
+        self.answer(operation, answer)
+    }
+
+    async fn configuration(&mut self) -> Result<Vec<Element>, ServerError> {
+        let response = self.call("ExecuteSPGetConfiguration", &[]).await?;
+        let row = response
+            .path(&["ExecuteSPGetConfigurationResult", "Configuration"])
+            .ok_or_else(|| {
+                ServerError::permanent("ExecuteSPGetConfiguration: no Configuration row")
+            })?
+            .children
+            .clone();
+        self.row = Some(row.clone());
+        Ok(row)
+    }
+
+    /// Each revision of the update, and whether it is declined ([`rows::revisions`]).
+    async fn revisions(&mut self, update: &str) -> Result<Vec<(Revision, bool)>, ServerError> {
+        let response = self
+            .call(
+                "ExecuteSPGetRevisions",
+                &[
+                    Element::text("preferredCulture", "en"),
+                    Element::text("updateId", update.to_ascii_lowercase()),
+                ],
+            )
+            .await?;
+        rows::revisions(&response)
+    }
+
+    /// The live approvals of one revision ([`rows::approvals`]).
+    async fn approvals(
+        &mut self,
+        update: &str,
+        revision: i32,
+    ) -> Result<Vec<Approval>, ServerError> {
+        let response = self
+            .call(
+                "ExecuteSPGetDeploymentsByUpdate1",
+                &[revision_id("id", update, revision)],
+            )
+            .await?;
+        rows::approvals(&response, revision)
+    }
+}
+
+impl WsusServer for ApiSession {
+    /// Refuses, before any change, a user without the administrator role (asked on the
+    /// request that completed the login).
+    async fn refusals(&mut self) -> Result<Vec<String>, ServerError> {
+        Ok(if self.role == ROLE_ADMINISTRATOR {
+            Vec::new()
+        } else {
+            vec![format!(
+                "{} is not a WSUS administrator on {} (GetCurrentUserRole answered {}, not \
+                 Administrator): add the account to the WSUS Administrators group of that server",
+                self.user, self.server, self.role
+            )]
+        })
+    }
+
+    /// What the probe reads: the configuration row, the update's revisions, and the approvals
+    /// of each revision.
+    async fn probe(&mut self, update: &str) -> Result<Observed, ServerError> {
+        let row = self.configuration().await?;
+        let field = |name: &str| {
+            row.iter()
+                .find(|e| e.name == name)
+                .filter(|e| !e.nil)
+                .map(|e| e.text.trim().to_string())
+        };
+        let flag = |name: &str| -> Result<bool, ServerError> {
+            match field(name).as_deref() {
+                Some("true" | "1") => Ok(true),
+                Some("false" | "0") => Ok(false),
+                _ => Err(ServerError::permanent(format!(
+                    "the configuration row has no usable {name}"
+                ))),
+            }
+        };
+        let replica = flag("ReplicaMode")?;
+        let sync_from_microsoft_update = flag("SyncToMU")?;
+        let upstream_server = field("UpstreamServerName").filter(|s| !s.is_empty());
+        let upstream_port = field("ServerPortNumber").and_then(|p| p.parse().ok());
+        let revisions = self.revisions(update).await?;
+        let update = if revisions.is_empty() {
+            None
+        } else {
+            let declined = revisions.iter().any(|(_, declined)| *declined);
+            let mut approvals = Vec::new();
+            for (revision, _) in &revisions {
+                approvals.extend(self.approvals(update, revision.number).await?);
+            }
+            Some(UpdateState {
+                revisions: revisions.into_iter().map(|(r, _)| r).collect(),
+                declined,
+                approvals,
+            })
+        };
+        Ok(Observed {
+            sql_version: String::new(),
+            schema_version: None,
+            replica,
+            upstream_server,
+            upstream_port,
+            sync_from_microsoft_update,
+            update,
+        })
+    }
+
+    /// `ExecuteSPSetConfiguration` with the row as last read and `ReplicaMode` changed, then the
+    /// row read again: what the server then holds.
+    async fn set_replica_mode(&mut self, replica: bool) -> Result<bool, ServerError> {
+        let row = match self.row.take() {
+            Some(row) => row,
+            None => self.configuration().await?,
+        };
+        let mut changed = false;
+        let row: Vec<Element> = row
+            .into_iter()
+            .map(|mut e| {
+                if e.name == "ReplicaMode" {
+                    e.text = replica.to_string();
+                    e.nil = false;
+                    changed = true;
+                }
+                e
+            })
+            .collect();
+        if !changed {
+            return Err(ServerError::permanent(
+                "the configuration row has no ReplicaMode: this is not a WSUS 3.0 web service",
+            ));
+        }
+        let empty = |name: &str| Element::with(name, Vec::new());
+        self.call(
+            "ExecuteSPSetConfiguration",
+            &[
+                Element::with("row", row),
+                empty("listTrue"),
+                empty("listFalse"),
+                empty("ussListTrue"),
+                empty("ussListFalse"),
+                empty("programKeys"),
+            ],
+        )
+        .await?;
+        let read = self.configuration().await?;
+        read.iter()
+            .find(|e| e.name == "ReplicaMode")
+            .map(|e| matches!(e.text.trim(), "true" | "1"))
+            .ok_or_else(|| ServerError::permanent("ReplicaMode could not be read back"))
+    }
+
+    /// `ExecuteSPDeclineUpdate` (IUpdate.Decline, W4), refused on a replica.
+    async fn decline(&mut self, update: &str, admin: &str) -> Result<(), ServerError> {
+        self.call(
+            "ExecuteSPDeclineUpdate",
+            &[
+                Element::text("updateId", update.to_ascii_lowercase()),
+                Element::text("adminName", admin),
+                Element::text("failIfReplica", "true"),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `ExecuteSPDeployUpdate1`: "not approved" for All Computers on `revision`, no deadline
+    /// (IUpdate.Approve, W4; the values W3 sends).
+    async fn approve_detect_only(
+        &mut self,
+        update: &str,
+        revision: i32,
+        admin: &str,
+    ) -> Result<(), ServerError> {
+        self.call(
+            "ExecuteSPDeployUpdate1",
+            &[
+                revision_id("updateId", update, revision),
+                Element::text("deploymentAction", ACTION_NOT_APPROVED.to_string()),
+                Element::text(
+                    "targetGroupId",
+                    susdb::groups::ALL_COMPUTERS.to_ascii_lowercase(),
+                ),
+                Element::text("deadline", NO_DEADLINE),
+                Element::text("adminName", admin),
+                Element::text("isAssigned", "true"),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `ExecuteSPGetAllDownstreamServers` from this server (the empty GUID), nested children
+    /// included ([`rows::downstream`]). The server's own id is the configuration row's
+    /// `ServerId` (one more call).
+    async fn downstream(&mut self) -> Result<Downstream, ServerError> {
+        let response = self
+            .call(
+                "ExecuteSPGetAllDownstreamServers",
+                &[
+                    Element::text("parentServerId", rows::EMPTY_GUID),
+                    Element::text("includeNestedChildren", "true"),
+                ],
+            )
+            .await?;
+        let registered = rows::downstream(&response)?;
+        let row = match &self.row {
+            Some(row) => row.clone(),
+            None => self.configuration().await?,
+        };
+        let server_id = row
+            .iter()
+            .find(|e| e.name == "ServerId")
+            .map(|e| e.text.trim().to_ascii_lowercase())
+            .ok_or_else(|| ServerError::permanent("the configuration row has no ServerId"))?;
+        Ok(Downstream {
+            server_id,
+            registered,
+        })
+    }
+}
