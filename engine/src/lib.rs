@@ -15,12 +15,12 @@ mod event;
 pub mod journal;
 mod retry;
 mod run;
+mod server;
 pub mod state;
 mod workflow;
 
 pub use event::{Event, RunOutcome, ServerResult, StepHow};
 pub use retry::RetryPolicy;
-pub use run::{
-    Engine, EngineError, Interrupts, RunOptions, RunReport, ServerReport, ServerStatus, pending_run,
-};
+pub use run::{Engine, EngineError, Interrupts, RunOptions, RunReport, pending_run};
+pub use server::{ServerReport, ServerStatus};
 pub use workflow::{ErrorKind, StepContext, StepError, StepKind, StepOutput, StepSpec, Workflow};

@@ -32,7 +32,7 @@
 //!   type %ls to %ls.", 206 "Operand type clash: %ls is incompatible with %ls").
 
 use crate::model::SqlError;
-use crate::tds::{Param, Value};
+use crate::sql::tds::{Param, Value};
 
 /// A parameter's or column's declared SQL type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

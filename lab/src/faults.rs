@@ -126,13 +126,13 @@ impl Faults {
             if let Some(target) = &f.target
                 && !Self::TARGETS
                     .iter()
-                    .chain(crate::api::OPERATIONS)
+                    .chain(crate::api::wsdl::OPERATIONS)
                     .any(|t| t.eq_ignore_ascii_case(target))
             {
                 return Err(invalid(format!(
                     "has target `{target}`: one of {}, or a web service operation ({})",
                     Self::TARGETS.join(", "),
-                    crate::api::OPERATIONS.join(", ")
+                    crate::api::wsdl::OPERATIONS.join(", ")
                 )));
             }
             if f.nth == Some(0) {
@@ -254,6 +254,22 @@ impl Counter {
             action.error = action.error.or(f.error);
         }
         action
+    }
+}
+
+/// An injected SQL Server error's severity and text: SQL Server's own words for 1205 (deadlock
+/// victim) and -2 (timeout), which a web service passes on inside its fault.
+pub(crate) fn injected_error(number: i32) -> (u8, &'static str) {
+    match number {
+        1205 => (
+            13,
+            "Transaction (Process ID 57) was deadlocked on lock resources with another process and has been chosen as the deadlock victim. Rerun the transaction.",
+        ),
+        -2 => (
+            11,
+            "Timeout expired. The timeout period elapsed prior to completion of the operation or the server is not responding.",
+        ),
+        _ => (16, "Injected error."),
     }
 }
 

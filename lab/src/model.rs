@@ -2,6 +2,8 @@
 //! approvals, the replica flag and the upstream name, with the semantics of the procedures the
 //! tool calls (susdb.md sections 1 to 5).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use susdb::{KB954960_UPDATE_ID, groups};
 
@@ -515,4 +517,38 @@ mod tests {
         assert_eq!(db.revisions.iter().filter(|r| r.is_latest).count(), 2);
         assert!(!db.client_sync_ok);
     }
+}
+
+/// The version a WSUS 3.0 SP2 server reports (3.0 RTM `3.0.6000.374`, SP1 `3.1.6001.65`:
+/// MS-WSUSSS note 13).
+pub(crate) const SERVER_VERSION: &str = "3.2.7600.226";
+
+/// A stable server GUID from the server's name (the model keeps none): FNV-1a, 128 bits.
+pub(crate) fn server_id(name: &str) -> String {
+    let mut hash: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for byte in name.to_ascii_lowercase().bytes() {
+        hash ^= u128::from(byte);
+        hash = hash.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013B);
+    }
+    let hex = format!("{hash:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// The lab's whole state, as written to `--state`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateFile {
+    pub servers: BTreeMap<String, ServerDb>,
+}
+
+/// The lock of the shared model. A panic while holding it cannot leave the model half-changed:
+/// every change is a single call on [`ServerDb`]. Go on with the data.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

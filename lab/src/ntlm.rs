@@ -2,6 +2,13 @@
 //! lab: a CHALLENGE for the client's NEGOTIATE, then the NTLMv2 response of its AUTHENTICATE
 //! checked against the configured account's password (MS-NLMP 3.3.2). Message integrity (MIC)
 //! and session security are not checked: the lab needs to know who logged in, not to seal.
+//!
+//! Why not sspi-rs's server side (`Ntlm::accept_security_context`, sspi 0.18.9, which the client
+//! uses)? Read in its source (`ntlm/messages/server/complete_authenticate.rs`), it proves the
+//! password only through the MIC: it never compares the NTProofStr, so an AUTHENTICATE without a
+//! MIC is accepted whatever its password, and the user name on the wire is not compared with
+//! the allowed identity, so an unknown user with a known password logs in. The lab must refuse
+//! both (a wrong password is error 18456 / HTTP 401 in the tests), so it keeps this verifier.
 
 use hmac::{Hmac, Mac};
 use md4::{Digest, Md4};

@@ -21,7 +21,7 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{ServerConfig, SupportedProtocolVersion, version};
 
-use crate::tds::packet;
+use crate::sql::tds::packet;
 
 /// The ALPN protocol a TDS 8.0 client asks for.
 const TDS_ALPN: &[u8] = b"tds/8.0";

@@ -1,0 +1,344 @@
+//! The WSUS administration web service (ApiRemoting30, MS-WSUSAR) of every emulated server, on
+//! its own listener: SOAP 1.1 over HTTP, routed to a server by the request's `Host`, answering
+//! from the same model as the TDS side (one state per server, whichever transport changed it).
+//!
+//! Sources (`shared/docs/wsus-web-services.md`): the endpoint, namespace, SOAPAction form,
+//! document/literal bodies, element names and types as a real server's WSDL gives them (W1,
+//! `shared/data/wsus/ApiRemoting30-ws2022.wsdl`); a fault's useful message after the last `--->`
+//! of a .NET exception (W3); Windows authentication, 401 without it, 403 for a user without the
+//! WSUS Administrators role (W2, W3); `ExecuteSPDeclineUpdate` and `ExecuteSPDeployUpdate1` as
+//! the API's Decline and Approve call them (W4); a replica refuses approval changes (IUpdate.Decline:
+//! "You cannot decline the update if the server is a replica WSUS server"). Where the real behaviour
+//! is not public, the harsher case: `ExecuteSPSetConfiguration` refuses a row that does not echo
+//! every element the lab serves, and `ExecuteSPDeployUpdate1` is refused on a replica.
+//!
+//! The operations served are those the repair needs (identity, role, configuration and the
+//! replica switch, revisions, approvals, decline, approve) and discovery's
+//! `ExecuteSPGetAllDownstreamServers` (row layout: W3 and W2 agree).
+
+mod auth;
+mod operations;
+mod soap;
+pub mod wsdl;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::faults::Drop;
+use crate::{Lab, LabError, lock};
+use auth::{NtlmState, Scheme, authenticate};
+use operations::{downstream_rows, operate};
+use soap::{Answer, answer_xml, fault_xml, parse_request, respond};
+use wsdl::wsdl;
+pub use wsdl::{NS, PATH};
+
+/// ASP.NET's default request limit (`httpRuntime maxRequestLength`, 4096 KB), which an
+/// ApiRemoting30 site does not raise: a larger body is refused before it is parsed.
+const MAX_BODY: usize = 4096 * 1024;
+
+async fn serve_http<S, Svc>(stream: S, service: Svc) -> hyper::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
+{
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await
+}
+
+impl Lab {
+    /// Serves every server's administration web service until `shutdown` (the state is written
+    /// by the TDS listener's end, or [`Lab::save`]).
+    pub async fn serve_api(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), LabError> {
+        let lab = self.clone();
+        crate::accept_until(listener, shutdown, move |stream| {
+            let lab = lab.clone();
+            async move {
+                let https = lab.shared.tls.as_ref().map(|a| a.https.clone());
+                // With a certificate the lab serves each server as its topology entry says:
+                // HTTPS for `api.tls` (the default), HTTP for `tls: false`. The first byte tells
+                // a TLS ClientHello (22) from an HTTP request line.
+                let mut first = [0u8; 1];
+                let tls = https.is_some()
+                    && matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 22);
+                // NTLM authenticates a connection, not a request.
+                let state = Arc::new(Mutex::new(NtlmState::default()));
+                let service = |scheme: Scheme| {
+                    let (lab, state) = (lab.clone(), Arc::clone(&state));
+                    hyper::service::service_fn(move |request| {
+                        let (lab, state, scheme) =
+                            (lab.clone(), Arc::clone(&state), scheme.clone());
+                        async move {
+                            Ok::<_, Infallible>(lab.api_request(request, &state, scheme).await)
+                        }
+                    })
+                };
+                let served = match https {
+                    Some(https) if tls => match https.accept(stream).await {
+                        Ok(tls) => {
+                            let sni = tls.get_ref().1.server_name().map(str::to_string);
+                            serve_http(tls, service(Scheme::Https { sni })).await
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "api TLS handshake failed");
+                            return;
+                        }
+                    },
+                    Some(_) => serve_http(stream, service(Scheme::HttpBesideHttps)).await,
+                    None => serve_http(stream, service(Scheme::Http)).await,
+                };
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "api connection ended");
+                }
+            }
+        })
+        .await
+    }
+
+    /// Whether `server`'s web service requires HTTPS: its `api.tls`, or for a server the
+    /// topology reaches through SQL, whether the lab has a certificate.
+    pub(crate) fn api_tls(&self, server: &str) -> bool {
+        self.shared
+            .routes
+            .iter()
+            .find(|r| r.name == server)
+            .and_then(|r| r.api_tls)
+            .unwrap_or(true)
+    }
+
+    /// The server a request is for: the `Host` it names (without a port), as its `api.host`, or
+    /// for a server the topology reaches through SQL (a hand-made client, a test), its name or
+    /// SQL host.
+    pub(crate) fn route_host(&self, host: &str) -> Option<String> {
+        let host = host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(h, _)| h);
+        self.shared
+            .routes
+            .iter()
+            .find(|r| {
+                r.api_host
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(host))
+                    || r.api_host.is_none()
+                        && (r.name.eq_ignore_ascii_case(host)
+                            || r.host
+                                .as_deref()
+                                .is_some_and(|h| h.eq_ignore_ascii_case(host)))
+            })
+            .map(|r| r.name.clone())
+    }
+
+    pub(crate) async fn api_request(
+        &self,
+        request: Request<Incoming>,
+        state: &Mutex<NtlmState>,
+        scheme: Scheme,
+    ) -> Response<Full<Bytes>> {
+        // The body is read before anything is answered: a 401 sent while a POST body is still
+        // unread leaves the kept-alive connection mid-request, and NTLM needs that connection.
+        let (parts, body) = request.into_parts();
+        let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                let status = if e.is::<http_body_util::LengthLimitError>() {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return respond(
+                    status,
+                    "text/plain",
+                    format!("the request body could not be read: {e}").into_bytes(),
+                );
+            }
+        };
+        let request = Request::from_parts(parts, ());
+        let host = request
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let Some(server) = self.route_host(&host) else {
+            return respond(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!("the lab serves no WSUS server named {host}").into_bytes(),
+            );
+        };
+        // A site's binding decides its scheme. A server whose `api.tls` is true (the default)
+        // requires SSL: IIS refuses plain HTTP to it with 403.4 (an SSL-only ApiRemoting30 gave
+        // "HTTP error 403: Forbidden", DCourtel/Wsus_Package_Publisher#88). One whose `tls` is
+        // false listens on a plain HTTP port, which does not speak TLS: the lab serves nothing
+        // over the TLS connection (harsher than a handshake failure only in when it fails).
+        let api_tls = self.api_tls(&server);
+        match &scheme {
+            Scheme::HttpBesideHttps if api_tls => {
+                return respond(
+                    StatusCode::FORBIDDEN,
+                    "text/plain",
+                    format!("403.4 Forbidden: SSL is required to view {host}{PATH}").into_bytes(),
+                );
+            }
+            Scheme::Https { sni } if !api_tls => {
+                return respond(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "text/plain",
+                    format!(
+                        "{} serves its web service over plain HTTP (`tls: false`)",
+                        sni.as_deref().unwrap_or(&server)
+                    )
+                    .into_bytes(),
+                );
+            }
+            _ => {}
+        }
+        if request.uri().path() != PATH {
+            return respond(StatusCode::NOT_FOUND, "text/plain", b"not found".to_vec());
+        }
+        if self.shared.config.faults.unreachable(&server) {
+            return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", Vec::new());
+        }
+        let authorization = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        if let Some(refused) = authenticate(self, &server, state, authorization.as_deref()) {
+            return refused;
+        }
+        if request.method() == hyper::Method::GET
+            && request
+                .uri()
+                .query()
+                .is_some_and(|q| q.eq_ignore_ascii_case("wsdl"))
+        {
+            let scheme = if matches!(scheme, Scheme::Https { .. }) {
+                "https"
+            } else {
+                "http"
+            };
+            let address = format!("{scheme}://{host}{PATH}");
+            return respond(
+                StatusCode::OK,
+                "text/xml; charset=utf-8",
+                wsdl(&address).into_bytes(),
+            );
+        }
+        if request.method() != hyper::Method::POST {
+            return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", Vec::new());
+        }
+        let (operation, params) = match parse_request(&body) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                return respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/xml; charset=utf-8",
+                    fault_xml(true, "System.Xml.XmlException", &e),
+                );
+            }
+        };
+        let action = {
+            let mut inner = lock(&self.shared.inner);
+            inner
+                .counter
+                .on_call(&self.shared.config.faults, &server, &operation)
+        };
+        let delay = self.shared.config.latency + action.latency;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if action.drop == Some(Drop::Before) {
+            return respond(StatusCode::BAD_GATEWAY, "text/plain", Vec::new());
+        }
+        if let Some(number) = action.error {
+            return respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/xml; charset=utf-8",
+                fault_xml(
+                    false,
+                    "System.Data.SqlClient.SqlException",
+                    crate::faults::injected_error(number).1,
+                ),
+            );
+        }
+        if operation == "ExecuteSPGetAllDownstreamServers" {
+            return match downstream_rows(self, &server, &params) {
+                Ok(rows) => respond(
+                    StatusCode::OK,
+                    "text/xml; charset=utf-8",
+                    answer_xml(&operation, &Answer::Rows(rows)),
+                ),
+                Err((client, exception, message)) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/xml; charset=utf-8",
+                    fault_xml(client, exception, &message),
+                ),
+            };
+        }
+        let outcome = {
+            let mut inner = lock(&self.shared.inner);
+            match inner.servers.get_mut(&server) {
+                Some(db) => match operate(&server, db, &operation, &params) {
+                    Ok((answer, call)) => {
+                        let changed = call.is_some();
+                        if let Some(call) = call {
+                            db.calls.push(call);
+                        }
+                        db.refresh();
+                        Ok((answer, changed))
+                    }
+                    Err(refusal) => Err((refusal, true)),
+                },
+                None => Err((
+                    (
+                        false,
+                        "System.InvalidOperationException",
+                        "no database".into(),
+                    ),
+                    false,
+                )),
+            }
+        };
+        let changed = match &outcome {
+            Ok((_, changed)) => *changed,
+            Err((_, recorded)) => *recorded && operation.starts_with("ExecuteSP"),
+        };
+        // A change is answered only once the state file holds it.
+        if changed && let Err(e) = self.persist().await {
+            return respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/xml; charset=utf-8",
+                fault_xml(false, "System.IO.IOException", &e.to_string()),
+            );
+        }
+        let response = match outcome {
+            Ok((answer, _)) => respond(
+                StatusCode::OK,
+                "text/xml; charset=utf-8",
+                answer_xml(&operation, &answer),
+            ),
+            Err(((client, exception, message), _)) => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/xml; charset=utf-8",
+                fault_xml(client, exception, &message),
+            ),
+        };
+        if action.drop == Some(Drop::After) {
+            return respond(StatusCode::BAD_GATEWAY, "text/plain", Vec::new());
+        }
+        response
+    }
+}
