@@ -3,7 +3,7 @@
 # real, under Wine: the Windows build of `wsus-reset lab` serves the pipe, the Linux build serves
 # the top server over TCP, and the Windows build of `wsus-reset` plans, applies and verifies the
 # hierarchy. Not part of CI (it needs the x86_64-pc-windows-gnu target, mingw-w64 and Wine);
-# run it by hand after changing connect.rs or the lab's pipe listener.
+# run it by hand after changing workflows/src/reach/sql/connect.rs or the lab's pipe listener (lab/src/sql/mod.rs).
 #
 #   rustup target add x86_64-pc-windows-gnu && apt-get install gcc-mingw-w64-x86-64 wine64
 #   bash scripts/wine-pipe-check.sh

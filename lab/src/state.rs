@@ -106,7 +106,7 @@ impl StateWriter {
             let notified = self.committed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let target = {
+            let job = {
                 let mut commit = lock(&self.commit);
                 if commit.durable >= mine {
                     return match &commit.failed {
@@ -123,16 +123,27 @@ impl StateWriter {
                         _ => Ok(()),
                     };
                 }
-                if commit.writing {
-                    None
-                } else {
-                    commit.writing = true;
-                    Some((commit.durable, commit.requested))
+                // A request writes at most once: its change is durable after its write.
+                match save.take() {
+                    Some(save) if !commit.writing => {
+                        commit.writing = true;
+                        Some((commit.durable, commit.requested, save))
+                    }
+                    unused => {
+                        save = unused;
+                        None
+                    }
                 }
             };
-            let (Some((before, target)), Some(save)) = (target, save.take()) else {
+            let Some((before, target, save)) = job else {
                 notified.await;
                 continue;
+            };
+            // The request may be dropped while it writes (its client went away): the turn is
+            // then given back, or every later change would wait for a write nobody finishes.
+            let mut turn = Turn {
+                writer: self,
+                done: false,
             };
             // Every change numbered up to `target` was made before the state is encoded.
             let written = tokio::task::spawn_blocking(save).await.unwrap_or_else(|e| {
@@ -149,7 +160,23 @@ impl StateWriter {
                     commit.failed = Some((before + 1, target, e.to_string()));
                 }
             }
+            turn.done = true;
             self.committed.notify_waiters();
+        }
+    }
+}
+
+/// The writer's turn, given back if the request holding it is dropped mid-write.
+struct Turn<'a> {
+    writer: &'a StateWriter,
+    done: bool,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(&self.writer.commit).writing = false;
+            self.writer.committed.notify_waiters();
         }
     }
 }
@@ -182,4 +209,45 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_dropped_while_it_writes_does_not_stop_later_changes() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let writer = Arc::new(StateWriter::new(Some(dir.path().join("state.json"))));
+        let (started, has_started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let writer = Arc::clone(&writer);
+            async move {
+                writer
+                    .persist(move || {
+                        let _ = started.send(());
+                        let _ = released.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || has_started.recv())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The client whose change is being written goes away (its connection dropped).
+        first.abort();
+        let _ = first.await;
+        let _ = release.send(());
+        let later = tokio::time::timeout(Duration::from_secs(10), writer.persist(|| Ok(()))).await;
+        assert!(
+            matches!(later, Ok(Ok(()))),
+            "a later change was not made durable: {later:?}"
+        );
+    }
 }

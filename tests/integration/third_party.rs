@@ -405,7 +405,7 @@ fn curl_reaches_the_labs_web_service_over_validated_https_with_ntlm() {
         "{}",
         text(&too_large)
     );
-    // Plain HTTP to a site that requires SSL: IIS's 403.4 (see api.rs).
+    // Plain HTTP to a site that requires SSL: IIS's 403.4 (see lab/src/api/mod.rs).
     assert!(
         String::from_utf8_lossy(&plain.stdout).contains("403.4 Forbidden: SSL is required"),
         "{}",
