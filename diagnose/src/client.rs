@@ -167,7 +167,9 @@ impl Scanner {
             self.threads.get(tid).and_then(|t| t.server_url.as_deref()),
             last.server_url.as_deref(),
         ) {
-            (Some(here), Some(failed)) => crate::host_key(here) == crate::host_key(failed),
+            (Some(here), Some(failed)) => {
+                crate::host::host_key(here) == crate::host::host_key(failed)
+            }
             _ => true,
         };
         if same_server {
