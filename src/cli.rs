@@ -164,6 +164,8 @@ pub enum Command {
         /// Events as JSON lines on stdout instead of the report.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        platform: PlatformArgs,
     },
     /// Serve emulated SUSDB databases for every server of a hierarchy (TDS on one port).
     Lab {
@@ -200,14 +202,8 @@ pub enum Command {
         tls_generate: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = LabSeed::Broken)]
         seed: LabSeed,
-        /// The SQL Server release to behave as: what it reports, the TDS version it speaks, what
-        /// it refuses (2005: SSEE as WSUS 3.0 installs it; TDS 8.0 `strict` only from 2022).
-        #[arg(
-            long,
-            default_value = "2005",
-            value_name = "2005|2008|2008r2|2012|2014|2016|2022"
-        )]
-        sql_version: susdb_lab::version::SqlVersion,
+        #[command(flatten)]
+        platform: PlatformArgs,
         /// Every N milliseconds each server in replica mode synchronizes from its upstream (its
         /// declined state and approvals), as WSUS replicas do; off when not given.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -392,4 +388,35 @@ impl From<SelectArgs> for topology::SelectOptions {
             allow_partial: args.allow_partial,
         }
     }
+}
+
+/// The platform the lab emulates: what each server reports, and the TLS it accepts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlatformArgs {
+    /// The SQL Server release every server behaves as: what it reports, the TDS version and the
+    /// TLS it speaks, what it refuses (2005: SSEE as WSUS 3.0 installs it, TLS 1.0 only; TDS 8.0
+    /// `strict` only from 2022).
+    #[arg(
+        long,
+        default_value = "2005",
+        value_name = "2005|2008|2008r2|2012|2014|2016|2022"
+    )]
+    pub sql_version: susdb_lab::version::SqlVersion,
+    /// The Windows Server every server runs on: its Schannel's default TLS versions and cipher
+    /// suites, for the web site and (bounded by the SQL Server release) for TDS. 2008r2, what a
+    /// WSUS 3.0 SP2 server most often runs on, speaks TLS 1.0 only; 2012 to 2019 up to 1.2.
+    #[arg(
+        long,
+        default_value = "2008r2",
+        value_name = "2003|2008|2008r2|2012|2016|2019|2022"
+    )]
+    pub windows: susdb_lab::platform::Windows,
+    /// One server on another platform (repeatable): NAME=WINDOWS, or NAME=WINDOWS/SQL to give
+    /// its SQL Server release too (`wsus-lyon=2008/2005`, `wsus-tokyo=2016/2016`).
+    #[arg(long = "platform", value_name = "NAME=WINDOWS[/SQL]", value_parser = susdb_lab::platform::parse_server_platform)]
+    pub platforms: Vec<(
+        String,
+        susdb_lab::platform::Windows,
+        Option<susdb_lab::version::SqlVersion>,
+    )>,
 }

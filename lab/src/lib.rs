@@ -32,6 +32,7 @@ pub mod error;
 pub mod faults;
 pub mod model;
 pub mod ntlm;
+pub mod platform;
 pub mod sql;
 pub mod state;
 pub mod sync;
@@ -53,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 
 use faults::{Counter, Faults};
 use model::{Seed, ServerDb, lock};
+use platform::Platform;
 use state::StateWriter;
 use sync::Hierarchy;
 use topology::Topology;
@@ -82,6 +84,12 @@ pub struct LabConfig {
     pub tls: Option<tls::Identity>,
     /// The SQL Server release emulated (SQL Server 2005 by default, as WSUS 3.0 installs it).
     pub sql_version: SqlVersion,
+    /// The Windows every server runs on unless `platforms` says otherwise: its Schannel decides
+    /// the TLS each transport accepts (Windows Server 2008 R2 by default, [`platform::Windows`]).
+    pub windows: platform::Windows,
+    /// Servers on another platform than the lab's: name, Windows, and SQL Server release when
+    /// not the lab's (`lab --platform NAME=WINDOWS[/SQL]`).
+    pub platforms: Vec<(String, platform::Windows, Option<SqlVersion>)>,
     /// How often each replica synchronizes from its upstream; never when `None`.
     pub replica_sync: Option<Duration>,
     /// Registered downstream servers the lab does not serve (decommissioned, never deleted):
@@ -104,6 +112,7 @@ struct Route {
     instance: String,
     database: String,
     pipe: Option<String>,
+    platform: Platform,
 }
 
 #[derive(Debug)]
@@ -181,6 +190,21 @@ impl Lab {
                         .to_ascii_lowercase(),
                     database: sql.map_or_else(String::new, |sql| sql.database.to_ascii_lowercase()),
                     pipe: sql.and_then(|sql| sql.pipe.clone()),
+                    platform: config
+                        .platforms
+                        .iter()
+                        .rev()
+                        .find(|(name, _, _)| name.eq_ignore_ascii_case(&s.name))
+                        .map_or(
+                            Platform {
+                                windows: config.windows,
+                                sql: config.sql_version,
+                            },
+                            |(_, windows, sql)| Platform {
+                                windows: *windows,
+                                sql: sql.unwrap_or(config.sql_version),
+                            },
+                        ),
                 }
             })
             .collect();
@@ -241,6 +265,39 @@ impl Lab {
     /// Round trips (requests after login) received per server, by lower-case name.
     pub fn round_trips(&self) -> HashMap<String, u32> {
         lock(&self.shared.inner).counter.per_server()
+    }
+
+    /// The platform of `server` (the lab's, for a name it does not serve).
+    pub(crate) fn platform(&self, server: &str) -> Platform {
+        self.shared
+            .routes
+            .iter()
+            .find(|r| r.name == server)
+            .map_or_else(|| self.lab_platform(), |r| r.platform)
+    }
+
+    fn lab_platform(&self) -> Platform {
+        Platform {
+            windows: self.shared.config.windows,
+            sql: self.shared.config.sql_version,
+        }
+    }
+
+    /// The platform of the server a TLS client names (SNI): by its SUSDB's host on TDS, by its
+    /// web service's host on HTTPS; the lab's for a name it does not know or none.
+    pub(crate) fn platform_named(&self, name: Option<&str>, web: bool) -> Platform {
+        let Some(name) = name else {
+            return self.lab_platform();
+        };
+        self.shared
+            .routes
+            .iter()
+            .find(|r| {
+                let host = if web { &r.api_host } else { &r.host };
+                host.as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(name))
+            })
+            .map_or_else(|| self.lab_platform(), |r| r.platform)
     }
 
     /// The one server of the topology reached through this local pipe, if exactly one is: a

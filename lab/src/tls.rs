@@ -9,22 +9,21 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use openssl::error::ErrorStack;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{
+    AlpnError, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslSessionCacheMode,
+    SslVersion, select_next_proto,
+};
+use openssl::x509::X509;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::crypto::aws_lc_rs::sign::any_supported_type;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
-use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{ServerConfig, SupportedProtocolVersion, version};
+use tokio_openssl::SslStream;
 
+use crate::platform::{Tls, TlsProfile};
 use crate::sql::tds::packet;
 
-/// The ALPN protocol a TDS 8.0 client asks for.
-const TDS_ALPN: &[u8] = b"tds/8.0";
 const HEADER: usize = 8;
 /// Handshake flights are cut into packets of at most this size, as SQL Server's default.
 const PACKET: usize = 4096;
@@ -61,13 +60,15 @@ impl Identity {
     pub fn generate(hosts: &[String]) -> Result<(Identity, String), TlsError> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let failed = |e: rcgen::Error| TlsError::Generate(e.to_string());
-        let ca_key = KeyPair::generate().map_err(failed)?;
+        // RSA keys: the certificates of WSUS 3.0 hosts are RSA, and Schannel on Windows Server
+        // 2003 and 2008 offers only RSA cipher suites with TLS 1.0.
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).map_err(failed)?;
         let mut ca = CertificateParams::default();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.distinguished_name
             .push(DnType::CommonName, "susdb-lab throwaway CA");
         let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).map_err(failed)?;
-        let key = KeyPair::generate().map_err(failed)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).map_err(failed)?;
         let certificate = |names: Vec<String>| -> Result<Vec<u8>, TlsError> {
             let mut params = CertificateParams::new(names).map_err(failed)?;
             params
@@ -117,13 +118,26 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The acceptors a lab with a certificate needs: TDS 7.x (TLS inside PRELOGIN), TDS 8.0, and
-/// HTTPS for the administration web service.
-#[derive(Clone)]
+/// What the lab serves TLS for: TDS 7.x (TLS inside PRELOGIN), TDS 8.0 (TLS first, ALPN
+/// `tds/8.0`), HTTPS for the administration web service (ALPN `http/1.1` when asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tds7,
+    Strict,
+    Https,
+}
+
+/// The lab's TLS, with OpenSSL: the maintained library that still serves TLS 1.0 and 1.1,
+/// which every WSUS 3.0 host speaks (rustls never implemented them). Each connection gets the
+/// certificate of the host it names (SNI) and the versions and cipher suites of that host's
+/// platform ([`crate::platform`]).
 pub struct Acceptors {
-    pub tds7: TlsAcceptor,
-    pub strict: TlsAcceptor,
-    pub https: TlsAcceptor,
+    tds7: SslContext,
+    strict: SslContext,
+    https: SslContext,
+    key: PKey<Private>,
+    default: X509,
+    by_name: HashMap<String, X509>,
 }
 
 impl std::fmt::Debug for Acceptors {
@@ -132,77 +146,250 @@ impl std::fmt::Debug for Acceptors {
     }
 }
 
-/// Picks the certificate by the host name the client asks for.
-#[derive(Debug)]
-struct ByName {
-    default: Arc<CertifiedKey>,
-    names: HashMap<String, Arc<CertifiedKey>>,
+/// What a handshake settled on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The host the client named (SNI), lower case.
+    pub server_name: Option<String>,
+    /// `TLSv1`, `TLSv1.2`, ... as OpenSSL names them.
+    pub version: String,
+    pub cipher: String,
 }
 
-impl ResolvesServerCert for ByName {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let named = hello
-            .server_name()
-            .and_then(|name| self.names.get(&name.to_ascii_lowercase()));
-        Some(Arc::clone(named.unwrap_or(&self.default)))
+fn openssl_version(v: Tls) -> SslVersion {
+    match v {
+        Tls::V1_0 => SslVersion::TLS1,
+        Tls::V1_1 => SslVersion::TLS1_1,
+        Tls::V1_2 => SslVersion::TLS1_2,
+        Tls::V1_3 => SslVersion::TLS1_3,
     }
 }
 
-fn chain(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Certificate(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(TlsError::Certificate(
-            "no CERTIFICATE block in the PEM".into(),
-        ));
-    }
-    Ok(chain)
+fn certificate(pem: &[u8]) -> Result<X509, TlsError> {
+    X509::stack_from_pem(pem)
+        .map_err(|e| TlsError::Certificate(e.to_string()))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| TlsError::Certificate("no CERTIFICATE block in the PEM".into()))
 }
 
 impl Acceptors {
     pub fn new(identity: &Identity) -> Result<Acceptors, TlsError> {
-        let key = PrivateKeyDer::from_pem_slice(&identity.key_pem)
+        let key = PKey::private_key_from_pem(&identity.key_pem)
             .map_err(|e| TlsError::Key(e.to_string()))?;
-        let signing = any_supported_type(&key).map_err(|e| TlsError::Key(e.to_string()))?;
-        let certified = |pem: &[u8]| -> Result<Arc<CertifiedKey>, TlsError> {
-            let certified = CertifiedKey::new(chain(pem)?, Arc::clone(&signing));
-            certified
-                .keys_match()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
-            Ok(Arc::new(certified))
-        };
-        let resolver = Arc::new(ByName {
-            default: certified(&identity.cert_chain_pem)?,
-            names: identity
-                .by_name
-                .iter()
-                .map(|(name, pem)| Ok((name.to_ascii_lowercase(), certified(pem)?)))
-                .collect::<Result<_, TlsError>>()?,
-        });
-        let config = |alpn: Option<&[u8]>| -> TlsAcceptor {
-            // TLS 1.2 inside PRELOGIN, as SQL Server does: with TLS 1.3, tiberius's last
-            // handshake flight reached the lab without its PRELOGIN framing. TDS 8.0 and HTTPS
-            // have no framing and take TLS 1.3.
-            let versions: &[&SupportedProtocolVersion] = if alpn.is_some() {
-                &[&version::TLS13, &version::TLS12]
-            } else {
-                &[&version::TLS12]
-            };
-            let mut config = ServerConfig::builder_with_protocol_versions(versions)
-                .with_no_client_auth()
-                .with_cert_resolver(resolver.clone());
-            // The lab resumes no sessions.
-            config.send_tls13_tickets = 0;
-            config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
-            TlsAcceptor::from(Arc::new(config))
+        let default = certificate(&identity.cert_chain_pem)?;
+        let matches = default
+            .public_key()
+            .map_err(|e| TlsError::Certificate(e.to_string()))?
+            .public_eq(&key);
+        if !matches {
+            return Err(TlsError::Config(
+                "the private key is not the certificate's".into(),
+            ));
+        }
+        let by_name = identity
+            .by_name
+            .iter()
+            .map(|(name, pem)| Ok((name.to_ascii_lowercase(), certificate(pem)?)))
+            .collect::<Result<_, TlsError>>()?;
+        let context = |alpn: Option<&'static [u8]>| -> Result<SslContext, TlsError> {
+            let failed = |e: ErrorStack| TlsError::Config(e.to_string());
+            let mut builder = SslContextBuilder::new(SslMethod::tls_server()).map_err(failed)?;
+            // The lab resumes no sessions, as it keeps none.
+            builder.set_options(SslOptions::NO_TICKET);
+            builder.set_session_cache_mode(SslSessionCacheMode::OFF);
+            if let Some(alpn) = alpn {
+                builder.set_alpn_select_callback(move |_, offered| {
+                    select_next_proto(alpn, offered).ok_or(AlpnError::NOACK)
+                });
+            }
+            Ok(builder.build())
         };
         Ok(Acceptors {
-            tds7: config(None),
-            strict: config(Some(TDS_ALPN)),
+            tds7: context(None)?,
+            strict: context(Some(b"\x07tds/8.0"))?,
             // IIS speaks HTTP/1.1 to SOAP clients; the lab's web service serves nothing else.
-            https: config(Some(b"http/1.1")),
+            https: context(Some(b"\x08http/1.1"))?,
+            key,
+            default,
+            by_name,
         })
+    }
+
+    /// Completes the server side of a handshake on `stream`, whose ClientHello was read
+    /// ([`client_hello`]), with the TLS `profile` of the host it names and that host's
+    /// certificate.
+    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        kind: Kind,
+        hello: ClientHello,
+        stream: S,
+        profile: TlsProfile,
+    ) -> io::Result<(SslStream<Rewind<S>>, Negotiated)> {
+        let ClientHello { record, name } = hello;
+        let context = match kind {
+            Kind::Tds7 => &self.tds7,
+            Kind::Strict => &self.strict,
+            Kind::Https => &self.https,
+        };
+        let certificate = name
+            .as_ref()
+            .and_then(|n| self.by_name.get(n))
+            .unwrap_or(&self.default);
+        let configured = (|| -> Result<Ssl, ErrorStack> {
+            let mut ssl = Ssl::new(context)?;
+            ssl.set_certificate(certificate)?;
+            ssl.set_private_key(&self.key)?;
+            // Level 0 allows TLS 1.0 and 1.1 and SHA-1, which OpenSSL 3 refuses above it.
+            ssl.set_security_level(0);
+            ssl.set_min_proto_version(Some(openssl_version(profile.min)))?;
+            ssl.set_max_proto_version(Some(openssl_version(profile.max)))?;
+            ssl.set_cipher_list(&format!("{}:@SECLEVEL=0", profile.ciphers))?;
+            Ok(ssl)
+        })()
+        .map_err(io::Error::other)?;
+        let mut tls =
+            SslStream::new(configured, Rewind::new(record, stream)).map_err(io::Error::other)?;
+        Pin::new(&mut tls).accept().await.map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("TLS handshake: {e}"),
+            )
+        })?;
+        let negotiated = Negotiated {
+            server_name: name,
+            version: tls.ssl().version_str().to_string(),
+            cipher: tls
+                .ssl()
+                .current_cipher()
+                .map_or_else(String::new, |c| c.name().to_string()),
+        };
+        Ok((tls, negotiated))
+    }
+}
+
+/// A client's first TLS record, read whole, and the host it names (SNI), lower case.
+#[derive(Debug, Clone)]
+pub struct ClientHello {
+    record: Vec<u8>,
+    pub name: Option<String>,
+}
+
+/// Reads a client's ClientHello from `stream`, to choose what to answer it with.
+pub async fn client_hello<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<ClientHello> {
+    let record = read_client_hello(stream).await?;
+    let name = server_name(&record).map(|n| n.to_ascii_lowercase());
+    Ok(ClientHello { record, name })
+}
+
+async fn read_client_hello<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut record = vec![0u8; 5];
+    stream.read_exact(&mut record).await?;
+    if record[0] != 22 {
+        return Err(invalid("not a TLS handshake"));
+    }
+    let length = usize::from(u16::from_be_bytes([record[3], record[4]]));
+    record.resize(5 + length, 0);
+    stream.read_exact(&mut record[5..]).await?;
+    Ok(record)
+}
+
+/// The host name a ClientHello asks for (the `server_name` extension, RFC 6066 section 3), if
+/// it names one. Anything malformed gives `None`.
+fn server_name(record: &[u8]) -> Option<String> {
+    let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+        let part = record.get(*at..at.checked_add(n)?)?;
+        *at += n;
+        Some(part)
+    };
+    let byte = |at: &mut usize| take(at, 1).map(|b| usize::from(b[0]));
+    let short = |at: &mut usize| take(at, 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    // The record header (5); a ClientHello (type 1), its length (3), version (2), random (32).
+    let mut at = 5;
+    if byte(&mut at)? != 1 {
+        return None;
+    }
+    at += 3 + 2 + 32;
+    let session = byte(&mut at)?;
+    take(&mut at, session)?;
+    let suites = short(&mut at)?;
+    take(&mut at, suites)?;
+    let compression = byte(&mut at)?;
+    take(&mut at, compression)?;
+    let end = short(&mut at)? + at;
+    while at + 4 <= end {
+        let kind = short(&mut at)?;
+        let length = short(&mut at)?;
+        let mut data = at;
+        take(&mut at, length)?;
+        if kind == 0 {
+            let _list = short(&mut data)?;
+            if byte(&mut data)? != 0 {
+                return None;
+            }
+            let name = short(&mut data)?;
+            return String::from_utf8(take(&mut data, name)?.to_vec()).ok();
+        }
+    }
+    None
+}
+
+/// A stream that first gives back bytes already read from it (the ClientHello, read to choose
+/// the certificate), then reads on.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Rewind {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -211,7 +398,8 @@ impl Acceptors {
 /// bytes pass through untouched.
 #[derive(Debug)]
 pub struct PreloginFramed<S> {
-    inner: S,
+    /// `None` once taken back ([`PreloginFramed::take`]).
+    inner: Option<S>,
     framing: bool,
     header: [u8; HEADER],
     header_read: usize,
@@ -226,7 +414,7 @@ pub struct PreloginFramed<S> {
 impl<S> PreloginFramed<S> {
     pub fn new(inner: S) -> Self {
         PreloginFramed {
-            inner,
+            inner: Some(inner),
             framing: true,
             header: [0; HEADER],
             header_read: 0,
@@ -241,9 +429,15 @@ impl<S> PreloginFramed<S> {
         self.framing = false;
     }
 
-    pub fn into_inner(self) -> S {
-        self.inner
+    /// The socket back, for a connection that leaves TLS (TDS 7.x with ENCRYPT_OFF after its
+    /// LOGIN7); the TLS session over it is dropped unused.
+    pub fn take(&mut self) -> Option<S> {
+        self.inner.take()
     }
+}
+
+fn taken() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the socket left TLS")
 }
 
 fn invalid(what: &str) -> io::Error {
@@ -258,12 +452,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for PreloginFramed<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.framing {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+            return Pin::new(this.inner.as_mut().ok_or_else(taken)?).poll_read(cx, buf);
         }
         while this.payload_left == 0 {
             while this.header_read < HEADER {
                 let mut rest = ReadBuf::new(&mut this.header[this.header_read..]);
-                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rest))?;
+                ready!(Pin::new(this.inner.as_mut().ok_or_else(taken)?).poll_read(cx, &mut rest))?;
                 if rest.filled().is_empty() {
                     return Poll::Ready(Ok(())); // end of stream
                 }
@@ -282,7 +476,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for PreloginFramed<S> {
         }
         let want = this.payload_left.min(buf.remaining());
         let mut part = ReadBuf::new(buf.initialize_unfilled_to(want));
-        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
+        ready!(Pin::new(this.inner.as_mut().ok_or_else(taken)?).poll_read(cx, &mut part))?;
         let got = part.filled().len();
         if got == 0 {
             return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
@@ -301,7 +495,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PreloginFramed<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if !this.framing && this.out.is_empty() && this.pending.is_empty() {
-            return Pin::new(&mut this.inner).poll_write(cx, data);
+            return Pin::new(this.inner.as_mut().ok_or_else(taken)?).poll_write(cx, data);
         }
         this.pending.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
@@ -326,18 +520,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PreloginFramed<S> {
             this.written = 0;
         }
         while this.written < this.out.len() {
-            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.out[this.written..]))?;
+            let n = ready!(
+                Pin::new(this.inner.as_mut().ok_or_else(taken)?)
+                    .poll_write(cx, &this.out[this.written..])
+            )?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             this.written += n;
         }
         this.out.clear();
-        Pin::new(&mut this.inner).poll_flush(cx)
+        Pin::new(this.inner.as_mut().ok_or_else(taken)?).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        Pin::new(self.get_mut().inner.as_mut().ok_or_else(taken)?).poll_shutdown(cx)
     }
 }

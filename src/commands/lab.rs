@@ -13,7 +13,7 @@ pub struct LabOptions {
     pub seed: LabSeed,
     /// Also serve each server's administration web service (ApiRemoting30) here.
     pub api_listen: Option<std::net::SocketAddr>,
-    pub sql_version: susdb_lab::version::SqlVersion,
+    pub platform: crate::cli::PlatformArgs,
     pub replica_sync_ms: Option<u64>,
     pub state: Option<PathBuf>,
     pub faults: Option<PathBuf>,
@@ -70,7 +70,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
         tls,
         seed: lab_seed,
         api_listen,
-        sql_version,
+        platform,
         replica_sync_ms,
         state,
         faults,
@@ -152,7 +152,9 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
             api_reporters,
             state_file: state,
             tls,
-            sql_version,
+            sql_version: platform.sql_version,
+            windows: platform.windows,
+            platforms: known_platforms(&topology, platform.platforms)?,
             replica_sync: replica_sync_ms.map(Duration::from_millis),
             stale,
             api_negotiate_only,
@@ -219,4 +221,30 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
             Err(e) => Err(Failure::BadInput(format!("error: the lab stopped: {e}"))),
         }
     })
+}
+
+/// `--platform` entries, each naming a server of the topology.
+pub(crate) fn known_platforms(
+    topology: &topology::Topology,
+    platforms: Vec<(
+        String,
+        susdb_lab::platform::Windows,
+        Option<susdb_lab::version::SqlVersion>,
+    )>,
+) -> Result<
+    Vec<(
+        String,
+        susdb_lab::platform::Windows,
+        Option<susdb_lab::version::SqlVersion>,
+    )>,
+    Failure,
+> {
+    for (name, _, _) in &platforms {
+        if topology.find(name).is_none() {
+            return Err(Failure::BadInput(format!(
+                "error: --platform {name}=...: the topology has no server named `{name}`"
+            )));
+        }
+    }
+    Ok(platforms)
 }

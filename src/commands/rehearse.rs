@@ -11,9 +11,11 @@ pub(crate) fn run(
     latency: u64,
     state_dir: Option<PathBuf>,
     json: bool,
+    platform: &crate::cli::PlatformArgs,
     out: &mut impl Write,
 ) -> Result<u8, Failure> {
     let topology = Arc::new(Topology::load(file)?);
+    let platforms = super::lab::known_platforms(&topology, platform.platforms.clone())?;
     // The lab checks one made-up SQL login and one made-up Windows account (for the web
     // service, over NTLM), and every server logs in with them.
     let login = (
@@ -34,6 +36,9 @@ pub(crate) fn run(
             credentials: Some(login.clone()),
             windows_login: Some(windows_login.clone()),
             tls: Some(identity),
+            sql_version: platform.sql_version,
+            windows: platform.windows,
+            platforms,
             ..LabConfig::default()
         },
     )

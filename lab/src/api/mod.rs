@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +42,18 @@ pub use wsdl::{NS, PATH};
 /// ASP.NET's default request limit (`httpRuntime maxRequestLength`, 4096 KB), which an
 /// ApiRemoting30 site does not raise: a larger body is refused before it is parsed.
 const MAX_BODY: usize = 4096 * 1024;
+
+/// The page http.sys answers on a plain HTTP binding to bytes that are not a request line (a
+/// TLS ClientHello): its own 400 "Invalid Verb" page, with `Server: Microsoft-HTTPAPI/2.0`, and
+/// the connection closed ([`http_sys_bad_request`]).
+const HTTP_SYS_400: &str = "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01//EN\"\"http://www.w3.org/TR/html4/strict.dtd\">\r\n<HTML><HEAD><TITLE>Bad Request</TITLE>\r\n<META HTTP-EQUIV=\"Content-Type\" Content-Type=\"text/html; charset=us-ascii\"></HEAD>\r\n<BODY><h2>Bad Request - Invalid Verb</h2>\r\n<hr><p>HTTP Error 400. The request verb is invalid.</p>\r\n</BODY></HTML>\r\n";
+
+fn http_sys_bad_request() -> String {
+    format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html; charset=us-ascii\r\nServer: Microsoft-HTTPAPI/2.0\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{HTTP_SYS_400}",
+        HTTP_SYS_400.len()
+    )
+}
 
 async fn serve_http<S, Svc>(stream: S, service: Svc) -> hyper::Result<()>
 where
@@ -64,12 +77,12 @@ impl Lab {
         crate::accept_until(listener, shutdown, move |stream| {
             let lab = lab.clone();
             async move {
-                let https = lab.shared.tls.as_ref().map(|a| a.https.clone());
+                let mut stream = stream;
                 // With a certificate the lab serves each server as its topology entry says:
                 // HTTPS for `api.tls` (the default), HTTP for `tls: false`. The first byte tells
                 // a TLS ClientHello (22) from an HTTP request line.
                 let mut first = [0u8; 1];
-                let tls = https.is_some()
+                let tls = lab.shared.tls.is_some()
                     && matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 22);
                 // NTLM authenticates a connection, not a request.
                 let state = Arc::new(Mutex::new(NtlmState::default()));
@@ -83,17 +96,41 @@ impl Lab {
                         }
                     })
                 };
-                let served = match https {
-                    Some(https) if tls => match https.accept(stream).await {
-                        Ok(tls) => {
-                            let sni = tls.get_ref().1.server_name().map(str::to_string);
-                            serve_http(tls, service(Scheme::Https { sni })).await
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "api TLS handshake failed");
+                let served = match &lab.shared.tls {
+                    Some(acceptors) if tls => {
+                        let hello = match crate::tls::client_hello(&mut stream).await {
+                            Ok(hello) => hello,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "api: no ClientHello");
+                                return;
+                            }
+                        };
+                        let server = hello.name.as_deref().and_then(|n| lab.route_host(n));
+                        if server.as_deref().is_some_and(|s| !lab.api_tls(s)) {
+                            // A site bound to plain HTTP only: http.sys reads the ClientHello as
+                            // a request line and answers its own 400 page.
+                            let _ = stream.write_all(http_sys_bad_request().as_bytes()).await;
+                            let _ = stream.shutdown().await;
                             return;
                         }
-                    },
+                        let profile = lab
+                            .platform_named(hello.name.as_deref(), true)
+                            .windows
+                            .https();
+                        match acceptors
+                            .accept(crate::tls::Kind::Https, hello, stream, profile)
+                            .await
+                        {
+                            Ok((tls, negotiated)) => {
+                                let sni = negotiated.server_name;
+                                serve_http(tls, service(Scheme::Https { sni })).await
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "api TLS handshake failed");
+                                return;
+                            }
+                        }
+                    }
                     Some(_) => serve_http(stream, service(Scheme::HttpBesideHttps)).await,
                     None => serve_http(stream, service(Scheme::Http)).await,
                 };

@@ -248,7 +248,7 @@ impl Lab {
                 }
             }
             let update = arg(0).as_str().unwrap_or_default().to_ascii_uppercase();
-            return Ok(probe(db, &update, self.shared.config.sql_version)
+            return Ok(probe(db, &update, self.platform(server).sql)
                 .into_iter()
                 .map(Some)
                 .collect());
@@ -334,7 +334,7 @@ impl Lab {
                 rows,
             })]);
         }
-        if let Some(answer) = session_statement(text_trimmed, self.shared.config.sql_version) {
+        if let Some(answer) = session_statement(text_trimmed, self.platform(server).sql) {
             return answer;
         }
         let first_line = text_trimmed.lines().next().unwrap_or_default();

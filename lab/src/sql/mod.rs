@@ -138,7 +138,16 @@ impl Lab {
                     "a TDS 8.0 (strict) client, but the lab has no certificate (--tls-cert)".into(),
                 ));
             };
-            let (rd, wr) = tokio::io::split(acceptors.strict.accept(stream).await?);
+            let mut stream = stream;
+            let hello = tls::client_hello(&mut stream).await?;
+            let profile = self
+                .platform_named(hello.name.as_deref(), false)
+                .windows
+                .strict();
+            let (tls, _) = acceptors
+                .accept(tls::Kind::Strict, hello, stream, profile)
+                .await?;
+            let (rd, wr) = tokio::io::split(tls);
             return self.prelogin(rd, wr, tds::encrypt::ON, id, None).await;
         }
         let (mut rd, mut wr) = stream.into_split();
@@ -162,23 +171,35 @@ impl Lab {
             4096,
         )
         .await?;
-        let acceptor = match &self.shared.tls {
-            Some(acceptors) if encryption != tds::encrypt::NOT_SUP => acceptors.tds7.clone(),
+        let acceptors = match &self.shared.tls {
+            Some(acceptors) if encryption != tds::encrypt::NOT_SUP => acceptors,
             _ => return self.login(rd, wr, &prelogin, None, id, None).await,
         };
         let stream = rd
             .reunite(wr)
             .map_err(|e| tds::ProtocolError::Malformed(e.to_string()))?;
-        let mut tls = acceptor.accept(tls::PreloginFramed::new(stream)).await?;
-        tls.get_mut().0.handshake_done();
+        // The TLS a client gets is its server's platform's, found by the host it names: PRELOGIN
+        // names none, LOGIN7 comes after the handshake.
+        let mut framed = tls::PreloginFramed::new(stream);
+        let hello = tls::client_hello(&mut framed).await?;
+        let platform = self.platform_named(hello.name.as_deref(), false);
+        let profile = platform.windows.tds(platform.sql);
+        let (mut tls, _) = acceptors
+            .accept(tls::Kind::Tds7, hello, framed, profile)
+            .await?;
+        tls.get_mut().get_mut().handshake_done();
         if encryption == tds::encrypt::ON {
             let (rd, wr) = tokio::io::split(tls);
             return self.login(rd, wr, &prelogin, None, id, None).await;
         }
         // ENCRYPT_OFF: only LOGIN7 is encrypted, everything after it is plaintext again.
         let login = tds::read_message(&mut tls).await?;
-        let (framed, _) = tls.into_inner();
-        let (rd, wr) = framed.into_inner().into_split();
+        let stream = tls
+            .get_mut()
+            .get_mut()
+            .take()
+            .ok_or_else(|| tds::ProtocolError::Malformed("the socket left TLS".into()))?;
+        let (rd, wr) = stream.into_split();
         self.login(rd, wr, &prelogin, Some(login), id, None).await
     }
 }

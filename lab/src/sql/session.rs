@@ -140,7 +140,8 @@ impl Lab {
             tds::write_message(&mut wr, packet::REPLY, &reply.bytes, packet_size).await?;
             return Ok(());
         }
-        let version = self.shared.config.sql_version;
+        // The server's own release (PRELOGIN, before the client named it, had the lab's).
+        let version = self.platform(&server).sql;
         let tds_version = version.negotiate(login.tds_version);
         reply.login_ok(
             &database,
