@@ -11,8 +11,11 @@
 //! - Cipher suites, per Windows (learn.microsoft.com, "Cipher Suites in TLS/SSL (Schannel SSP)"):
 //!   2003 offers RC4 and 3DES with RSA key exchange (AES only with KB948963); 2008 and 2008 R2
 //!   add AES-CBC with RSA and ECDHE; 2012 R2 on add the TLS 1.2 AES-GCM and SHA-256/384 suites;
-//!   2022 adds the TLS 1.3 suites. The lab serves them with OpenSSL, which has no RC4: a 2003
-//!   host offers 3DES only here, the harsher case.
+//!   2022 adds the TLS 1.3 suites. The lab serves them with OpenSSL, whose builds (Debian's
+//!   3.0 here) have neither RC4 nor 3DES cipher suites: a 2003 host is emulated with KB948963
+//!   (AES with RSA key exchange, the update that brought AES to Schannel on 2003). A 2003 host
+//!   without it offers only RC4 and 3DES, which no current OpenSSL or rustls client speaks: the
+//!   tool cannot reach it over TLS at all (the README says so).
 //! - SQL Server and TLS 1.2 (KB3135244, "TLS 1.2 support for Microsoft SQL Server"): 2005 never
 //!   got it; 2008 and 2008 R2 only from builds 10.0.6547 and 10.50.6542 on, newer than the last
 //!   service packs the lab reports (10.0.6000.29, 10.50.6000.34, [`SqlVersion::product_version`]),
@@ -69,14 +72,14 @@ pub struct TlsProfile {
     pub ciphers: &'static str,
 }
 
-/// AES-CBC with SHA-1, ECDHE and RSA key exchange, and 3DES: Windows Server 2008 and 2008 R2.
-const CBC_SHA1: &str =
-    "ECDHE-RSA-AES256-SHA:ECDHE-RSA-AES128-SHA:AES256-SHA:AES128-SHA:DES-CBC3-SHA";
+/// AES-CBC with SHA-1, ECDHE and RSA key exchange: Windows Server 2008 and 2008 R2 (their 3DES
+/// and RC4 suites are left out: OpenSSL 3 serves neither).
+const CBC_SHA1: &str = "ECDHE-RSA-AES256-SHA:ECDHE-RSA-AES128-SHA:AES256-SHA:AES128-SHA";
 /// 2012 R2 to 2022: the TLS 1.2 suites first, then those of 2008 R2.
 const TLS12: &str = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:\
     ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-SHA256:AES256-GCM-SHA384:AES128-GCM-SHA256:\
     AES256-SHA256:AES128-SHA256:ECDHE-RSA-AES256-SHA:ECDHE-RSA-AES128-SHA:AES256-SHA:\
-    AES128-SHA:DES-CBC3-SHA";
+    AES128-SHA";
 
 impl Windows {
     pub const ALL: [Windows; 7] = [
@@ -107,7 +110,7 @@ impl Windows {
             Windows::V2003 => TlsProfile {
                 min: Tls::V1_0,
                 max: Tls::V1_0,
-                ciphers: "DES-CBC3-SHA",
+                ciphers: "AES256-SHA:AES128-SHA",
             },
             Windows::V2008 | Windows::V2008R2 => TlsProfile {
                 min: Tls::V1_0,
@@ -218,7 +221,7 @@ mod tests {
         // TLS 1.3 on TDS only through TDS 8.0.
         assert_eq!(Windows::V2022.tds(SqlVersion::V2022).max, Tls::V1_2);
         assert_eq!(Windows::V2022.strict().max, Tls::V1_3);
-        assert_eq!(Windows::V2003.https().ciphers, "DES-CBC3-SHA");
+        assert_eq!(Windows::V2003.https().ciphers, "AES256-SHA:AES128-SHA");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use diagnostic::{Diagnostic, redact_passwords};
 pub use graph::{Stats, Topology};
 pub use model::{
     ApiTarget, Auth, Encrypt, KB954960_UPDATE_ID, Mode, SecretSource, Server, ServerId, SqlTarget,
-    Transport,
+    TlsMin, Transport,
 };
 pub use select::{SelectError, SelectOptions, Selection};
 

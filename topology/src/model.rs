@@ -47,6 +47,31 @@ pub enum Encrypt {
     DangerPlaintext,
 }
 
+/// The oldest TLS version a connection accepts (`tls_min`). TLS 1.2 unless the topology says
+/// otherwise: SQL Server 2005 and the Schannel of Windows Server 2003, 2008 and 2008 R2 (as
+/// configured by default) speak at most TLS 1.0, so a WSUS 3.0 server often needs `"1.0"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
+pub enum TlsMin {
+    #[serde(rename = "1.0")]
+    V1_0,
+    #[serde(rename = "1.1")]
+    V1_1,
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+}
+
+impl TlsMin {
+    /// As the topology writes it: `1.0`, `1.1`, `1.2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsMin::V1_0 => "1.0",
+            TlsMin::V1_1 => "1.1",
+            TlsMin::V1_2 => "1.2",
+        }
+    }
+}
+
 /// Where a password is read from at run time. The topology never holds the password itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,6 +111,8 @@ pub struct SqlTarget {
     pub port: Option<u16>,
     pub database: String,
     pub encrypt: Encrypt,
+    /// The oldest TLS version accepted.
+    pub tls_min: TlsMin,
     pub trust_cert: bool,
     pub ca_file: Option<PathBuf>,
     pub auth: Auth,
@@ -101,6 +128,8 @@ pub struct ApiTarget {
     pub port: u16,
     /// HTTPS, the certificate validated (the default).
     pub tls: bool,
+    /// The oldest TLS version accepted over HTTPS.
+    pub tls_min: TlsMin,
     pub trust_cert: bool,
     pub ca_file: Option<PathBuf>,
     /// `Windows` (NTLM with an account) or `Integrated`; never `Sql`.

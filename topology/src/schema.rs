@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use crate::diagnostic::Diagnostic;
-use crate::model::{Encrypt, Mode, SecretSource, Transport};
+use crate::model::{Encrypt, Mode, SecretSource, TlsMin, Transport};
 use crate::yaml::{self, Node, NodeKind, Span, YamlError};
 
 /// A value and where it was written.
@@ -51,6 +51,7 @@ pub struct RawApi {
     pub host: Option<Spanned<String>>,
     pub port: Option<Spanned<u16>>,
     pub tls: Option<Spanned<bool>>,
+    pub tls_min: Option<Spanned<TlsMin>>,
     pub trust_cert: Option<Spanned<bool>>,
     pub ca_file: Option<Spanned<PathBuf>>,
     pub auth: Option<Spanned<RawAuth>>,
@@ -64,6 +65,7 @@ impl RawApi {
             host: self.host.or_else(|| defaults.host.clone()),
             port: self.port.or_else(|| defaults.port.clone()),
             tls: self.tls.or_else(|| defaults.tls.clone()),
+            tls_min: self.tls_min.or_else(|| defaults.tls_min.clone()),
             trust_cert: self.trust_cert.or_else(|| defaults.trust_cert.clone()),
             ca_file: self.ca_file.or_else(|| defaults.ca_file.clone()),
             auth: self.auth.or_else(|| defaults.auth.clone()),
@@ -80,6 +82,7 @@ pub struct RawSql {
     pub port: Option<Spanned<u16>>,
     pub database: Option<Spanned<String>>,
     pub encrypt: Option<Spanned<Encrypt>>,
+    pub tls_min: Option<Spanned<TlsMin>>,
     pub trust_cert: Option<Spanned<bool>>,
     pub ca_file: Option<Spanned<PathBuf>>,
     pub auth: Option<Spanned<RawAuth>>,
@@ -96,6 +99,7 @@ impl RawSql {
             port: self.port.or_else(|| defaults.port.clone()),
             database: self.database.or_else(|| defaults.database.clone()),
             encrypt: self.encrypt.or_else(|| defaults.encrypt.clone()),
+            tls_min: self.tls_min.or_else(|| defaults.tls_min.clone()),
             trust_cert: self.trust_cert.or_else(|| defaults.trust_cert.clone()),
             ca_file: self.ca_file.or_else(|| defaults.ca_file.clone()),
             auth: self.auth.or_else(|| defaults.auth.clone()),
@@ -122,7 +126,20 @@ pub struct RawAuth {
 const TOP_FIELDS: &[&str] = &["version", "update", "defaults", "servers"];
 const DEFAULTS_FIELDS: &[&str] = &["sql", "api", "transport"];
 const SERVER_FIELDS: &[&str] = &["name", "upstream", "mode", "sql", "api", "transport"];
-const API_FIELDS: &[&str] = &["host", "port", "tls", "trust_cert", "ca_file", "auth"];
+const API_FIELDS: &[&str] = &[
+    "host",
+    "port",
+    "tls",
+    "tls_min",
+    "trust_cert",
+    "ca_file",
+    "auth",
+];
+const TLS_VERSIONS: &[(&str, TlsMin)] = &[
+    ("1.0", TlsMin::V1_0),
+    ("1.1", TlsMin::V1_1),
+    ("1.2", TlsMin::V1_2),
+];
 const TRANSPORTS: &[(&str, Transport)] = &[("sql", Transport::Sql), ("api", Transport::Api)];
 const SQL_FIELDS: &[&str] = &[
     "host",
@@ -131,6 +148,7 @@ const SQL_FIELDS: &[&str] = &[
     "port",
     "database",
     "encrypt",
+    "tls_min",
     "trust_cert",
     "ca_file",
     "auth",
@@ -468,6 +486,7 @@ impl Reader<'_> {
                 "WSUS 3.0 serves its web services on 80/443 (default web site) or 8530/8531",
             ),
             tls: self.bool(&fields, "tls", path),
+            tls_min: self.choice(&fields, "tls_min", path, TLS_VERSIONS),
             trust_cert: self.bool(&fields, "trust_cert", path),
             ca_file: self.string(&fields, "ca_file", path).map(|s| Spanned {
                 value: PathBuf::from(s.value),
@@ -505,6 +524,7 @@ impl Reader<'_> {
                     ("danger-plaintext", Encrypt::DangerPlaintext),
                 ],
             ),
+            tls_min: self.choice(&fields, "tls_min", path, TLS_VERSIONS),
             trust_cert: self.bool(&fields, "trust_cert", path),
             ca_file: self.string(&fields, "ca_file", path).map(|s| Spanned {
                 value: PathBuf::from(s.value),

@@ -316,6 +316,7 @@ fn check_api(api: RawApi, index: usize, diagnostics: &mut Vec<Diagnostic>) -> Op
         host: host.value,
         port: api.port.map_or(if tls { 443 } else { 80 }, |p| p.value),
         tls,
+        tls_min: api.tls_min.map(|t| t.value).unwrap_or_default(),
         trust_cert: api.trust_cert.is_some_and(|t| t.value),
         ca_file: api.ca_file.map(|c| c.value),
         auth,
@@ -413,6 +414,7 @@ fn check_sql(
         encrypt: sql
             .encrypt
             .map_or(crate::model::Encrypt::Required, |e| e.value),
+        tls_min: sql.tls_min.map(|t| t.value).unwrap_or_default(),
         trust_cert: sql.trust_cert.is_some_and(|t| t.value),
         ca_file: sql.ca_file.map(|c| c.value),
         auth,

@@ -357,6 +357,7 @@ mod tests {
 
     fn observed(replica: bool, upstream: Option<&str>, update: Option<UpdateState>) -> Observed {
         Observed {
+            tls: None,
             sql_version: "9.00.4035.00".into(),
             schema_version: Some(926),
             replica,

@@ -15,8 +15,8 @@ pub mod sql;
 pub mod tls;
 
 pub use port::{
-    Approval, Downstream, Observed, Registered, Revision, ServerError, UpdateState, WsusServer,
-    detect_only_approval_live, group_name,
+    Approval, Downstream, Negotiated, Observed, Registered, Revision, ServerError, UpdateState,
+    WsusServer, detect_only_approval_live, group_name,
 };
 pub use settings::{ConnectOptions, SettingsError, missing_secrets};
 
@@ -28,7 +28,8 @@ use sql::Connection;
 /// One server's session, over the transport its topology entry chose.
 #[derive(Debug)]
 pub enum Session {
-    Sql(Box<Connection>),
+    /// The SUSDB connection, and what its TLS settled on (tiberius cannot say).
+    Sql(Box<Connection>, Option<Negotiated>),
     Api(Box<ApiSession>),
 }
 
@@ -36,7 +37,7 @@ impl Session {
     /// The SUSDB connection, for what only SQL can read (`diagnose`'s key placement).
     pub fn sql(&mut self) -> Option<&mut Connection> {
         match self {
-            Session::Sql(c) => Some(c),
+            Session::Sql(c, _) => Some(c),
             Session::Api(_) => None,
         }
     }
@@ -45,7 +46,10 @@ impl Session {
 /// Opens `server` the way its topology entry says, within the connect timeout.
 pub async fn open(server: &Server, options: &ConnectOptions) -> Result<Session, ServerError> {
     Ok(match server.transport {
-        Transport::Sql => Session::Sql(Box::new(sql::connect(server, options).await?)),
+        Transport::Sql => {
+            let (connection, tls) = sql::connect_tls(server, options).await?;
+            Session::Sql(Box::new(connection), tls)
+        }
         Transport::Api => Session::Api(Box::new(api::open(server, options).await?)),
     })
 }
@@ -53,28 +57,31 @@ pub async fn open(server: &Server, options: &ConnectOptions) -> Result<Session, 
 impl WsusServer for Session {
     async fn refusals(&mut self) -> Result<Vec<String>, ServerError> {
         match self {
-            Session::Sql(c) => c.refusals().await,
+            Session::Sql(c, _) => c.refusals().await,
             Session::Api(a) => a.refusals().await,
         }
     }
 
     async fn probe(&mut self, update: &str) -> Result<Observed, ServerError> {
         match self {
-            Session::Sql(c) => WsusServer::probe(&mut **c, update).await,
+            Session::Sql(c, tls) => Ok(Observed {
+                tls: tls.clone(),
+                ..WsusServer::probe(&mut **c, update).await?
+            }),
             Session::Api(a) => WsusServer::probe(&mut **a, update).await,
         }
     }
 
     async fn set_replica_mode(&mut self, replica: bool) -> Result<bool, ServerError> {
         match self {
-            Session::Sql(c) => WsusServer::set_replica_mode(&mut **c, replica).await,
+            Session::Sql(c, _) => WsusServer::set_replica_mode(&mut **c, replica).await,
             Session::Api(a) => WsusServer::set_replica_mode(&mut **a, replica).await,
         }
     }
 
     async fn decline(&mut self, update: &str, admin: &str) -> Result<(), ServerError> {
         match self {
-            Session::Sql(c) => WsusServer::decline(&mut **c, update, admin).await,
+            Session::Sql(c, _) => WsusServer::decline(&mut **c, update, admin).await,
             Session::Api(a) => WsusServer::decline(&mut **a, update, admin).await,
         }
     }
@@ -86,7 +93,7 @@ impl WsusServer for Session {
         admin: &str,
     ) -> Result<(), ServerError> {
         match self {
-            Session::Sql(c) => {
+            Session::Sql(c, _) => {
                 WsusServer::approve_detect_only(&mut **c, update, revision, admin).await
             }
             Session::Api(a) => {
@@ -97,7 +104,7 @@ impl WsusServer for Session {
 
     async fn downstream(&mut self) -> Result<Downstream, ServerError> {
         match self {
-            Session::Sql(c) => WsusServer::downstream(&mut **c).await,
+            Session::Sql(c, _) => WsusServer::downstream(&mut **c).await,
             Session::Api(a) => WsusServer::downstream(&mut **a).await,
         }
     }

@@ -118,6 +118,9 @@ pub struct Observed {
     pub sync_from_microsoft_update: bool,
     /// `None`: the update is not on this server.
     pub update: Option<UpdateState>,
+    /// What the connection's TLS settled on; `None` without TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Negotiated>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,4 +262,31 @@ pub struct Registered {
 pub struct Downstream {
     pub server_id: String,
     pub registered: Vec<Registered>,
+}
+
+/// What a TLS connection settled on: shown per server in the plan and in `verify`, and kept in
+/// the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Negotiated {
+    /// `TLS 1.0` ... `TLS 1.3`.
+    pub version: String,
+    /// The cipher suite's IANA name (`TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA`).
+    pub cipher: String,
+}
+
+impl Negotiated {
+    /// TLS 1.0 and 1.1: deprecated (RFC 8996), accepted only because the topology asked.
+    pub fn weak(&self) -> bool {
+        matches!(self.version.as_str(), "TLS 1.0" | "TLS 1.1")
+    }
+}
+
+impl std::fmt::Display for Negotiated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, {}", self.version, self.cipher)?;
+        if self.weak() {
+            f.write_str(" (weak: deprecated since RFC 8996)")?;
+        }
+        Ok(())
+    }
 }

@@ -1,10 +1,20 @@
-//! One TLS policy for both transports: which certificates a server may present, decided once
-//! from its topology entry (`trust_cert`, `ca_file`) and the run's lab authority
-//! (`--connect-via-ca`), then applied to tiberius's TLS (SQL) and to rustls (the web service).
-//! A change of trust (or, next, of protocol versions) is made here, not in each adapter.
+//! One TLS policy for both transports ([`Policy`]): which certificates a server may present,
+//! decided once from its topology entry (`trust_cert`, `ca_file`) and the run's lab authority
+//! (`--connect-via-ca`), and the oldest version it may speak (`tls_min`). The handshake is made
+//! here for both adapters: through rustls for TLS 1.2 and newer (the default), through OpenSSL
+//! when `tls_min` allows TLS 1.0 or 1.1, which rustls never implemented and which WSUS 3.0
+//! hosts speak. What it settled on ([`Negotiated`]) is reported per server.
 
+use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use topology::TlsMin;
+
+use crate::reach::port::Negotiated;
 
 /// Whose certificates a connection accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +150,267 @@ fn roots_from(path: &Path) -> Result<rustls::RootCertStore, String> {
         return Err(format!("{} holds no certificate", path.display()));
     }
     Ok(roots)
+}
+
+/// How one connection's TLS is made: whose certificates it accepts, and the oldest version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub trust: Trust,
+    pub min: TlsMin,
+}
+
+/// A client TLS stream, through rustls (TLS 1.2 and newer, the default) or OpenSSL (the
+/// versions rustls never implemented, for a server whose `tls_min` allows them).
+#[derive(Debug)]
+pub enum TlsStream<S> {
+    Rustls(Box<tokio_rustls::client::TlsStream<S>>),
+    OpenSsl(Box<tokio_openssl::SslStream<S>>),
+}
+
+impl<S> TlsStream<S> {
+    /// The stream under TLS.
+    pub fn get_mut(&mut self) -> &mut S {
+        match self {
+            TlsStream::Rustls(s) => s.get_mut().0,
+            TlsStream::OpenSsl(s) => s.get_mut(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            TlsStream::OpenSsl(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+            TlsStream::OpenSsl(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            TlsStream::OpenSsl(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            TlsStream::OpenSsl(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why a handshake failed, sorted for the message the operator reads.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The server's certificate was refused (the reason).
+    Certificate(String),
+    /// The settings could not be made (a CA file that cannot be read, a bad host name).
+    Settings(String),
+    /// Anything else: the server refused or broke off the handshake.
+    Failed(String),
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Certificate(e)
+            | HandshakeError::Settings(e)
+            | HandshakeError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl Policy {
+    /// The handshake on `stream` as client of `host` (SNI and the name the certificate must
+    /// hold), offering `alpn` (empty: none).
+    pub async fn connect<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        host: &str,
+        stream: S,
+        alpn: &[&[u8]],
+    ) -> Result<(TlsStream<S>, Negotiated), HandshakeError> {
+        if self.min >= TlsMin::V1_2 {
+            self.rustls(host, stream, alpn).await
+        } else {
+            self.openssl(host, stream, alpn, true).await
+        }
+    }
+
+    async fn rustls<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        host: &str,
+        stream: S,
+        alpn: &[&[u8]],
+    ) -> Result<(TlsStream<S>, Negotiated), HandshakeError> {
+        let config = self
+            .trust
+            .rustls_config(alpn)
+            .map_err(HandshakeError::Settings)?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| HandshakeError::Settings(format!("`{host}` is not a host name: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, stream)
+            .await
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.to_ascii_lowercase().contains("certificate") {
+                    HandshakeError::Certificate(text)
+                } else {
+                    HandshakeError::Failed(text)
+                }
+            })?;
+        let connection = tls.get_ref().1;
+        let negotiated = Negotiated {
+            version: match connection.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".into(),
+                _ => "TLS 1.2".into(),
+            },
+            cipher: connection
+                .negotiated_cipher_suite()
+                .map_or_else(String::new, |s| format!("{:?}", s.suite())),
+        };
+        Ok((TlsStream::Rustls(Box::new(tls)), negotiated))
+    }
+
+    /// Through OpenSSL, from `self.min` on. `validate: false` only to learn which version a
+    /// server speaks after a refused handshake (nothing is sent over it).
+    async fn openssl<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        host: &str,
+        stream: S,
+        alpn: &[&[u8]],
+        validate: bool,
+    ) -> Result<(TlsStream<S>, Negotiated), HandshakeError> {
+        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+        let settings = |e: openssl::error::ErrorStack| HandshakeError::Settings(e.to_string());
+        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(settings)?;
+        // Security level 0 is what lets OpenSSL 3 speak TLS 1.0 and 1.1 and accept the SHA-1
+        // signatures of their handshakes; the certificate is still validated below.
+        builder.set_security_level(0);
+        builder
+            .set_cipher_list("DEFAULT:@SECLEVEL=0")
+            .map_err(settings)?;
+        builder
+            .set_min_proto_version(Some(match self.min {
+                TlsMin::V1_0 => SslVersion::TLS1,
+                TlsMin::V1_1 => SslVersion::TLS1_1,
+                TlsMin::V1_2 => SslVersion::TLS1_2,
+            }))
+            .map_err(settings)?;
+        let verify = validate && self.trust != Trust::Any;
+        match &self.trust {
+            Trust::Lab(ca) | Trust::Authority(ca) if verify => builder
+                .set_ca_file(ca)
+                .map_err(|e| HandshakeError::Settings(format!("{}: {e}", ca.display())))?,
+            Trust::System if verify => builder.set_default_verify_paths().map_err(settings)?,
+            _ => builder.set_verify(SslVerifyMode::NONE),
+        }
+        if !alpn.is_empty() {
+            let wire: Vec<u8> = alpn
+                .iter()
+                .flat_map(|p| {
+                    std::iter::once(u8::try_from(p.len()).unwrap_or(0)).chain(p.iter().copied())
+                })
+                .collect();
+            builder.set_alpn_protos(&wire).map_err(settings)?;
+        }
+        let ssl = builder
+            .build()
+            .configure()
+            .map_err(settings)?
+            .verify_hostname(verify)
+            .into_ssl(host)
+            .map_err(settings)?;
+        let mut tls = tokio_openssl::SslStream::new(ssl, stream).map_err(settings)?;
+        if let Err(e) = Pin::new(&mut tls).connect().await {
+            let verified = tls.ssl().verify_result();
+            return Err(if verified != openssl::x509::X509VerifyResult::OK {
+                HandshakeError::Certificate(verified.error_string().to_string())
+            } else {
+                HandshakeError::Failed(e.to_string())
+            });
+        }
+        let negotiated = Negotiated {
+            version: match tls.ssl().version2() {
+                Some(SslVersion::TLS1) => "TLS 1.0",
+                Some(SslVersion::TLS1_1) => "TLS 1.1",
+                Some(SslVersion::TLS1_3) => "TLS 1.3",
+                _ => "TLS 1.2",
+            }
+            .into(),
+            cipher: tls.ssl().current_cipher().map_or_else(String::new, |c| {
+                c.standard_name().unwrap_or(c.name()).to_string()
+            }),
+        };
+        Ok((TlsStream::OpenSsl(Box::new(tls)), negotiated))
+    }
+
+    /// After a refused handshake: which version the server speaks, learned over a fresh
+    /// connection `stream` with TLS 1.0 allowed and nothing validated or sent. `None` when that
+    /// fails too.
+    pub async fn offered<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        host: &str,
+        stream: S,
+        alpn: &[&[u8]],
+    ) -> Option<Negotiated> {
+        let probe = Policy {
+            trust: Trust::Any,
+            min: TlsMin::V1_0,
+        };
+        probe
+            .openssl(host, stream, alpn, false)
+            .await
+            .ok()
+            .map(|(_, negotiated)| negotiated)
+    }
+}
+
+/// Whether `offered` is older than `min` allows.
+pub fn below(offered: &Negotiated, min: TlsMin) -> bool {
+    let rank = |v: &str| match v {
+        "TLS 1.0" => 0,
+        "TLS 1.1" => 1,
+        _ => 2,
+    };
+    rank(&offered.version) < rank(&format!("TLS {}", min.name()))
+}
+
+/// What to tell the operator when a server speaks only TLS older than `min` allows: which
+/// version, why, and the way forward. `section` is `sql` or `api`.
+pub fn too_old(offered: &Negotiated, min: TlsMin, section: &str) -> String {
+    let way = if section == "api" {
+        "or reach the web service over plain HTTP as the WSUS console does (`api.tls: false`, \
+         port 8530 on the WSUS web site, 80 on the default web site)"
+    } else {
+        "or run the repair on the server itself with `wsus-reset export-sql`"
+    };
+    format!(
+        "the server speaks at most {} and this run accepts TLS {} or newer (SQL Server 2005 and \
+         Windows Server 2003, 2008 and 2008 R2 as installed stop at TLS 1.0). To accept it, add \
+         `tls_min: \"{}\"` under this server's `{section}` (or `defaults.{section}`): the \
+         certificate is still validated; {way}",
+        offered.version,
+        min.name(),
+        offered.version.trim_start_matches("TLS "),
+    )
 }
 
 #[cfg(test)]

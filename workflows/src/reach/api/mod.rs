@@ -24,7 +24,6 @@ mod rows;
 mod soap;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
@@ -33,11 +32,12 @@ use hyper::{Request, StatusCode};
 use tokio::net::TcpStream;
 use topology::{ApiTarget, Server};
 
+use crate::reach::port::Negotiated;
 use crate::reach::port::{
     Approval, Downstream, Observed, Revision, ServerError, UpdateState, WsusServer,
 };
 use crate::reach::settings::ConnectOptions;
-use crate::reach::tls::Trust;
+use crate::reach::tls::{HandshakeError, Policy, Trust, below, too_old};
 use auth::{Login, login_for};
 use rows::revision_id;
 use soap::{Element, NS, PATH, fault_message, parse_xml, request_xml, transient_fault};
@@ -61,18 +61,72 @@ const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Says a failed TLS handshake in topology terms.
-fn tls_failure(origin: &str, e: &std::io::Error) -> ServerError {
-    let text = e.to_string();
-    if text.contains("certificate") || text.contains("Certificate") {
-        ServerError::permanent(format!(
+/// Says a refused handshake in topology terms: a certificate refused, a server that speaks
+/// only an older TLS than `tls_min` allows (asked again over a fresh connection, nothing sent),
+/// a site that answers plain HTTP.
+async fn tls_refused(
+    origin: &str,
+    api: &ApiTarget,
+    via: Option<SocketAddr>,
+    error: HandshakeError,
+) -> ServerError {
+    match error {
+        HandshakeError::Certificate(text) => ServerError::permanent(format!(
             "TLS to {origin}: the server's certificate was rejected ({text}): name the authority \
              that issued it in `api.ca_file`, or reach the server by a name its certificate \
              holds; `trust_cert: true` skips validation (only on a network you trust)"
-        ))
-    } else {
-        ServerError::transient(format!("TLS to {origin}: {text}"))
+        )),
+        HandshakeError::Settings(text) => {
+            ServerError::permanent(format!("TLS to {origin}: {text}"))
+        }
+        HandshakeError::Failed(text) => {
+            if let Ok(tcp) = connect_to(via, api).await
+                && let Some(offered) = Policy::offered(&api.host, tcp, &[b"http/1.1"]).await
+                && below(&offered, api.tls_min)
+            {
+                return ServerError::permanent(format!(
+                    "TLS: {}",
+                    too_old(&offered, api.tls_min, "api")
+                ));
+            }
+            if let Ok(mut tcp) = connect_to(via, api).await
+                && answers_plain_http(&mut tcp, &api.host).await
+            {
+                return ServerError::permanent(format!(
+                    "{origin} answers plain HTTP, not TLS: its web site has no SSL binding (a \
+                     WSUS 3.0 site has none unless an administrator added one). Reach it as the \
+                     WSUS console does: `api.tls: false` (port 8530 on the WSUS web site, 80 on \
+                     the default web site)"
+                ));
+            }
+            ServerError::transient(format!("TLS to {origin}: {text}"))
+        }
     }
+}
+
+/// A TCP connection to `api`'s web site, or to `--api-via`.
+async fn connect_to(via: Option<SocketAddr>, api: &ApiTarget) -> std::io::Result<TcpStream> {
+    let tcp = match via {
+        Some(addr) => TcpStream::connect(addr).await,
+        None => TcpStream::connect((api.host.as_str(), api.port)).await,
+    }?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Whether the server on `tcp` answers an HTTP request (a `HEAD /`, which changes nothing).
+async fn answers_plain_http(tcp: &mut TcpStream, host: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("HEAD / HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    let mut first = [0u8; 5];
+    let asked = async {
+        tcp.write_all(request.as_bytes()).await?;
+        tcp.read_exact(&mut first).await
+    };
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(5), asked).await,
+        Ok(Ok(_))
+    ) && &first == b"HTTP/"
 }
 
 /// A WSUS server's administration web service, over one authenticated connection.
@@ -90,6 +144,8 @@ pub struct ApiSession {
     /// The topology asks for HTTPS, but `--api-via` sends this session to a loopback lab in
     /// plain HTTP (no `--connect-via-ca`).
     lab_plaintext: bool,
+    /// What the HTTPS handshake settled on; `None` over plain HTTP.
+    tls: Option<Negotiated>,
 }
 
 impl std::fmt::Debug for ApiSession {
@@ -124,30 +180,33 @@ pub async fn open(server: &Server, options: &ConnectOptions) -> Result<ApiSessio
     let scheme = if tls { "https" } else { "http" };
     let origin = format!("{scheme}://{}:{}", api.host, api.port);
     let attempt = async {
-        let tcp = match via {
-            Some(addr) => TcpStream::connect(addr).await.map_err(|e| {
+        let tcp = connect_to(via, api).await.map_err(|e| match via {
+            Some(addr) => {
                 ServerError::transient(format!("cannot connect to {addr} (--api-via): {e}"))
-            })?,
-            None => TcpStream::connect((api.host.as_str(), api.port))
-                .await
-                .map_err(|e| ServerError::transient(format!("cannot connect to {origin}: {e}")))?,
-        };
-        tcp.set_nodelay(true)
-            .map_err(|e| ServerError::transient(e.to_string()))?;
+            }
+            None if tls && e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                ServerError::permanent(format!(
+                    "cannot connect to {origin}: {e}. A WSUS 3.0 web site has no HTTPS unless an \
+                     administrator added it: reach it as the WSUS console does, `api.tls: false` \
+                     (port 8530 on the WSUS web site, 80 on the default web site)"
+                ))
+            }
+            None => ServerError::transient(format!("cannot connect to {origin}: {e}")),
+        })?;
+        let mut negotiated = None;
         let stream: Box<dyn Stream> = if tls {
             let lab_ca = via.and(options.connect_via_ca.as_deref());
-            let config = Trust::of(lab_ca, api.trust_cert, api.ca_file.as_deref())
-                .rustls_config(&[b"http/1.1"])
-                .map_err(ServerError::permanent)?;
-            let name = rustls::pki_types::ServerName::try_from(api.host.clone())
-                .map_err(|e| ServerError::permanent(format!("`api.host` {}: {e}", api.host)))?;
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-            Box::new(
-                connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| tls_failure(&origin, &e))?,
-            )
+            let policy = Policy {
+                trust: Trust::of(lab_ca, api.trust_cert, api.ca_file.as_deref()),
+                min: api.tls_min,
+            };
+            match policy.connect(&api.host, tcp, &[b"http/1.1"]).await {
+                Ok((stream, settled)) => {
+                    negotiated = Some(settled);
+                    Box::new(stream)
+                }
+                Err(e) => return Err(tls_refused(&origin, api, via, e).await),
+            }
         } else {
             Box::new(tcp)
         };
@@ -174,6 +233,7 @@ pub async fn open(server: &Server, options: &ConnectOptions) -> Result<ApiSessio
             role: 0,
             row: None,
             lab_plaintext: api.tls && !tls,
+            tls: negotiated,
         };
         session.role = session.log_in(login).await?;
         Ok::<_, ServerError>(session)
@@ -493,6 +553,7 @@ impl WsusServer for ApiSession {
             })
         };
         Ok(Observed {
+            tls: self.tls.clone(),
             sql_version: String::new(),
             schema_version: None,
             replica,

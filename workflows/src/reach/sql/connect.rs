@@ -10,7 +10,9 @@ use topology::{Auth, Encrypt, Server, SqlTarget};
 
 use crate::reach::port::ServerError;
 use crate::reach::settings::{ConnectOptions, SettingsError, read_secret};
-use crate::reach::tls::Trust;
+use crate::reach::port::Negotiated;
+use crate::reach::sql::tds_tls::{self, Mode};
+use crate::reach::tls::{Policy, Trust};
 
 /// What a connection runs over: TCP, or on Windows a local named pipe (WID, SSEE).
 pub trait Transport:
@@ -44,13 +46,10 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
     }
     config.database(&sql.database);
     config.application_name("wsus-reset");
-    config.encryption(encryption(sql, options)?);
-    Trust::of(
-        lab_ca(sql, options).map(PathBuf::as_path),
-        sql.trust_cert,
-        sql.ca_file.as_deref(),
-    )
-    .configure_tiberius(&mut config);
+    // tiberius speaks plaintext to the TLS proxy ([`super::tds_tls`]), which encrypts as the
+    // server's `encrypt` asks; a local pipe and a plaintext lab need no TLS at all.
+    encryption(sql, options)?;
+    config.encryption(EncryptionLevel::NotSupported);
     match &sql.auth {
         _ if options.lab_login.is_some() => {
             if let Some((user, password)) = &options.lab_login {
@@ -73,6 +72,26 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
         Auth::Integrated => return Err(SettingsError::AuthUnavailable("integrated")),
     }
     Ok(config)
+}
+
+/// How the proxy encrypts the connection to `server`, if it does: the mode from `encrypt`, and
+/// the TLS policy from `tls_min`, `trust_cert`, `ca_file` and a lab's authority.
+fn tls_for(sql: &SqlTarget, options: &ConnectOptions) -> Result<Option<(Mode, Policy)>, SettingsError> {
+    let mode = match encryption(sql, options)? {
+        EncryptionLevel::NotSupported => return Ok(None),
+        EncryptionLevel::Off => Mode::Login,
+        EncryptionLevel::Strict => Mode::Strict,
+        _ => Mode::Required,
+    };
+    let policy = Policy {
+        trust: Trust::of(
+            lab_ca(sql, options).map(PathBuf::as_path),
+            sql.trust_cert,
+            sql.ca_file.as_deref(),
+        ),
+        min: sql.tls_min,
+    };
+    Ok(Some((mode, policy)))
 }
 
 /// The authority of a lab with a certificate, when this server is reached through it (a
@@ -113,7 +132,7 @@ async fn tcp(
     sql: &SqlTarget,
     config: &Config,
     options: &ConnectOptions,
-) -> Result<Box<dyn Transport>, ServerError> {
+) -> Result<TcpStream, ServerError> {
     let tcp = match options.connect_via {
         Some(addr) => TcpStream::connect(addr).await.map_err(|e| {
             ServerError::transient(format!("cannot connect to {addr} (--connect-via): {e}"))
@@ -125,7 +144,7 @@ async fn tcp(
     };
     tcp.set_nodelay(true)
         .map_err(|e| ServerError::transient(e.to_string()))?;
-    Ok(Box::new(tcp))
+    Ok(tcp)
 }
 
 /// A local named pipe (`\\.\pipe\MICROSOFT##WID\tsql\query`), waiting a little while every
@@ -152,19 +171,44 @@ async fn pipe(name: &str) -> Result<Box<dyn Transport>, ServerError> {
 
 /// Opens and logs in, within the connect timeout.
 pub async fn connect(server: &Server, options: &ConnectOptions) -> Result<Connection, ServerError> {
-    let config = config(server, options).map_err(|e| ServerError::permanent(e.to_string()))?;
+    Ok(connect_tls(server, options).await?.0)
+}
+
+/// [`connect`], and what its TLS settled on (`None` without TLS).
+pub async fn connect_tls(
+    server: &Server,
+    options: &ConnectOptions,
+) -> Result<(Connection, Option<Negotiated>), ServerError> {
+    let settings = |e: SettingsError| ServerError::permanent(e.to_string());
+    let config = config(server, options).map_err(settings)?;
     let sql = server.via_sql().ok_or_else(|| {
         ServerError::permanent(SettingsError::NoSql(server.name.clone()).to_string())
     })?;
+    let tls = tls_for(sql, options).map_err(settings)?;
     let attempt = async {
         #[cfg(windows)]
-        let stream = match (&sql.pipe, options.connect_via) {
-            (Some(name), None) => pipe(name).await?,
-            _ => tcp(sql, &config, options).await?,
+        if let (Some(name), None) = (&sql.pipe, options.connect_via) {
+            let stream = pipe(name).await?;
+            return Ok((Client::connect(config, stream.compat_write()).await?, None));
+        }
+        let tcp = tcp(sql, &config, options).await?;
+        let Some((mode, policy)) = tls else {
+            let stream: Box<dyn Transport> = Box::new(tcp);
+            return Ok((Client::connect(config, stream.compat_write()).await?, None));
         };
-        #[cfg(not(windows))]
-        let stream = tcp(sql, &config, options).await?;
-        Ok::<_, ServerError>(Client::connect(config, stream.compat_write()).await?)
+        let host = sql.host.clone().unwrap_or_default();
+        let (pipe, outcome) = tds_tls::start(tcp, mode, policy, host);
+        let stream: Box<dyn Transport> = Box::new(pipe);
+        let connected = Client::connect(config, stream.compat_write()).await;
+        let mut outcome = outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (connected, outcome.error.take()) {
+            // The proxy's reason, when it ended the connection: tiberius saw only the pipe close.
+            (Err(_), Some(reason)) => Err(reason),
+            (Err(e), None) => Err(ServerError::from(e)),
+            (Ok(client), _) => Ok((client, outcome.tls.take())),
+        }
     };
     tokio::time::timeout(options.connect_timeout, attempt)
         .await

@@ -6,8 +6,9 @@
 
 pub mod applock;
 pub mod connect;
+mod tds_tls;
 
-pub use connect::{Connection, Transport, connect};
+pub use connect::{Connection, Transport, connect, connect_tls};
 
 use susdb::{action, groups, procs, schema, sql};
 use tiberius::{Command, Row, Uuid};
@@ -144,6 +145,7 @@ pub async fn probe(c: &mut Connection, update: &str) -> Result<Observed, ServerE
         })
     };
     Ok(Observed {
+        tls: None,
         sql_version: get::<&str>(config, "ProductVersion")?
             .unwrap_or_default()
             .to_string(),
