@@ -404,11 +404,12 @@ pub struct PlatformArgs {
     pub sql_version: susdb_lab::version::SqlVersion,
     /// The Windows Server every server runs on: its Schannel's default TLS versions and cipher
     /// suites, for the web site and (bounded by the SQL Server release) for TDS. 2008r2, what a
-    /// WSUS 3.0 SP2 server most often runs on, speaks TLS 1.0 only; 2012 to 2019 up to 1.2.
+    /// WSUS 3.0 SP2 server most often runs on, speaks TLS 1.0 only (2008r2-tls12: with TLS 1.2
+    /// enabled by its administrator); 2012 to 2019 up to 1.2, 2022 up to 1.3.
     #[arg(
         long,
         default_value = "2008r2",
-        value_name = "2003|2008|2008r2|2012|2016|2019|2022"
+        value_name = "2003|2008|2008r2|2008r2-tls12|2012|2016|2019|2022"
     )]
     pub windows: susdb_lab::platform::Windows,
     /// One server on another platform (repeatable): NAME=WINDOWS, or NAME=WINDOWS/SQL to give

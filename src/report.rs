@@ -217,8 +217,8 @@ pub fn survey_table(surveyed: &[Surveyed]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<width$}  {:<6}  {:<10}  STATE",
-        "SERVER", "OK", "MODE"
+        "{:<width$}  {:<6}  {:<10}  {:<12}  STATE",
+        "SERVER", "OK", "MODE", "TLS"
     );
     for s in surveyed {
         let mode = match &s.observed {
@@ -233,11 +233,36 @@ pub fn survey_table(surveyed: &[Surveyed]) -> String {
         for m in &s.mismatches {
             let _ = write!(state, "; {m}");
         }
+        let tls = match s.observed.as_ref().and_then(|o| o.tls.as_ref()) {
+            Some(t) if t.weak() => format!("{} weak", t.version),
+            Some(t) => t.version.clone(),
+            None if s.observed.is_some() => "none".into(),
+            None => "-".into(),
+        };
         let _ = writeln!(
             out,
-            "{:<width$}  {:<6}  {mode:<10}  {state}",
+            "{:<width$}  {:<6}  {mode:<10}  {tls:<12}  {state}",
             s.server,
             if s.ok { "yes" } else { "NO" }
+        );
+    }
+    let weak: Vec<&str> = surveyed
+        .iter()
+        .filter(|s| {
+            s.observed
+                .as_ref()
+                .and_then(|o| o.tls.as_ref())
+                .is_some_and(|t| t.weak())
+        })
+        .map(|s| s.server.as_str())
+        .collect();
+    if !weak.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{} server(s) reached over TLS 1.0 or 1.1, deprecated (RFC 8996) and accepted only \
+             because their `tls_min` allows it: {}",
+            weak.len(),
+            weak.join(", ")
         );
     }
     let bad = surveyed.iter().filter(|s| !s.ok).count();

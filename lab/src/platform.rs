@@ -36,6 +36,9 @@ pub enum Windows {
     /// WSUS 3.0 installs on; 2012 and later bring WSUS 4 and newer as a server role). The default.
     #[default]
     V2008R2,
+    /// Windows Server 2008 R2 whose administrator enabled TLS 1.1 and 1.2 for the server side
+    /// (the `SCHANNEL\Protocols` registry keys): AES-CBC suites only, no AES-GCM with RSA.
+    V2008R2Tls12,
     V2012,
     V2016,
     V2019,
@@ -75,6 +78,10 @@ pub struct TlsProfile {
 /// AES-CBC with SHA-1, ECDHE and RSA key exchange: Windows Server 2008 and 2008 R2 (their 3DES
 /// and RC4 suites are left out: OpenSSL 3 serves neither).
 const CBC_SHA1: &str = "ECDHE-RSA-AES256-SHA:ECDHE-RSA-AES128-SHA:AES256-SHA:AES128-SHA";
+/// 2008 R2 with TLS 1.2 enabled: its TLS 1.2 suites for an RSA certificate are AES-CBC with
+/// SHA-256, before those of [`CBC_SHA1`].
+const CBC_SHA2: &str = "AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA:\
+    ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA";
 /// 2012 R2 to 2022: the TLS 1.2 suites first, then those of 2008 R2.
 const TLS12: &str = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:\
     ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-SHA256:AES256-GCM-SHA384:AES128-GCM-SHA256:\
@@ -82,10 +89,11 @@ const TLS12: &str = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:\
     AES128-SHA";
 
 impl Windows {
-    pub const ALL: [Windows; 7] = [
+    pub const ALL: [Windows; 8] = [
         Windows::V2003,
         Windows::V2008,
         Windows::V2008R2,
+        Windows::V2008R2Tls12,
         Windows::V2012,
         Windows::V2016,
         Windows::V2019,
@@ -97,6 +105,7 @@ impl Windows {
             Windows::V2003 => "2003",
             Windows::V2008 => "2008",
             Windows::V2008R2 => "2008r2",
+            Windows::V2008R2Tls12 => "2008r2-tls12",
             Windows::V2012 => "2012",
             Windows::V2016 => "2016",
             Windows::V2019 => "2019",
@@ -116,6 +125,11 @@ impl Windows {
                 min: Tls::V1_0,
                 max: Tls::V1_0,
                 ciphers: CBC_SHA1,
+            },
+            Windows::V2008R2Tls12 => TlsProfile {
+                min: Tls::V1_0,
+                max: Tls::V1_2,
+                ciphers: CBC_SHA2,
             },
             Windows::V2012 | Windows::V2016 | Windows::V2019 => TlsProfile {
                 min: Tls::V1_0,
@@ -141,7 +155,7 @@ impl Windows {
         let max = os.max.min(release).min(Tls::V1_2);
         TlsProfile {
             max,
-            ciphers: if max < Tls::V1_2 && os.ciphers == TLS12 {
+            ciphers: if max < Tls::V1_2 && (os.ciphers == TLS12 || os.ciphers == CBC_SHA2) {
                 CBC_SHA1
             } else {
                 os.ciphers
@@ -176,10 +190,10 @@ impl FromStr for Windows {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let wanted = text.trim().to_ascii_lowercase().replace([' ', '-'], "");
+        let wanted = text.trim().to_ascii_lowercase().replace(' ', "");
         Windows::ALL
             .into_iter()
-            .find(|v| v.name() == wanted)
+            .find(|v| v.name() == wanted || v.name().replace('-', "") == wanted.replace('-', ""))
             .ok_or_else(|| {
                 format!(
                     "unknown Windows Server version `{text}`: one of {}",

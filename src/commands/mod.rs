@@ -134,6 +134,44 @@ fn connect_for(
             ));
         }
     }
+    // Plaintext towards production: say what crosses the network readable.
+    if conn.connect_via.is_none() {
+        let plain: Vec<&topology::Server> = servers()
+            .filter(|s| {
+                s.via_sql().is_some_and(|sql| {
+                    sql.pipe.is_none() && sql.encrypt == topology::Encrypt::DangerPlaintext
+                })
+            })
+            .collect();
+        let (with_sql_login, with_windows): (Vec<&topology::Server>, Vec<&topology::Server>) =
+            plain.into_iter().partition(|s| {
+                s.via_sql()
+                    .is_some_and(|sql| matches!(sql.auth, topology::Auth::Sql { .. }))
+            });
+        let names = |list: &[&topology::Server]| {
+            list.iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !with_sql_login.is_empty() {
+            report::say(&format!(
+                "warning: `encrypt: danger-plaintext` with a SQL login ({}): the login's password \
+                 crosses the network readable (TDS only obfuscates it), and so does every query \
+                 and answer; use `tls_min: \"1.0\"` with `encrypt: required` for a server that \
+                 speaks only TLS 1.0",
+                names(&with_sql_login)
+            ));
+        }
+        if !with_windows.is_empty() {
+            report::say(&format!(
+                "warning: `encrypt: danger-plaintext` with Windows authentication ({}): NTLM never \
+                 sends the password, but its exchange can be recorded and attacked offline, and \
+                 every query and answer (server names, approvals) crosses the network readable",
+                names(&with_windows)
+            ));
+        }
+    }
     if let Some(via) = conn.api_via
         && via.ip().is_loopback()
         && conn.connect_via_ca.is_none()

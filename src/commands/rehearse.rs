@@ -74,8 +74,17 @@ pub(crate) fn run(
         crate::emit(
             out,
             &format!(
-                "Rehearsal: lab on {addr} (SQL Server {}, TLS as each server's `encrypt` says) and {api_addr} (the web service, HTTPS as each server's `api.tls` says, NTLM), certificates from a throwaway authority, seed {}, {} servers\n\n== Online plan (read-only probe) ==\n{}\n== Apply ==\n",
-                susdb_lab::version::SqlVersion::default().product_version(),
+                "Rehearsal: lab on {addr} (SQL Server {} on Windows Server {}{}, TLS as each server's `encrypt` says) and {api_addr} (the web service, HTTPS as each server's `api.tls` says, NTLM), certificates from a throwaway authority, seed {}, {} servers\n\n== Online plan (read-only probe) ==\n{}\n== Apply ==\n",
+                platform.sql_version.product_version(),
+                platform.windows,
+                if platform.platforms.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} server(s) on their own --platform",
+                        platform.platforms.len()
+                    )
+                },
                 lab_seed.name(),
                 topology.servers().len(),
                 plan.render_text()

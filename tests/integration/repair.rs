@@ -84,7 +84,15 @@ impl LabProcess {
             seed,
             "faults: []\n",
             0,
-            &["--tls-generate", "tls", "--sql-version", "2022"],
+            // SQL Server 2022 on Windows Server 2022: every encryption level, TLS 1.2 and 1.3.
+            &[
+                "--tls-generate",
+                "tls",
+                "--sql-version",
+                "2022",
+                "--windows",
+                "2022",
+            ],
         )
     }
 

@@ -339,15 +339,29 @@ fn curl_reaches_the_labs_web_service_over_validated_https_with_ntlm() {
     let (mut lab, api) = api_lab(dir.path(), &["--tls-generate", "tls"]);
     let port = api.rsplit(':').next().expect("port").to_string();
     let url = format!("https://wsus-hq:{port}/ApiRemoting30/WebService.asmx");
-    let curl = |args: &[&str]| {
+    // The lab's site is a Windows Server 2008 R2 one, as installed: TLS 1.0 only. curl allows
+    // it as an old client would (OpenSSL's security level 0); one asking for TLS 1.2 at least
+    // is refused.
+    let curl_tls = |tls: &[&str], args: &[&str]| {
         Command::new("curl")
             .args(["-sS", "--max-time", "20", "--resolve"])
             .arg(format!("wsus-hq:{port}:127.0.0.1"))
+            .args(tls)
             .args(args)
             .current_dir(dir.path())
             .output()
             .expect("curl runs")
     };
+    let curl = |args: &[&str]| curl_tls(&["--tlsv1.0", "--ciphers", "DEFAULT:@SECLEVEL=0"], args);
+    let tls12 = curl_tls(
+        &["--tlsv1.2"],
+        &["--cacert", "tls/ca.pem", &format!("{url}?WSDL")],
+    );
+    assert!(
+        !tls12.status.success(),
+        "a TLS 1.2 client reached a 2008 R2 site: {}",
+        String::from_utf8_lossy(&tls12.stdout)
+    );
     let user = format!("CORP\\wsus_repair:{PASSWORD}");
     let untrusted = curl(&["--ntlm", "-u", &user, &format!("{url}?WSDL")]);
     let plain = curl(&[

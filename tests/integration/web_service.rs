@@ -283,7 +283,17 @@ fn https_web_services_are_validated_against_the_authority_given_and_plain_http_t
         "broken",
         "faults: []\n",
         0,
-        &["--api-listen", "127.0.0.1:0", "--tls-generate", "tls"],
+        // Windows Server 2016 with SQL Server 2016 (TLS 1.2): this test is about whom to trust.
+        &[
+            "--api-listen",
+            "127.0.0.1:0",
+            "--tls-generate",
+            "tls",
+            "--windows",
+            "2016",
+            "--sql-version",
+            "2016",
+        ],
     );
     let impostor = crate::tls::impostor_ca(&lab, "r1.test.example");
     let verify = |ca: Option<&str>| {

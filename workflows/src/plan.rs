@@ -309,6 +309,9 @@ impl Plan {
             if !s.via.is_empty() {
                 let _ = writeln!(out, "      via {}", s.via);
             }
+            if let Some(tls) = s.observed.as_ref().and_then(|o| o.tls.as_ref()) {
+                let _ = writeln!(out, "      TLS: {tls}");
+            }
             if let Some(verdict) = &s.verdict {
                 let _ = writeln!(out, "      observed: {verdict}");
             }
@@ -378,9 +381,18 @@ impl Plan {
                     .as_ref()
                     .map(|v| format!("<br>observed: {v}"))
                     .unwrap_or_default();
+                let tls = s
+                    .observed
+                    .as_ref()
+                    .and_then(|o| o.tls.as_ref())
+                    .map(|t| {
+                        let weak = if t.weak() { " **(weak)**" } else { "" };
+                        format!("<br>{}, {}{weak}", t.version, t.cipher)
+                    })
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {upstream} | {} | {} | {}{observed} |",
+                    "| {} | {} | {upstream} | {} | {}{tls} | {}{observed} |",
                     level_start + k + 1,
                     s.name,
                     s.mode,

@@ -217,6 +217,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     }
 }
 
+/// What follows a failed handshake ([`Policy::after_failure`]).
+#[derive(Debug)]
+pub enum Retry {
+    /// The server speaks only this, older than `tls_min` allows.
+    Older(Negotiated),
+    /// Once more, through OpenSSL.
+    OpenSsl,
+    /// Nothing: report the failure.
+    No,
+}
+
 /// Why a handshake failed, sorted for the message the operator reads.
 #[derive(Debug)]
 pub enum HandshakeError {
@@ -271,7 +282,9 @@ impl Policy {
             .await
             .map_err(|e| {
                 let text = e.to_string();
-                if text.to_ascii_lowercase().contains("certificate") {
+                if let Some(reason) = text.strip_prefix("invalid peer certificate: ") {
+                    HandshakeError::Certificate(reason.to_string())
+                } else if text.to_ascii_lowercase().contains("certificate") {
                     HandshakeError::Certificate(text)
                 } else {
                     HandshakeError::Failed(text)
@@ -361,6 +374,36 @@ impl Policy {
             }),
         };
         Ok((TlsStream::OpenSsl(Box::new(tls)), negotiated))
+    }
+
+    /// The handshake through OpenSSL whatever the version: for a server that speaks a version
+    /// this policy allows but only with cipher suites rustls lacks ([`Policy::after_failure`]).
+    /// The certificate is validated as by [`Policy::connect`].
+    pub async fn connect_openssl<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        host: &str,
+        stream: S,
+        alpn: &[&[u8]],
+    ) -> Result<(TlsStream<S>, Negotiated), HandshakeError> {
+        self.openssl(host, stream, alpn, true).await
+    }
+
+    /// What to do after [`Policy::connect`] failed (not on the certificate): ask the server,
+    /// over the fresh connection `stream`, which TLS it speaks. Older than `min`: refuse, saying
+    /// so. As new as `min` allows, while rustls made the first try: the server's cipher suites
+    /// are ones rustls does not implement (Windows Server 2008 R2 with TLS 1.2 enabled offers
+    /// AES-CBC only), so try once more through OpenSSL.
+    pub async fn after_failure<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        host: &str,
+        stream: S,
+        alpn: &[&[u8]],
+    ) -> Retry {
+        match Policy::offered(host, stream, alpn).await {
+            Some(offered) if below(&offered, self.min) => Retry::Older(offered),
+            Some(_) if self.min >= TlsMin::V1_2 => Retry::OpenSsl,
+            _ => Retry::No,
+        }
     }
 
     /// After a refused handshake: which version the server speaks, learned over a fresh

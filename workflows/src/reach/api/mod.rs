@@ -37,7 +37,7 @@ use crate::reach::port::{
     Approval, Downstream, Observed, Revision, ServerError, UpdateState, WsusServer,
 };
 use crate::reach::settings::ConnectOptions;
-use crate::reach::tls::{HandshakeError, Policy, Trust, below, too_old};
+use crate::reach::tls::{HandshakeError, Policy, Retry, Trust, too_old};
 use auth::{Login, login_for};
 use rows::revision_id;
 use soap::{Element, NS, PATH, fault_message, parse_xml, request_xml, transient_fault};
@@ -61,9 +61,8 @@ const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Says a refused handshake in topology terms: a certificate refused, a server that speaks
-/// only an older TLS than `tls_min` allows (asked again over a fresh connection, nothing sent),
-/// a site that answers plain HTTP.
+/// Says a refused handshake in topology terms: a certificate refused, a site that answers plain
+/// HTTP.
 async fn tls_refused(
     origin: &str,
     api: &ApiTarget,
@@ -80,15 +79,6 @@ async fn tls_refused(
             ServerError::permanent(format!("TLS to {origin}: {text}"))
         }
         HandshakeError::Failed(text) => {
-            if let Ok(tcp) = connect_to(via, api).await
-                && let Some(offered) = Policy::offered(&api.host, tcp, &[b"http/1.1"]).await
-                && below(&offered, api.tls_min)
-            {
-                return ServerError::permanent(format!(
-                    "TLS: {}",
-                    too_old(&offered, api.tls_min, "api")
-                ));
-            }
             if let Ok(mut tcp) = connect_to(via, api).await
                 && answers_plain_http(&mut tcp, &api.host).await
             {
@@ -200,7 +190,28 @@ pub async fn open(server: &Server, options: &ConnectOptions) -> Result<ApiSessio
                 trust: Trust::of(lab_ca, api.trust_cert, api.ca_file.as_deref()),
                 min: api.tls_min,
             };
-            match policy.connect(&api.host, tcp, &[b"http/1.1"]).await {
+            let alpn: &[&[u8]] = &[b"http/1.1"];
+            let mut attempt = policy.connect(&api.host, tcp, alpn).await;
+            if let Err(HandshakeError::Failed(text)) = &attempt {
+                let fresh = connect_to(via, api).await;
+                attempt = match fresh {
+                    Ok(fresh) => match policy.after_failure(&api.host, fresh, alpn).await {
+                        Retry::Older(offered) => {
+                            return Err(ServerError::permanent(format!(
+                                "TLS: {}",
+                                too_old(&offered, api.tls_min, "api")
+                            )));
+                        }
+                        Retry::OpenSsl => match connect_to(via, api).await {
+                            Ok(again) => policy.connect_openssl(&api.host, again, alpn).await,
+                            Err(_) => Err(HandshakeError::Failed(text.clone())),
+                        },
+                        Retry::No => Err(HandshakeError::Failed(text.clone())),
+                    },
+                    Err(_) => Err(HandshakeError::Failed(text.clone())),
+                };
+            }
+            match attempt {
                 Ok((stream, settled)) => {
                     negotiated = Some(settled);
                     Box::new(stream)

@@ -8,9 +8,9 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use topology::{Auth, Encrypt, Server, SqlTarget};
 
+use crate::reach::port::Negotiated;
 use crate::reach::port::ServerError;
 use crate::reach::settings::{ConnectOptions, SettingsError, read_secret};
-use crate::reach::port::Negotiated;
 use crate::reach::sql::tds_tls::{self, Mode};
 use crate::reach::tls::{Policy, Trust};
 
@@ -76,7 +76,10 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
 
 /// How the proxy encrypts the connection to `server`, if it does: the mode from `encrypt`, and
 /// the TLS policy from `tls_min`, `trust_cert`, `ca_file` and a lab's authority.
-fn tls_for(sql: &SqlTarget, options: &ConnectOptions) -> Result<Option<(Mode, Policy)>, SettingsError> {
+fn tls_for(
+    sql: &SqlTarget,
+    options: &ConnectOptions,
+) -> Result<Option<(Mode, Policy)>, SettingsError> {
     let mode = match encryption(sql, options)? {
         EncryptionLevel::NotSupported => return Ok(None),
         EncryptionLevel::Off => Mode::Login,

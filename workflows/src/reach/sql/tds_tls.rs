@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::net::TcpStream;
 
 use crate::reach::port::{Negotiated, ServerError};
-use crate::reach::tls::{HandshakeError, Policy, TlsStream, below, too_old};
+use crate::reach::tls::{HandshakeError, Policy, Retry, TlsStream, too_old};
 
 const PRELOGIN: u8 = 0x12;
 const HEADER: usize = 8;
@@ -72,13 +72,11 @@ pub(crate) fn start(
     let outcome = Arc::new(Mutex::new(Outcome::default()));
     let shared = Arc::clone(&outcome);
     tokio::spawn(async move {
-        let settings = Settings {
-            mode,
-            policy,
-            host,
-        };
+        let settings = Settings { mode, policy, host };
         if let Err(e) = settings.run(tcp, proxy, &shared).await {
-            let mut outcome = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut outcome = shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             outcome.error.get_or_insert(e);
         }
     });
@@ -100,7 +98,7 @@ impl Settings {
     ) -> Result<(), ServerError> {
         let lost = |e: io::Error| ServerError::transient(format!("connection lost: {e}"));
         if self.mode == Mode::Strict {
-            let (mut tls, negotiated) = self.handshake(tcp, &[b"tds/8.0"], false).await?;
+            let (mut tls, negotiated) = self.handshake(tcp, &[b"tds/8.0"], None).await?;
             record(outcome, negotiated);
             let prelogin = read_message(&mut client).await.map_err(lost)?;
             tls.write_all(&with_encryption(prelogin, ENCRYPT_REQ)?)
@@ -123,10 +121,8 @@ impl Settings {
         } else {
             ENCRYPT_REQ
         };
-        let prelogin = read_message(&mut client).await.map_err(lost)?;
-        tcp.write_all(&with_encryption(prelogin, asked)?)
-            .await
-            .map_err(lost)?;
+        let prelogin = with_encryption(read_message(&mut client).await.map_err(lost)?, asked)?;
+        tcp.write_all(&prelogin).await.map_err(lost)?;
         let answer = read_message(&mut tcp).await.map_err(lost)?;
         let login_only = match (asked, encryption_of(&answer)?) {
             (ENCRYPT_OFF, ENCRYPT_OFF) => true,
@@ -146,7 +142,7 @@ impl Settings {
                 ));
             }
         };
-        let (mut tls, negotiated) = self.handshake(tcp, &[], true).await?;
+        let (mut tls, negotiated) = self.handshake(tcp, &[], Some(&prelogin)).await?;
         record(outcome, negotiated);
         tls.get_mut().framing = false;
         client
@@ -175,55 +171,71 @@ impl Settings {
         Ok(())
     }
 
-    /// The handshake on `tcp` (inside PRELOGIN packets when `framed`), said in topology terms
-    /// when it fails.
+    /// The handshake on `tcp` (inside PRELOGIN packets after `prelogin` when it is given), said
+    /// in topology terms when it fails. After a failure the server is asked which TLS it speaks
+    /// over a fresh connection: too old for `tls_min` is said so; new enough with cipher suites
+    /// rustls lacks gets one more try through OpenSSL.
     async fn handshake(
         &self,
         tcp: TcpStream,
         alpn: &[&[u8]],
-        framed: bool,
+        prelogin: Option<&[u8]>,
     ) -> Result<(TlsStream<Framed>, Negotiated), ServerError> {
         let peer = tcp.peer_addr().ok();
-        let stream = Framed::new(tcp, framed);
-        match self.policy.connect(&self.host, stream, alpn).await {
-            Ok(done) => Ok(done),
-            Err(HandshakeError::Certificate(text)) => Err(ServerError::permanent(format!(
-                "TLS: the server's certificate was rejected ({text}): name the authority that \
-                 issued it in `ca_file`, or reach the server by a name its certificate holds; \
-                 `trust_cert: true` skips validation (only on a network you trust)"
+        let framed = prelogin.is_some();
+        let failed = match self
+            .policy
+            .connect(&self.host, Framed::new(tcp, framed), alpn)
+            .await
+        {
+            Ok(done) => return Ok(done),
+            Err(HandshakeError::Failed(text)) => text,
+            Err(other) => return Err(refusal(other)),
+        };
+        let transient = || ServerError::transient(format!("TLS: {failed}"));
+        let Some(fresh) = reopen(peer, prelogin).await else {
+            return Err(transient());
+        };
+        match self.policy.after_failure(&self.host, fresh, alpn).await {
+            Retry::Older(offered) => Err(ServerError::permanent(format!(
+                "TLS: {}",
+                too_old(&offered, self.policy.min, "sql")
             ))),
-            Err(HandshakeError::Settings(text)) => {
-                Err(ServerError::permanent(format!("TLS: {text}")))
+            Retry::OpenSsl => {
+                let again = reopen(peer, prelogin).await.ok_or_else(transient)?;
+                self.policy
+                    .connect_openssl(&self.host, again, alpn)
+                    .await
+                    .map_err(refusal)
             }
-            Err(HandshakeError::Failed(text)) => {
-                if let Some(offered) = self.offered(peer, alpn, framed).await
-                    && below(&offered, self.policy.min)
-                {
-                    return Err(ServerError::permanent(format!(
-                        "TLS: {}",
-                        too_old(&offered, self.policy.min, "sql")
-                    )));
-                }
-                Err(ServerError::transient(format!("TLS: {text}")))
-            }
+            Retry::No => Err(transient()),
         }
     }
+}
 
-    /// Which TLS version the server speaks, over a new connection that gets as far as the
-    /// handshake and no further.
-    async fn offered(
-        &self,
-        peer: Option<std::net::SocketAddr>,
-        alpn: &[&[u8]],
-        framed: bool,
-    ) -> Option<Negotiated> {
-        let mut tcp = TcpStream::connect(peer?).await.ok()?;
-        if framed {
-            tcp.write_all(&prelogin_asking(ENCRYPT_REQ)).await.ok()?;
-            read_message(&mut tcp).await.ok()?;
-        }
-        Policy::offered(&self.host, Framed::new(tcp, framed), alpn).await
+/// A refused handshake in topology terms.
+fn refusal(error: HandshakeError) -> ServerError {
+    match error {
+        HandshakeError::Certificate(text) => ServerError::permanent(format!(
+            "TLS: the server's certificate was rejected ({text}): name the authority that issued \
+             it in `ca_file`, or reach the server by a name its certificate holds; `trust_cert: \
+             true` skips validation (only on a network you trust)"
+        )),
+        HandshakeError::Settings(text) => ServerError::permanent(format!("TLS: {text}")),
+        HandshakeError::Failed(text) => ServerError::transient(format!("TLS: {text}")),
     }
+}
+
+/// A new connection to `peer`, as far as the start of its TLS handshake: after the same
+/// PRELOGIN exchange when there is one.
+async fn reopen(peer: Option<std::net::SocketAddr>, prelogin: Option<&[u8]>) -> Option<Framed> {
+    let mut tcp = TcpStream::connect(peer?).await.ok()?;
+    tcp.set_nodelay(true).ok()?;
+    if let Some(prelogin) = prelogin {
+        tcp.write_all(prelogin).await.ok()?;
+        read_message(&mut tcp).await.ok()?;
+    }
+    Some(Framed::new(tcp, prelogin.is_some()))
 }
 
 fn record(outcome: &Mutex<Outcome>, negotiated: Negotiated) {
@@ -231,20 +243,6 @@ fn record(outcome: &Mutex<Outcome>, negotiated: Negotiated) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .tls = Some(negotiated);
-}
-
-/// A minimal PRELOGIN (VERSION, ENCRYPTION, end), for [`Settings::offered`] only.
-fn prelogin_asking(encryption: u8) -> Vec<u8> {
-    let payload = [
-        0x00, 0x00, 0x0B, 0x00, 0x06, // VERSION at 11, 6 bytes
-        OPTION_ENCRYPTION, 0x00, 0x11, 0x00, 0x01, // ENCRYPTION at 17, 1 byte
-        OPTION_END, 0, 0, 0, 0, 0, 0, encryption,
-    ];
-    let mut message = vec![PRELOGIN, 0x01, 0, 0, 0, 0, 1, 0];
-    message.extend_from_slice(&payload);
-    let length = u16::try_from(message.len()).unwrap_or(u16::MAX);
-    message[2..4].copy_from_slice(&length.to_be_bytes());
-    message
 }
 
 /// Reads one TDS message (its packets up to the one marked end-of-message), headers included.
@@ -373,8 +371,7 @@ impl AsyncRead for Framed {
                 if got == 0 {
                     return Poll::Ready(Ok(()));
                 }
-                this.header[this.header_read..this.header_read + got]
-                    .copy_from_slice(&rest[..got]);
+                this.header[this.header_read..this.header_read + got].copy_from_slice(&rest[..got]);
                 this.header_read += got;
             }
             this.header_read = 0;
@@ -457,6 +454,35 @@ impl AsyncWrite for Framed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A minimal PRELOGIN (VERSION, ENCRYPTION, end).
+    fn prelogin_asking(encryption: u8) -> Vec<u8> {
+        let payload = [
+            0x00,
+            0x00,
+            0x0B,
+            0x00,
+            0x06, // VERSION at 11, 6 bytes
+            OPTION_ENCRYPTION,
+            0x00,
+            0x11,
+            0x00,
+            0x01, // ENCRYPTION at 17, 1 byte
+            OPTION_END,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            encryption,
+        ];
+        let mut message = vec![PRELOGIN, 0x01, 0, 0, 0, 0, 1, 0];
+        message.extend_from_slice(&payload);
+        let length = u16::try_from(message.len()).unwrap_or(u16::MAX);
+        message[2..4].copy_from_slice(&length.to_be_bytes());
+        message
+    }
 
     #[test]
     fn the_encryption_option_is_found_and_rewritten_in_a_prelogin() {
