@@ -196,7 +196,8 @@ impl Acceptors {
             let failed = |e: ErrorStack| TlsError::Config(e.to_string());
             let mut builder = SslContextBuilder::new(SslMethod::tls_server()).map_err(failed)?;
             // The lab resumes no sessions, as it keeps none.
-            builder.set_options(SslOptions::NO_TICKET);
+            // Schannel chooses the cipher suite by its own order of preference.
+            builder.set_options(SslOptions::NO_TICKET | SslOptions::CIPHER_SERVER_PREFERENCE);
             builder.set_session_cache_mode(SslSessionCacheMode::OFF);
             if let Some(alpn) = alpn {
                 builder.set_alpn_select_callback(move |_, offered| {

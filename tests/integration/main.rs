@@ -3,6 +3,7 @@
 mod diagnose;
 mod discovery;
 mod fidelity;
+mod legacy_tls;
 mod offline;
 mod readme;
 mod repair;
