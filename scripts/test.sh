@@ -16,6 +16,10 @@ command -v npm >/dev/null || missing+=(nodejs npm)
 command -v man >/dev/null || missing+=(man-db)
 # curl: an independent HTTPS + NTLM client for the lab's web service.
 command -v curl >/dev/null || missing+=(curl)
+# OpenSSL: the library the TLS 1.0 path links (openssl-sys finds it with pkg-config), and
+# `openssl s_client`, an independent TLS peer for the lab.
+command -v openssl >/dev/null || missing+=(openssl)
+{ command -v pkg-config >/dev/null && pkg-config --exists openssl; } || missing+=(pkg-config libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   as_root apt-get update -qq
@@ -29,6 +33,12 @@ pip_install() {
 if ! python3 -c 'import pytds' 2>/dev/null; then
   echo "installing python-tds"
   pip_install python-tds
+fi
+# pyOpenSSL is python-tds's TLS; pinned because python-tds 1.17 calls X509.get_extension, which
+# later pyOpenSSL releases removed.
+if ! python3 -c 'import OpenSSL.crypto as c; c.X509.get_extension' 2>/dev/null; then
+  echo "installing pyOpenSSL"
+  pip_install 'pyopenssl==24.2.1'
 fi
 if ! python3 -c 'import zeep, requests_ntlm' 2>/dev/null; then
   echo "installing zeep and requests-ntlm"

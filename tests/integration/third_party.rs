@@ -522,3 +522,111 @@ fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
     );
     assert_eq!(state["servers"]["wsus-hq"]["update_declined"], true);
 }
+
+/// python-tds (pyOpenSSL underneath) over TLS to a SQL Server 2005 lab: its own default, a TLS
+/// 1.2 context, is refused; a context that allows TLS 1.0, as an old client's, negotiates it,
+/// the certificate validated against the lab's authority.
+const PYTHON_TLS: &str = r#"
+import sys, pytds, pytds.tls, OpenSSL.SSL
+port, password, cafile, old = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "old"
+if old:
+    def create_context(cafile):
+        ctx = OpenSSL.SSL.Context(OpenSSL.SSL.TLS_METHOD)
+        ctx.set_min_proto_version(OpenSSL.SSL.TLS1_VERSION)
+        ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        ctx.set_verify(OpenSSL.SSL.VERIFY_PEER, lambda conn, cert, err, depth, ok: ok)
+        ctx.load_verify_locations(cafile)
+        return ctx
+    pytds.tls.create_context = create_context
+seen = {}
+real_channel = pytds.tls.establish_channel
+def establish_channel(tds_sock):
+    real_channel(tds_sock)
+    conn = tds_sock.conn.sock._tls_conn
+    seen["version"], seen["cipher"] = conn.get_protocol_version_name(), conn.get_cipher_name()
+pytds.tls.establish_channel = establish_channel
+try:
+    with pytds.connect(server="localhost", port=port, user="wsus_repair", password=password,
+                       database="SUSDB", autocommit=True, cafile=cafile) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@VERSION")
+            print("connected", seen.get("version"), seen.get("cipher"))
+except Exception as e:
+    print("refused", type(e).__name__, e)
+"#;
+
+#[test]
+fn python_tds_negotiates_tls_1_0_with_sql_server_2005_and_a_tls_1_2_client_is_refused() {
+    if !available(
+        "python-tds with pyOpenSSL",
+        Command::new("python3").args(["-c", "import pytds, OpenSSL"]),
+    ) {
+        return;
+    }
+    let lab = LabProcess::start_extra(
+        LOCAL,
+        "broken",
+        "faults: []\n",
+        0,
+        &["--tls-generate", "tls"],
+    );
+    let ca = lab.path("tls/ca.pem");
+    let run = |context: &str| {
+        let out = Command::new("python3")
+            .args(["-c", PYTHON_TLS, &port(&lab), PASSWORD])
+            .arg(&ca)
+            .arg(context)
+            .output()
+            .expect("python3 runs");
+        text(&out)
+    };
+    let modern = run("default");
+    assert!(modern.contains("refused"), "{modern}");
+    let old = run("old");
+    assert!(old.contains("connected TLSv1 "), "{old}");
+}
+
+#[test]
+fn openssl_s_client_meets_a_2008_sites_tls_1_0_and_is_refused_tls_1_2() {
+    if !available("openssl", Command::new("openssl").arg("version")) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("scratch");
+    std::fs::write(
+        dir.path().join("h.yaml"),
+        "version: 1\nservers:\n  - name: wsus-hq\n    api: { host: wsus-hq.test.example }\n  - name: wsus-new\n    upstream: wsus-hq\n    api: { host: wsus-new.test.example }\n",
+    )
+    .expect("topology");
+    let (mut lab, api) = api_lab(
+        dir.path(),
+        &[
+            "--tls-generate",
+            "tls",
+            "--windows",
+            "2008",
+            "--platform",
+            "wsus-new=2016",
+        ],
+    );
+    let s_client = |host: &str, version: &str| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &api, "-servername", host, version])
+            .args(["-cipher", "DEFAULT:@SECLEVEL=0", "-CAfile", "tls/ca.pem"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl runs");
+        text(&out)
+    };
+    let old_10 = s_client("wsus-hq.test.example", "-tls1");
+    let old_12 = s_client("wsus-hq.test.example", "-tls1_2");
+    let new_12 = s_client("wsus-new.test.example", "-tls1_2");
+    let _ = lab.kill();
+    let _ = lab.wait();
+    assert!(
+        old_10.contains("Protocol  : TLSv1\n") && old_10.contains("Verify return code: 0 (ok)"),
+        "{old_10}"
+    );
+    assert!(old_12.contains("Cipher is (NONE)"), "{old_12}");
+    assert!(new_12.contains("Protocol  : TLSv1.2"), "{new_12}");
+}
