@@ -21,6 +21,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only move the size"
+)]
 pub enum Command {
     /// Check a topology file and report every mistake in it.
     Validate {

@@ -153,7 +153,16 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             json,
             platform,
         } => commands::rehearse::run(
-            &file, seed, parallel, latency, state_dir, json, &platform, out,
+            &file,
+            commands::rehearse::RehearseOptions {
+                seed,
+                parallel,
+                latency,
+                state_dir,
+                json,
+                platform,
+            },
+            out,
         ),
         Command::Lab {
             file,

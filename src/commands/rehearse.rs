@@ -2,18 +2,32 @@
 
 use super::*;
 
+/// The `rehearse` command's options.
+#[derive(Debug)]
+pub struct RehearseOptions {
+    pub seed: LabSeed,
+    pub parallel: u16,
+    pub latency: u64,
+    pub state_dir: Option<PathBuf>,
+    pub json: bool,
+    pub platform: crate::cli::PlatformArgs,
+}
+
 /// `rehearse`: the lab in-process on a free loopback port, then plan --online, apply, verify
 /// through tiberius, and a report of before and after.
 pub(crate) fn run(
     file: &Path,
-    lab_seed: LabSeed,
-    parallel: u16,
-    latency: u64,
-    state_dir: Option<PathBuf>,
-    json: bool,
-    platform: &crate::cli::PlatformArgs,
+    options: RehearseOptions,
     out: &mut impl Write,
 ) -> Result<u8, Failure> {
+    let RehearseOptions {
+        seed: lab_seed,
+        parallel,
+        latency,
+        state_dir,
+        json,
+        platform,
+    } = options;
     let topology = Arc::new(Topology::load(file)?);
     let platforms = super::lab::known_platforms(&topology, platform.platforms.clone())?;
     // The lab checks one made-up SQL login and one made-up Windows account (for the web

@@ -591,6 +591,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::TlsMin;
 
     #[test]
     fn guids_are_normalized_to_upper_case() {
@@ -671,6 +672,35 @@ servers:
             .map(|a| a.port)
             .collect();
         assert_eq!(ports, [443, 80]);
+    }
+
+    #[test]
+    fn tls_min_is_1_2_unless_a_server_or_the_defaults_allow_older() {
+        let t = Topology::from_bytes(
+            "t.yaml",
+            b"version: 1\ndefaults:\n  sql: { tls_min: \"1.0\" }\nservers:\n  - name: a\n    sql: { host: a }\n  - name: b\n    sql: { host: b, tls_min: 1.1 }\n  - name: c\n    api: { host: c }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let sql: Vec<TlsMin> = t
+            .servers()
+            .iter()
+            .filter_map(|s| s.sql.as_ref())
+            .map(|s| s.tls_min)
+            .collect();
+        assert_eq!(sql, [TlsMin::V1_0, TlsMin::V1_1]);
+        assert_eq!(
+            t.servers()[2].api.as_ref().map(|a| a.tls_min),
+            Some(TlsMin::V1_2)
+        );
+        let e = Topology::from_bytes(
+            "t.yaml",
+            b"version: 1\nservers:\n  - name: a\n    api: { host: a, tls_min: \"1.3\" }\n",
+        )
+        .err()
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_default();
+        assert!(e.contains("`1.3` is not a valid `tls_min`"), "{e}");
+        assert!(e.contains("1.0 | 1.1 | 1.2"), "{e}");
     }
 
     #[test]
