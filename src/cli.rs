@@ -153,23 +153,8 @@ pub enum Command {
     Rehearse {
         /// The topology file (YAML).
         file: PathBuf,
-        /// The state the lab starts in.
-        #[arg(long, value_enum, default_value_t = LabSeed::Broken)]
-        seed: LabSeed,
-        /// Servers in flight at most.
-        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
-        parallel: u16,
-        /// Milliseconds added to every round trip in the lab.
-        #[arg(long, default_value_t = 0)]
-        latency: u64,
-        /// Keep the journal here instead of a temporary directory.
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// Events as JSON lines on stdout instead of the report.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        platform: PlatformArgs,
+        options: RehearseArgs,
     },
     /// Serve emulated SUSDB databases for every server of a hierarchy (TDS on one port).
     Lab {
@@ -424,4 +409,26 @@ pub struct PlatformArgs {
         susdb_lab::platform::Windows,
         Option<susdb_lab::version::SqlVersion>,
     )>,
+}
+
+/// How `rehearse` runs its lab and its repair.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RehearseArgs {
+    /// The state the lab starts in.
+    #[arg(long, value_enum, default_value_t = LabSeed::Broken)]
+    pub seed: LabSeed,
+    /// Servers in flight at most.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Milliseconds added to every round trip in the lab.
+    #[arg(long, default_value_t = 0)]
+    pub latency: u64,
+    /// Keep the journal here instead of a temporary directory.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Events as JSON lines on stdout instead of the report.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
 }

@@ -144,26 +144,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             &conn,
             out,
         ),
-        Command::Rehearse {
-            file,
-            seed,
-            parallel,
-            latency,
-            state_dir,
-            json,
-            platform,
-        } => commands::rehearse::run(
-            &file,
-            commands::rehearse::RehearseOptions {
-                seed,
-                parallel,
-                latency,
-                state_dir,
-                json,
-                platform,
-            },
-            out,
-        ),
+        Command::Rehearse { file, options } => commands::rehearse::run(&file, options, out),
         Command::Lab {
             file,
             listen,

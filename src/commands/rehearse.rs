@@ -2,25 +2,14 @@
 
 use super::*;
 
-/// The `rehearse` command's options.
-#[derive(Debug)]
-pub struct RehearseOptions {
-    pub seed: LabSeed,
-    pub parallel: u16,
-    pub latency: u64,
-    pub state_dir: Option<PathBuf>,
-    pub json: bool,
-    pub platform: crate::cli::PlatformArgs,
-}
-
 /// `rehearse`: the lab in-process on a free loopback port, then plan --online, apply, verify
 /// through tiberius, and a report of before and after.
 pub(crate) fn run(
     file: &Path,
-    options: RehearseOptions,
+    options: crate::cli::RehearseArgs,
     out: &mut impl Write,
 ) -> Result<u8, Failure> {
-    let RehearseOptions {
+    let crate::cli::RehearseArgs {
         seed: lab_seed,
         parallel,
         latency,
