@@ -50,7 +50,7 @@ pub enum Encrypt {
 /// The oldest TLS version a connection accepts (`tls_min`). TLS 1.2 unless the topology says
 /// otherwise: SQL Server 2005 and the Schannel of Windows Server 2003, 2008 and 2008 R2 (as
 /// configured by default) speak at most TLS 1.0, so a WSUS 3.0 server often needs `"1.0"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
 pub enum TlsMin {
     #[serde(rename = "1.0")]
     V1_0,

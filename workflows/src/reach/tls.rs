@@ -5,10 +5,11 @@
 //! when `tls_min` allows TLS 1.0 or 1.1, which rustls never implemented and which WSUS 3.0
 //! hosts speak. What it settled on ([`Negotiated`]) is reported per server.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,7 +18,7 @@ use topology::TlsMin;
 use crate::reach::port::Negotiated;
 
 /// Whose certificates a connection accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Trust {
     /// A lab with a certificate, validated against the lab's own authority: no OS root signs a
     /// lab's certificate, so the OS store is not read (tiberius reads it again for every
@@ -271,13 +272,10 @@ impl Policy {
         stream: S,
         alpn: &[&[u8]],
     ) -> Result<(TlsStream<S>, Negotiated), HandshakeError> {
-        let config = self
-            .trust
-            .rustls_config(alpn)
-            .map_err(HandshakeError::Settings)?;
+        let config = self.rustls_shared(alpn)?;
         let name = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| HandshakeError::Settings(format!("`{host}` is not a host name: {e}")))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, stream)
             .await
             .map_err(|e| {
@@ -312,41 +310,11 @@ impl Policy {
         alpn: &[&[u8]],
         validate: bool,
     ) -> Result<(TlsStream<S>, Negotiated), HandshakeError> {
-        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+        use openssl::ssl::SslVersion;
         let settings = |e: openssl::error::ErrorStack| HandshakeError::Settings(e.to_string());
-        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(settings)?;
-        // Security level 0 is what lets OpenSSL 3 speak TLS 1.0 and 1.1 and accept the SHA-1
-        // signatures of their handshakes; the certificate is still validated below.
-        builder.set_security_level(0);
-        builder
-            .set_cipher_list("DEFAULT:@SECLEVEL=0")
-            .map_err(settings)?;
-        builder
-            .set_min_proto_version(Some(match self.min {
-                TlsMin::V1_0 => SslVersion::TLS1,
-                TlsMin::V1_1 => SslVersion::TLS1_1,
-                TlsMin::V1_2 => SslVersion::TLS1_2,
-            }))
-            .map_err(settings)?;
         let verify = validate && self.trust != Trust::Any;
-        match &self.trust {
-            Trust::Lab(ca) | Trust::Authority(ca) if verify => builder
-                .set_ca_file(ca)
-                .map_err(|e| HandshakeError::Settings(format!("{}: {e}", ca.display())))?,
-            Trust::System if verify => builder.set_default_verify_paths().map_err(settings)?,
-            _ => builder.set_verify(SslVerifyMode::NONE),
-        }
-        if !alpn.is_empty() {
-            let wire: Vec<u8> = alpn
-                .iter()
-                .flat_map(|p| {
-                    std::iter::once(u8::try_from(p.len()).unwrap_or(0)).chain(p.iter().copied())
-                })
-                .collect();
-            builder.set_alpn_protos(&wire).map_err(settings)?;
-        }
-        let ssl = builder
-            .build()
+        let connector = self.openssl_connector(alpn, verify)?;
+        let ssl = connector
             .configure()
             .map_err(settings)?
             .verify_hostname(verify)
@@ -374,6 +342,95 @@ impl Policy {
             }),
         };
         Ok((TlsStream::OpenSsl(Box::new(tls)), negotiated))
+    }
+
+    /// The rustls configuration for this trust, built once per run and shared (with the system's
+    /// store, building it reads every certificate of the OS store again).
+    fn rustls_shared(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, HandshakeError> {
+        type Key = (Trust, Vec<Vec<u8>>);
+        static BUILT: OnceLock<Mutex<HashMap<Key, Arc<rustls::ClientConfig>>>> = OnceLock::new();
+        let key = (
+            self.trust.clone(),
+            alpn.iter().map(|p| p.to_vec()).collect(),
+        );
+        let built = BUILT.get_or_init(Mutex::default);
+        let mut built = built
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(config) = built.get(&key) {
+            return Ok(Arc::clone(config));
+        }
+        let config = Arc::new(
+            self.trust
+                .rustls_config(alpn)
+                .map_err(HandshakeError::Settings)?,
+        );
+        built.insert(key, Arc::clone(&config));
+        Ok(config)
+    }
+
+    /// The OpenSSL connector for this policy, built once per run and shared: building one
+    /// reads the authority (or the system's store) again, which cost some 50 ms of CPU per
+    /// connection (BENCHMARKS.md).
+    fn openssl_connector(
+        &self,
+        alpn: &[&[u8]],
+        verify: bool,
+    ) -> Result<openssl::ssl::SslConnector, HandshakeError> {
+        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+        type Key = (Trust, TlsMin, Vec<Vec<u8>>, bool);
+        static BUILT: OnceLock<Mutex<HashMap<Key, SslConnector>>> = OnceLock::new();
+        let key = (
+            self.trust.clone(),
+            self.min,
+            alpn.iter().map(|p| p.to_vec()).collect(),
+            verify,
+        );
+        let built = BUILT.get_or_init(Mutex::default);
+        if let Some(connector) = built
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(connector.clone());
+        }
+        let settings = |e: openssl::error::ErrorStack| HandshakeError::Settings(e.to_string());
+        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(settings)?;
+        // Security level 0 is what lets OpenSSL 3 speak TLS 1.0 and 1.1 and accept the SHA-1
+        // signatures of their handshakes; the certificate is still validated below.
+        builder.set_security_level(0);
+        builder
+            .set_cipher_list("DEFAULT:@SECLEVEL=0")
+            .map_err(settings)?;
+        builder
+            .set_min_proto_version(Some(match self.min {
+                TlsMin::V1_0 => SslVersion::TLS1,
+                TlsMin::V1_1 => SslVersion::TLS1_1,
+                TlsMin::V1_2 => SslVersion::TLS1_2,
+            }))
+            .map_err(settings)?;
+        match &self.trust {
+            Trust::Lab(ca) | Trust::Authority(ca) if verify => builder
+                .set_ca_file(ca)
+                .map_err(|e| HandshakeError::Settings(format!("{}: {e}", ca.display())))?,
+            Trust::System if verify => builder.set_default_verify_paths().map_err(settings)?,
+            _ => builder.set_verify(SslVerifyMode::NONE),
+        }
+        if !alpn.is_empty() {
+            let wire: Vec<u8> = alpn
+                .iter()
+                .flat_map(|p| {
+                    std::iter::once(u8::try_from(p.len()).unwrap_or(0)).chain(p.iter().copied())
+                })
+                .collect();
+            builder.set_alpn_protos(&wire).map_err(settings)?;
+        }
+        let connector = builder.build();
+        built
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, connector.clone());
+        Ok(connector)
     }
 
     /// The handshake through OpenSSL whatever the version: for a server that speaks a version
