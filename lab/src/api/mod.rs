@@ -186,6 +186,20 @@ impl Lab {
         // The body is read before anything is answered: a 401 sent while a POST body is still
         // unread leaves the kept-alive connection mid-request, and NTLM needs that connection.
         let (parts, body) = request.into_parts();
+        // A declared length over the limit is refused from the headers, before `100 Continue`:
+        // the client then sends no body (and hears the 413 rather than a reset mid-upload).
+        let declared = parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY) {
+            return respond(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                format!("the request body is over {MAX_BODY} bytes").into_bytes(),
+            );
+        }
         let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
