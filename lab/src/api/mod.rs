@@ -45,7 +45,10 @@ const MAX_BODY: usize = 4096 * 1024;
 
 /// The page http.sys answers on a plain HTTP binding to bytes that are not a request line (a
 /// TLS ClientHello): its own 400 "Invalid Verb" page, with `Server: Microsoft-HTTPAPI/2.0`, and
-/// the connection closed ([`http_sys_bad_request`]).
+/// the connection closed ([`http_sys_bad_request`]). http.sys, not IIS, answers it: such a
+/// request never reaches the site (KB 820729, "Error logging in HTTP API", reason `Verb`). The
+/// page's exact markup is not documented; the status, the reason and the close are what a
+/// client sees.
 const HTTP_SYS_400: &str = "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01//EN\"\"http://www.w3.org/TR/html4/strict.dtd\">\r\n<HTML><HEAD><TITLE>Bad Request</TITLE>\r\n<META HTTP-EQUIV=\"Content-Type\" Content-Type=\"text/html; charset=us-ascii\"></HEAD>\r\n<BODY><h2>Bad Request - Invalid Verb</h2>\r\n<hr><p>HTTP Error 400. The request verb is invalid.</p>\r\n</BODY></HTML>\r\n";
 
 fn http_sys_bad_request() -> String {

@@ -20,9 +20,8 @@ use crate::reach::port::Negotiated;
 /// Whose certificates a connection accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Trust {
-    /// A lab with a certificate, validated against the lab's own authority: no OS root signs a
-    /// lab's certificate, so the OS store is not read (tiberius reads it again for every
-    /// connection, which made a rehearsal of 1,000 servers ten times slower).
+    /// A lab with a certificate, validated against the lab's own authority alone: no OS root
+    /// signs a lab's certificate, so the OS store is not read.
     Lab(PathBuf),
     /// `trust_cert: true`: any certificate, the handshake still signed by the key it holds.
     Any,
@@ -42,20 +41,6 @@ impl Trust {
             _ if trust_cert => Trust::Any,
             (None, Some(ca)) => Trust::Authority(ca.to_path_buf()),
             (None, None) => Trust::System,
-        }
-    }
-
-    /// Sets tiberius's trust to this policy (tiberius builds its TLS connector itself).
-    pub fn configure_tiberius(&self, config: &mut tiberius::Config) {
-        match self {
-            Trust::Lab(ca) => {
-                config.trust_webpki_roots();
-                config.trust_cert_ca(ca.to_string_lossy());
-            }
-            Trust::Any => config.trust_cert(),
-            Trust::Authority(ca) => config.trust_cert_ca(ca.to_string_lossy()),
-            // tiberius's default: the OS store.
-            Trust::System => {}
         }
     }
 

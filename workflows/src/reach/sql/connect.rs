@@ -46,9 +46,8 @@ pub fn config(server: &Server, options: &ConnectOptions) -> Result<Config, Setti
     }
     config.database(&sql.database);
     config.application_name("wsus-reset");
-    // tiberius speaks plaintext to the TLS proxy ([`super::tds_tls`]), which encrypts as the
-    // server's `encrypt` asks; a local pipe and a plaintext lab need no TLS at all.
-    encryption(sql, options)?;
+    // tiberius speaks plaintext: the TLS proxy ([`super::tds_tls`]) encrypts as the server's
+    // `encrypt` asks ([`tls_for`]).
     config.encryption(EncryptionLevel::NotSupported);
     match &sql.auth {
         _ if options.lab_login.is_some() => {
