@@ -222,9 +222,16 @@ fn spawn(mode: &str, dir: &Path, env: &[(&str, String)]) -> Command {
     cmd
 }
 
+#[cfg(unix)]
 fn killed(status: ExitStatus) -> bool {
     use std::os::unix::process::ExitStatusExt;
     status.signal() == Some(9)
+}
+
+/// `taskkill /F` ([`support::die`] on Windows) ends a process with exit code 1.
+#[cfg(not(unix))]
+fn killed(status: ExitStatus) -> bool {
+    status.code() == Some(1)
 }
 
 /// After the crash: resume (if the run did not finish) and check exactly-once.

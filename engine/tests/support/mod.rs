@@ -303,8 +303,14 @@ impl Workflow for Shared {
 
 /// SIGKILL to this very process: no destructor, no flush, like a power cut of the client.
 pub fn die() -> ! {
+    let pid = std::process::id().to_string();
+    #[cfg(unix)]
     let _ = std::process::Command::new("kill")
-        .args(["-KILL", &std::process::id().to_string()])
+        .args(["-KILL", &pid])
+        .status();
+    #[cfg(not(unix))]
+    let _ = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &pid])
         .status();
     loop {
         std::thread::sleep(Duration::from_secs(1));
