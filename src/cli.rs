@@ -50,6 +50,10 @@ pub enum Command {
         /// Probe every selected server (read-only) and plan from what it holds.
         #[arg(long)]
         online: bool,
+        /// Plan to accept the update's licence agreement where WSUS requires it before the
+        /// approval (ExecuteSPAcceptEula, over the web service); `apply` must say the same.
+        #[arg(long)]
+        accept_eula: bool,
         #[command(flatten)]
         select: SelectArgs,
         #[command(flatten)]
@@ -220,10 +224,18 @@ pub enum Command {
         /// The environment variable holding the Windows account's password.
         #[arg(long, requires = "windows_user", value_name = "VAR")]
         windows_password_env: Option<String>,
-        /// A Windows account (same password) that logs in to the web service but is not a WSUS
-        /// administrator: every operation answers it 403 (repeatable).
+        /// A Windows account (same password) in the console's read-only role (WSUS Reporters):
+        /// its reads are answered, its changes refused with 403 (repeatable).
         #[arg(long, requires = "windows_user", value_name = "DOMAIN\\USER")]
         api_reporter: Vec<String>,
+        /// The numbers GetCurrentUserRole answers the administrator and a reporter (the real
+        /// enum's numbers are not public; the defaults, admin=1,reporter=2, are made up).
+        #[arg(
+            long,
+            value_name = "admin=N,reporter=M",
+            default_value = "admin=1,reporter=2"
+        )]
+        api_roles: susdb_lab::wsus::ApiRoles,
         /// The web service offers only `Negotiate`, as a site whose NTLM provider was removed
         /// (NTLM tokens are still taken inside it, as SPNEGO does).
         #[arg(long, requires = "windows_user")]
@@ -313,6 +325,11 @@ pub struct RunArgs {
     /// Repeat servers that an earlier finished run in the state directory proved done.
     #[arg(long)]
     pub new_run: bool,
+    /// Accept the update's licence agreement where WSUS requires it before the approval
+    /// (ExecuteSPAcceptEula, over the web service); without it such a server is refused before
+    /// any change.
+    #[arg(long)]
+    pub accept_eula: bool,
     /// How often each hierarchy lock's connection is checked (and kept from idling out); a lock
     /// found lost is taken again at once, or no further server starts.
     #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..))]
@@ -409,6 +426,15 @@ pub struct PlatformArgs {
         susdb_lab::platform::Windows,
         Option<susdb_lab::version::SqlVersion>,
     )>,
+    /// The WSUS release the servers run (what GetServerVersion answers): VERSION for every
+    /// server, NAME=VERSION for one (repeatable). 3.0sp2 by default; 3.0sp1-954960 is SP1 with
+    /// the KB's hotfix, which reports the same version as SP1.
+    #[arg(
+        long = "wsus-version",
+        value_name = "[NAME=]3.0|3.0sp1|3.0sp1-954960|3.0sp2",
+        value_parser = susdb_lab::wsus::parse_server_version
+    )]
+    pub wsus_versions: Vec<(Option<String>, susdb_lab::wsus::WsusVersion)>,
 }
 
 /// How `rehearse` runs its lab and its repair.

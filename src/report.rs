@@ -217,8 +217,8 @@ pub fn survey_table(surveyed: &[Surveyed]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<width$}  {:<6}  {:<10}  {:<12}  STATE",
-        "SERVER", "OK", "MODE", "TLS"
+        "{:<width$}  {:<6}  {:<10}  {:<12}  {:<14}  STATE",
+        "SERVER", "OK", "MODE", "TLS", "WSUS"
     );
     for s in surveyed {
         let mode = match &s.observed {
@@ -239,12 +239,27 @@ pub fn survey_table(surveyed: &[Surveyed]) -> String {
             None if s.observed.is_some() => "none".into(),
             None => "-".into(),
         };
+        let wsus = s
+            .observed
+            .as_ref()
+            .and_then(|o| o.wsus_version.as_deref())
+            .unwrap_or("-");
         let _ = writeln!(
             out,
-            "{:<width$}  {:<6}  {mode:<10}  {tls:<12}  {state}",
+            "{:<width$}  {:<6}  {mode:<10}  {tls:<12}  {wsus:<14}  {state}",
             s.server,
             if s.ok { "yes" } else { "NO" }
         );
+    }
+    let needs: Vec<String> = surveyed
+        .iter()
+        .filter(|s| s.hotfix.needs_hotfix == Some(true))
+        .map(|s| format!("{} ({})", s.server, s.hotfix.advice))
+        .collect();
+    let advices: Vec<_> = surveyed.iter().map(|s| s.hotfix.clone()).collect();
+    let _ = writeln!(out, "\n{}", workflows::hotfix::summary(&advices));
+    for line in needs {
+        let _ = writeln!(out, "  {line}");
     }
     let weak: Vec<&str> = surveyed
         .iter()

@@ -13,6 +13,15 @@
 //!   - server: wsus-oslo
 //!     signature: spDeployUpdate   # a procedure or a table/view of the lab's catalog
 //!     without: "@isReplica"       # ... as if this parameter or column did not exist there
+//!   - server: wsus-paris
+//!     operation: ExecuteSPGetRevisions   # a web-service operation this server does not have
+//!   - server: wsus-rome
+//!     operation: ExecuteSPDeclineUpdate
+//!     without: failIfReplica             # ... or has without this parameter
+//!   - server: wsus-kyiv
+//!     licence: not-accepted    # the update's licence agreement was never accepted there
+//!   - server: wsus-lima
+//!     expired: true            # the update is expired there (PublicationState 1)
 //! ```
 
 use std::collections::HashMap;
@@ -42,7 +51,19 @@ pub struct Fault {
     /// With `without`: a procedure, table or view of this server's catalog that lacks a
     /// parameter or column (a SUSDB of another schema).
     pub signature: Option<String>,
+    /// With `without`, a parameter of this web-service operation; alone, the operation: absent
+    /// from this server's WSDL, and its calls refused as ASP.NET refuses an unknown SOAPAction.
+    pub operation: Option<String>,
     pub without: Option<String>,
+    pub licence: Option<Licence>,
+    #[serde(default)]
+    pub expired: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Licence {
+    NotAccepted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -138,8 +159,8 @@ impl Faults {
             if f.nth == Some(0) {
                 return Err(invalid("has `nth: 0`: calls are counted from 1".into()));
             }
-            match (&f.signature, &f.without) {
-                (Some(object), Some(name)) => {
+            match (&f.signature, &f.operation, &f.without) {
+                (Some(object), None, Some(name)) => {
                     let known = crate::catalog::procedure(object)
                         .map(|(_, sig)| sig.iter().any(|p| p.name.eq_ignore_ascii_case(name)))
                         .or_else(|| {
@@ -166,21 +187,43 @@ impl Faults {
                         Some(true) => {}
                     }
                 }
-                (None, None) => {}
+                (None, Some(operation), without) => {
+                    let Some(params) = crate::api::wsdl::parameters(operation) else {
+                        return Err(invalid(format!(
+                            "removes `{operation}`, which the lab's web service does not serve ({})",
+                            crate::api::wsdl::OPERATIONS.join(", ")
+                        )));
+                    };
+                    if let Some(name) = without
+                        && !params.iter().any(|p| p == name)
+                    {
+                        return Err(invalid(format!(
+                            "removes `{name}`, which `{operation}` does not have ({})",
+                            params.join(", ")
+                        )));
+                    }
+                }
+                (None, None, None) => {}
                 _ => {
                     return Err(invalid(
-                        "needs both `signature` (a procedure, table or view) and `without`".into(),
+                        "needs `signature` (a procedure, table or view) and `without`, or \
+                         `operation` with or without `without`"
+                            .into(),
                     ));
                 }
             }
             let does_something = f.unreachable
                 || f.signature.is_some()
+                || f.operation.is_some()
+                || f.licence.is_some()
+                || f.expired
                 || f.latency_ms.is_some_and(|ms| ms > 0)
                 || f.drop.is_some()
                 || f.error.is_some();
             if !does_something {
                 return Err(invalid(
-                    "does nothing: give `latency_ms`, `drop`, `error`, `unreachable` or `signature`"
+                    "does nothing: give `latency_ms`, `drop`, `error`, `unreachable`, `signature`, \
+                     `operation`, `licence` or `expired`"
                         .into(),
                 ));
             }
@@ -192,6 +235,46 @@ impl Faults {
         self.faults
             .iter()
             .any(|f| f.unreachable && matches(f.server.as_deref(), server))
+    }
+
+    /// Whether `operation` is absent from `server`'s web service.
+    pub fn operation_removed(&self, server: &str, operation: &str) -> bool {
+        self.faults.iter().any(|f| {
+            f.without.is_none()
+                && f.signature.is_none()
+                && matches(f.server.as_deref(), server)
+                && f.operation
+                    .as_deref()
+                    .is_some_and(|o| o.eq_ignore_ascii_case(operation))
+        })
+    }
+
+    /// The parameters of web-service `operation` that faults remove on `server`.
+    pub fn parameters_removed(&self, server: &str, operation: &str) -> Vec<String> {
+        self.faults
+            .iter()
+            .filter(|f| matches(f.server.as_deref(), server))
+            .filter(|f| {
+                f.operation
+                    .as_deref()
+                    .is_some_and(|o| o.eq_ignore_ascii_case(operation))
+            })
+            .filter_map(|f| f.without.clone())
+            .collect()
+    }
+
+    /// Whether the update's licence on `server` was never accepted.
+    pub fn licence_not_accepted(&self, server: &str) -> bool {
+        self.faults
+            .iter()
+            .any(|f| f.licence.is_some() && matches(f.server.as_deref(), server))
+    }
+
+    /// Whether the update is expired on `server`.
+    pub fn expired(&self, server: &str) -> bool {
+        self.faults
+            .iter()
+            .any(|f| f.expired && matches(f.server.as_deref(), server))
     }
 
     /// The parameters or columns of `object` that faults remove on `server`.
@@ -243,6 +326,9 @@ impl Counter {
         for f in &faults.faults {
             if f.unreachable
                 || f.signature.is_some()
+                || f.operation.is_some()
+                || f.licence.is_some()
+                || f.expired
                 || !matches(f.server.as_deref(), server)
                 || !matches(f.target.as_deref(), target)
                 || f.nth.is_some_and(|nth| nth != n)

@@ -38,6 +38,7 @@ pub mod state;
 pub mod sync;
 pub mod tls;
 pub mod version;
+pub mod wsus;
 
 pub use error::LabError;
 pub use model::StateFile;
@@ -72,12 +73,18 @@ pub struct LabConfig {
     /// When set, Windows logins (NTLM) are accepted for this account, `DOMAIN\user`, with this
     /// password; otherwise a Windows login gets error 18452.
     pub windows_login: Option<(String, String)>,
-    /// Windows accounts (with the same password) that log in to the web service but are not in
-    /// the WSUS Administrators role: every operation answers them 403.
+    /// Windows accounts (with the same password) in the console's read-only role (WSUS
+    /// Reporters): their reads are answered, their changes refused with 403.
     pub api_reporters: Vec<String>,
     /// The web service offers only `Negotiate` (a site whose NTLM provider was removed), taking
     /// NTLM tokens inside it as SPNEGO does.
     pub api_negotiate_only: bool,
+    /// What `GetCurrentUserRole` answers the administrator and a reporter.
+    pub api_roles: wsus::ApiRoles,
+    /// The WSUS release every server runs unless `wsus_versions` says otherwise.
+    pub wsus_version: wsus::WsusVersion,
+    /// Servers on another WSUS release than the lab's (`--wsus-version NAME=VERSION`).
+    pub wsus_versions: Vec<(String, wsus::WsusVersion)>,
     /// The whole state as JSON, written atomically after every mutation and loaded at start.
     pub state_file: Option<PathBuf>,
     /// The certificate and key to encrypt with; plaintext only without one.
@@ -113,6 +120,7 @@ struct Route {
     database: String,
     pipe: Option<String>,
     platform: Platform,
+    wsus: wsus::WsusVersion,
 }
 
 #[derive(Debug)]
@@ -190,6 +198,12 @@ impl Lab {
                         .to_ascii_lowercase(),
                     database: sql.map_or_else(String::new, |sql| sql.database.to_ascii_lowercase()),
                     pipe: sql.and_then(|sql| sql.pipe.clone()),
+                    wsus: config
+                        .wsus_versions
+                        .iter()
+                        .rev()
+                        .find(|(name, _)| name.eq_ignore_ascii_case(&s.name))
+                        .map_or(config.wsus_version, |(_, v)| *v),
                     platform: config
                         .platforms
                         .iter()
@@ -274,6 +288,15 @@ impl Lab {
             .iter()
             .find(|r| r.name == server)
             .map_or_else(|| self.lab_platform(), |r| r.platform)
+    }
+
+    /// The WSUS release `server` runs.
+    pub(crate) fn wsus_version(&self, server: &str) -> wsus::WsusVersion {
+        self.shared
+            .routes
+            .iter()
+            .find(|r| r.name == server)
+            .map_or(self.shared.config.wsus_version, |r| r.wsus)
     }
 
     fn lab_platform(&self) -> Platform {

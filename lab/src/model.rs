@@ -80,6 +80,29 @@ pub struct ServerDb {
     /// `configurationChangeNumber` of the configuration row: counts the web service's writes.
     #[serde(default)]
     pub config_change_number: i64,
+    /// The product keys the configuration holds (`ExecuteSPGetProgramKeys`), key and
+    /// description; what `ExecuteSPSetConfiguration`'s `programKeys` writes.
+    #[serde(default = "seeded_program_keys")]
+    pub program_keys: Vec<(String, String)>,
+    /// Who accepted the update's licence through `ExecuteSPAcceptEula`, when one did (a licence
+    /// left unaccepted is a fault, `licence: not-accepted`).
+    #[serde(default)]
+    pub eula_accepted_by: Option<String>,
+}
+
+/// Two made-up product keys (their real form is not public beyond the WSDL's `ProgramKey`: a
+/// guid `Key` and a `Description`): what a write that wipes them would lose.
+pub(crate) fn seeded_program_keys() -> Vec<(String, String)> {
+    vec![
+        (
+            "4f7a1c52-0d3e-4b8a-9e61-2a5c7d9b0e11".into(),
+            "lab product key A".into(),
+        ),
+        (
+            "9b2e6d14-7a0c-4f35-b8d2-61e0c3a5f7d2".into(),
+            "lab product key B".into(),
+        ),
+    ]
 }
 
 /// Why a procedure refused: a SQL Server error number and message.
@@ -137,6 +160,8 @@ impl ServerDb {
             next_deployment_id: base + 500,
             calls: Vec::new(),
             config_change_number: 1,
+            program_keys: seeded_program_keys(),
+            eula_accepted_by: None,
         };
         let variant = match seed {
             Seed::Broken => 0,

@@ -124,9 +124,12 @@ pub(crate) fn run(
         }
         let expected = if plan.is_online() {
             let now = rt.block_on(survey(&topology, &selection, &options, conn.probe_parallel));
-            Plan::online(&topology, &selection, &now)
+            Plan::online(&topology, &selection, &now, run.accept_eula)
         } else {
-            Plan::offline(&topology, &selection)
+            Plan {
+                accept_eula: run.accept_eula,
+                ..Plan::offline(&topology, &selection)
+            }
         };
         let differences = plan.differences(&expected);
         if !differences.is_empty() {

@@ -24,6 +24,7 @@ pub struct LabOptions {
     pub windows_login: Option<(String, String)>,
     /// Web-service accounts without the administrator role.
     pub api_reporters: Vec<String>,
+    pub api_roles: susdb_lab::wsus::ApiRoles,
     /// `NAME[@UPSTREAM]`: registered downstream servers the lab does not serve.
     pub stale: Vec<String>,
     /// The web service offers only `Negotiate`.
@@ -78,6 +79,7 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
         login,
         windows_login,
         api_reporters,
+        api_roles,
         stale,
         api_negotiate_only,
     } = options;
@@ -150,11 +152,14 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
             credentials,
             windows_login,
             api_reporters,
+            api_roles,
             state_file: state,
             tls,
             sql_version: platform.sql_version,
             windows: platform.windows,
-            platforms: known_platforms(&topology, platform.platforms)?,
+            platforms: known_platforms(&topology, platform.platforms.clone())?,
+            wsus_version: wsus_version(&platform),
+            wsus_versions: known_wsus_versions(&topology, &platform)?,
             replica_sync: replica_sync_ms.map(Duration::from_millis),
             stale,
             api_negotiate_only,
@@ -221,6 +226,37 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
             Err(e) => Err(Failure::BadInput(format!("error: the lab stopped: {e}"))),
         }
     })
+}
+
+/// The lab-wide `--wsus-version` (the last one without a name), or 3.0 SP2.
+pub(crate) fn wsus_version(platform: &crate::cli::PlatformArgs) -> susdb_lab::wsus::WsusVersion {
+    platform
+        .wsus_versions
+        .iter()
+        .rev()
+        .find(|(name, _)| name.is_none())
+        .map(|(_, v)| *v)
+        .unwrap_or_default()
+}
+
+/// `--wsus-version NAME=VERSION` entries, each naming a server of the topology.
+pub(crate) fn known_wsus_versions(
+    topology: &Topology,
+    platform: &crate::cli::PlatformArgs,
+) -> Result<Vec<(String, susdb_lab::wsus::WsusVersion)>, Failure> {
+    platform
+        .wsus_versions
+        .iter()
+        .filter_map(|(name, v)| name.clone().map(|n| (n, *v)))
+        .map(|(name, v)| {
+            if topology.find(&name).is_none() {
+                return Err(Failure::BadInput(format!(
+                    "error: --wsus-version {name}=...: the topology has no server named `{name}`"
+                )));
+            }
+            Ok((name, v))
+        })
+        .collect()
 }
 
 /// `--platform` entries, each naming a server of the topology.

@@ -399,6 +399,7 @@ async fn run_engine(
         admin: admin_name(),
         locked_tops: Some(Arc::clone(&watched.held)),
         tops: Arc::new(tops_of(&topology, &selection)),
+        accept_licence: run.accept_eula,
     };
     let engine_options = RunOptions {
         parallel: usize::from(run.parallel),

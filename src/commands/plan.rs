@@ -4,11 +4,21 @@
 use super::*;
 use crate::cli::PlanFormat;
 
+/// What the plan is made from: the topology alone or a probe of every server, and whether it
+/// accepts licences (`--accept-eula`).
+pub(crate) struct Making {
+    pub online: bool,
+    pub accept_eula: bool,
+}
+
 pub(crate) fn run(
     file: &Path,
     format: PlanFormat,
     plan_file: Option<&Path>,
-    online: bool,
+    Making {
+        online,
+        accept_eula,
+    }: Making,
     select_args: SelectArgs,
     conn: &ConnArgs,
     out: &mut impl Write,
@@ -16,9 +26,12 @@ pub(crate) fn run(
     let topology = Topology::load(file)?;
     let selection = select(&topology, select_args)?;
     let plan = if online {
-        plan_online(&topology, &selection, conn)?
+        plan_online(&topology, &selection, conn, accept_eula)?
     } else {
-        Plan::offline(&topology, &selection)
+        Plan {
+            accept_eula,
+            ..Plan::offline(&topology, &selection)
+        }
     };
     if let Some(path) = plan_file {
         crate::write_atomically(path, &plan_json(&plan)?)?;
@@ -55,11 +68,12 @@ fn plan_online(
     topology: &Topology,
     selection: &Selection,
     conn: &ConnArgs,
+    accept_eula: bool,
 ) -> Result<Plan, Failure> {
     let options = connect_for(topology, selection, conn)?;
     let surveyed = runtime()?.block_on(async {
         say_unlisted(topology, &options).await;
         survey(topology, selection, &options, conn.probe_parallel).await
     });
-    Ok(Plan::online(topology, selection, &surveyed))
+    Ok(Plan::online(topology, selection, &surveyed, accept_eula))
 }

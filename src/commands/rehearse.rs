@@ -42,6 +42,8 @@ pub(crate) fn run(
             sql_version: platform.sql_version,
             windows: platform.windows,
             platforms,
+            wsus_version: super::lab::wsus_version(&platform),
+            wsus_versions: super::lab::known_wsus_versions(&topology, &platform)?,
             ..LabConfig::default()
         },
     )
@@ -72,7 +74,7 @@ pub(crate) fn run(
     let selection = select_all(&topology)?;
     let before_lab = lab.snapshot();
     let before = rt.block_on(survey(&topology, &selection, &options, 16));
-    let plan = Plan::online(&topology, &selection, &before);
+    let plan = Plan::online(&topology, &selection, &before, false);
     if !json {
         crate::emit(
             out,
@@ -100,6 +102,7 @@ pub(crate) fn run(
         state_dir,
         json,
         new_run: false,
+        accept_eula: false,
         lock_check_ms: 30_000,
     };
     let report = rt.block_on(run_engine(

@@ -126,7 +126,7 @@ fn a_mixed_hierarchy_is_planned_online_repaired_and_verified_over_both_transport
         .find(|c| c["procedure"] == "ExecuteSPDeployUpdate1")
         .expect("r1 was approved");
     assert_eq!(approve["params"]["deploymentAction"], 2, "{approve}");
-    assert_eq!(approve["params"]["deadline"], "9999-12-31T23:59:59.997");
+    assert_eq!(approve["params"]["deadline"], "9999-12-31T23:59:59.9999999");
     assert_eq!(
         approve["params"]["targetGroupId"],
         "A0A08746-4DBE-4A37-9ADF-9E7652C0B421"

@@ -80,6 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             admin: "bench".into(),
             locked_tops: None,
             tops: Arc::new(tops_of(&topology, &selection)),
+            accept_licence: false,
         };
         let options = RunOptions {
             parallel,

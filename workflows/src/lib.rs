@@ -2,10 +2,12 @@
 //! reviewable plan built from them ([`plan`]), the port to a WSUS server with its two adapters,
 //! SUSDB over TDS and the administration web service ([`reach`]), the engine workflow
 //! ([`repair`]), the read-only survey of many servers at once ([`survey`]) behind `plan --online`
-//! and `verify`, and discovery of a hierarchy from its servers ([`discover`]).
+//! and `verify`, discovery of a hierarchy from its servers ([`discover`]), and whether each server
+//! still needs the KB's hotfix ([`hotfix`]).
 
 pub mod discover;
 pub mod export;
+pub mod hotfix;
 pub mod kb954960;
 pub mod plan;
 pub mod reach;

@@ -49,6 +49,11 @@ pub struct Plan {
     /// `sha256:<hex>` of the topology file's bytes.
     pub fingerprint: String,
     pub update: String,
+    /// `--accept-eula`: where WSUS requires the update's licence accepted before the approval,
+    /// the repair accepts it (ExecuteSPAcceptEula) just before; otherwise such a server is
+    /// refused at its probe.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_eula: bool,
     /// In execution order.
     pub servers: Vec<PlannedServer>,
 }
@@ -73,6 +78,9 @@ pub struct PlannedServer {
     /// The online verdict in words, and why the steps differ from the offline plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
+    /// Online: whether the server still needs the KB's hotfix or SP2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotfix: Option<String>,
 }
 
 impl Plan {
@@ -93,6 +101,7 @@ impl Plan {
                     upstream_not_selected: selection.is_partial(id),
                     observed: None,
                     verdict: None,
+                    hotfix: None,
                 }
             })
             .collect();
@@ -101,6 +110,7 @@ impl Plan {
             topology: topology.location(),
             fingerprint: topology.fingerprint().to_string(),
             update: topology.update().to_string(),
+            accept_eula: false,
             servers,
         }
     }
@@ -108,30 +118,61 @@ impl Plan {
     /// The plan after a read-only probe of every selected server (`surveyed`, in selection
     /// order): servers without the update, already repaired, or disagreeing with the topology get
     /// only the probe; an unreachable server keeps its full steps (it is retried at apply time).
-    pub fn online(topology: &Topology, selection: &Selection, surveyed: &[Surveyed]) -> Plan {
+    /// With `accept_eula`, a licence WSUS requires accepted is accepted before the approval;
+    /// without, such a server (and one where the update is expired) will fail at its probe.
+    pub fn online(
+        topology: &Topology,
+        selection: &Selection,
+        surveyed: &[Surveyed],
+        accept_eula: bool,
+    ) -> Plan {
         let mut plan = Plan::offline(topology, selection);
+        plan.accept_eula = accept_eula;
         for (planned, found) in plan.servers.iter_mut().zip(surveyed) {
             planned.observed = found.observed.clone();
+            planned.hotfix = Some(found.hotfix.advice.clone());
+            let update = found
+                .observed
+                .as_ref()
+                .and_then(|o| o.update.as_ref())
+                .filter(|_| found.needs_repair);
+            let refusal = update.and_then(|u| crate::repair::approval_refusal(u, accept_eula));
+            let licence_note = update
+                .filter(|u| u.licence.is_some() && accept_eula)
+                .map(|_| {
+                    "; its licence agreement, not yet accepted, is accepted just before the \
+                     approval (ExecuteSPAcceptEula, --accept-eula)"
+                })
+                .unwrap_or_default();
             planned.verdict = Some(match (&found.error, found.mismatches.is_empty()) {
+                (None, true) if refusal.is_some() => format!(
+                    "{WILL_FAIL} at probe, nothing changed: {}",
+                    refusal.clone().unwrap_or_default()
+                ),
                 (Some(error), _) => format!("{UNREACHABLE}: {error}"),
                 (None, false) => format!(
                     "{WILL_FAIL} at probe, nothing changed: {}",
                     found.mismatches.join("; ")
                 ),
                 (None, true) => match &found.observed {
-                    Some(o) => format!(
-                        "{}, {}: {}",
-                        if o.replica { "replica" } else { "autonomous" },
-                        if o.sql_version.is_empty() {
-                            "through its web service".to_string()
-                        } else {
-                            format!("SQL Server {}", o.sql_version)
-                        },
-                        found.verdict
-                    ),
+                    Some(o) => {
+                        format!(
+                            "{}, {}: {}",
+                            if o.replica { "replica" } else { "autonomous" },
+                            if o.sql_version.is_empty() {
+                                "through its web service".to_string()
+                            } else {
+                                format!("SQL Server {}", o.sql_version)
+                            },
+                            found.verdict
+                        ) + licence_note
+                    }
                     None => found.verdict.clone(),
                 },
             });
+            if refusal.is_some() {
+                planned.steps = vec![Step::Probe];
+            }
             if !found.mismatches.is_empty() || (found.observed.is_some() && !found.needs_repair) {
                 planned.steps = vec![Step::Probe];
             }
@@ -164,6 +205,11 @@ impl Plan {
             }
         };
         field("update", self.update.clone(), expected.update.clone());
+        field(
+            "--accept-eula",
+            self.accept_eula.to_string(),
+            expected.accept_eula.to_string(),
+        );
         field("topology", self.topology.clone(), expected.topology.clone());
         let names = |p: &Plan| {
             p.servers
@@ -266,6 +312,19 @@ impl Plan {
         })
     }
 
+    /// Online: how many servers still need the KB's hotfix or SP2 ([`crate::hotfix::summary`]).
+    pub fn hotfix_summary(&self) -> Option<String> {
+        let advices: Vec<crate::hotfix::Advice> = self
+            .servers
+            .iter()
+            .filter(|s| s.hotfix.is_some())
+            .map(|s| {
+                crate::hotfix::advice(s.observed.as_ref().and_then(|o| o.wsus_version.as_deref()))
+            })
+            .collect();
+        (!advices.is_empty()).then(|| crate::hotfix::summary(&advices))
+    }
+
     /// The plan for a terminal.
     pub fn render_text(&self) -> String {
         let c = self.counts();
@@ -312,11 +371,30 @@ impl Plan {
             if let Some(tls) = s.observed.as_ref().and_then(|o| o.tls.as_ref()) {
                 let _ = writeln!(out, "      TLS: {tls}");
             }
+            if let Some(role) = s.observed.as_ref().and_then(|o| o.role) {
+                let _ = writeln!(
+                    out,
+                    "      GetCurrentUserRole: {role} (its meaning is not public: the server \
+                     refuses a non-administrator's first change, before anything changes)"
+                );
+            }
+            if let Some(hotfix) = &s.hotfix {
+                let _ = writeln!(out, "      WSUS {hotfix}");
+            }
             if let Some(verdict) = &s.verdict {
                 let _ = writeln!(out, "      observed: {verdict}");
             }
             let steps: Vec<&str> = s.steps.iter().map(|step| step.as_str()).collect();
             let _ = writeln!(out, "      {}", steps.join(" -> "));
+        }
+        if let Some(line) = self.hotfix_summary() {
+            let _ = writeln!(out, "\n{line}");
+        }
+        if self.accept_eula {
+            let _ = writeln!(
+                out,
+                "--accept-eula: a licence agreement WSUS requires is accepted before the approval."
+            );
         }
         if c.replicas > 0 {
             let _ = writeln!(
@@ -348,7 +426,17 @@ impl Plan {
         let _ = writeln!(out, "| Levels | {} |", c.levels);
         let _ = writeln!(out, "| Replicas | {} |", c.replicas);
         let _ = writeln!(out, "| Top servers | {} |", c.tops);
-        let _ = writeln!(out, "| Database changes | {} |\n", c.mutations);
+        let _ = writeln!(out, "| Database changes | {} |", c.mutations);
+        if let Some(line) = self.hotfix_summary() {
+            let _ = writeln!(out, "| Hotfix | {line} |");
+        }
+        if self.accept_eula {
+            let _ = writeln!(
+                out,
+                "| --accept-eula | a licence WSUS requires is accepted before the approval |"
+            );
+        }
+        out.push('\n');
 
         let _ = writeln!(out, "## Order\n");
         let _ = writeln!(

@@ -10,7 +10,7 @@ use topology::{Mode, Server};
 
 use crate::kb954960::{Step, steps_for};
 use crate::reach::sql::applock::Held;
-use crate::reach::{self, ConnectOptions, Observed, ServerError, Session, WsusServer};
+use crate::reach::{self, ConnectOptions, Observed, ServerError, Session, UpdateState, WsusServer};
 
 /// The facts the probe journals before the first change: what undo and resume rely on.
 pub mod facts {
@@ -20,6 +20,9 @@ pub mod facts {
     pub const LATEST_REVISION: &str = "latest_revision";
     /// The probe's verdict in words.
     pub const OBSERVED: &str = "observed";
+    /// The id of the update's licence agreement, to accept before the approval
+    /// (`--accept-eula`).
+    pub const LICENCE: &str = "licence";
 }
 
 const NOT_DECLINED: &str = "not declined";
@@ -131,6 +134,9 @@ pub struct Repair {
     pub locked_tops: Option<Held>,
     /// The server's top server, by name (for the applock check).
     pub tops: Arc<std::collections::HashMap<String, String>>,
+    /// `--accept-eula`: accept the update's licence where WSUS requires it before the approval
+    /// (a change the plan shows); without it such a server is refused before any change.
+    pub accept_licence: bool,
 }
 
 fn to_step_error(e: ServerError) -> StepError {
@@ -157,7 +163,32 @@ fn step_of(spec: &StepSpec) -> Result<Step, StepError> {
         .ok_or_else(|| StepError::permanent(format!("unknown step `{}`", spec.name)))
 }
 
+/// Why WSUS would refuse the repair's approval on a server in `state`, in words an operator can
+/// act on; `None` when it would not. Read over the web service only (the SQL probe has neither
+/// flag).
+pub fn approval_refusal(state: &UpdateState, accept_licence: bool) -> Option<String> {
+    if state.expired {
+        return Some(
+            "the update is expired there (PublicationState 1) and WSUS refuses to approve an \
+             expired update, so its approve step cannot run: decline it by hand in the console"
+                .into(),
+        );
+    }
+    (state.licence.is_some() && !accept_licence).then(|| {
+        "the update's licence agreement is not accepted there, and WSUS refuses an approval \
+         until it is: give --accept-eula to accept it before the approval (the plan shows it), \
+         or accept it in the WSUS console"
+            .into()
+    })
+}
+
 impl Repair {
+    /// Who the server records the changes under: the web service's authenticated account, or
+    /// the `admin` text written over SQL.
+    fn author<'a>(&'a self, c: &'a Session) -> &'a str {
+        c.account().unwrap_or(&self.admin)
+    }
+
     async fn probe(&self, c: &mut Session) -> Result<Observed, StepError> {
         timed(
             self.connect.command_timeout,
@@ -252,6 +283,16 @@ impl Workflow for Repair {
                                 "no revision of the update is flagged latest: repair by hand (susdb.md 5)",
                             )
                         })?;
+                        if let Some(refusal) = approval_refusal(state, self.accept_licence) {
+                            return Err(StepError::permanent(format!(
+                                "nothing changed: {refusal}"
+                            )));
+                        }
+                        if let Some(licence) =
+                            state.licence.as_ref().filter(|_| self.accept_licence)
+                        {
+                            output = output.with_fact(facts::LICENCE, licence.as_str());
+                        }
                         if !mid_repair {
                             output = output.with_fact(facts::ORIGINAL_MODE, server.mode.as_str());
                         }
@@ -278,7 +319,7 @@ impl Workflow for Repair {
             }
             Step::Decline => {
                 timed(limit, "the decline", c.decline(&self.update, &self.admin)).await?;
-                Ok(StepOutput::default())
+                Ok(StepOutput::note(format!("as {}", self.author(c))))
             }
             Step::Approve => {
                 let revision = context
@@ -287,13 +328,33 @@ impl Workflow for Repair {
                     .and_then(serde_json::Value::as_i64)
                     .and_then(|n| i32::try_from(n).ok())
                     .ok_or_else(|| StepError::permanent("the probe recorded no latest revision"))?;
+                let licence = context
+                    .facts
+                    .get(facts::LICENCE)
+                    .and_then(serde_json::Value::as_str);
+                if let Some(licence) = licence {
+                    timed(
+                        limit,
+                        "accepting the licence",
+                        c.accept_licence(&self.update, revision, licence),
+                    )
+                    .await?;
+                }
                 timed(
                     limit,
                     "the approval",
                     c.approve_detect_only(&self.update, revision, &self.admin),
                 )
                 .await?;
-                Ok(StepOutput::note(format!("revision {revision}")))
+                let accepted = if licence.is_some() {
+                    ", its licence accepted first (--accept-eula)"
+                } else {
+                    ""
+                };
+                Ok(StepOutput::note(format!(
+                    "revision {revision}{accepted}, as {}",
+                    self.author(c)
+                )))
             }
             Step::Verify => {
                 let observed = self.probe(c).await?;
@@ -360,6 +421,8 @@ mod tests {
             tls: None,
             sql_version: "9.00.4035.00".into(),
             schema_version: Some(926),
+            wsus_version: None,
+            role: None,
             replica,
             upstream_server: upstream.map(str::to_string),
             upstream_port: Some(8530),
@@ -392,6 +455,8 @@ mod tests {
             ],
             declined,
             approvals,
+            licence: None,
+            expired: false,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Surveyed {
     pub ok: bool,
     /// The repair would change this server.
     pub needs_repair: bool,
+    /// Whether it still needs the KB's hotfix or SP2, from the version it reports.
+    pub hotfix: crate::hotfix::Advice,
 }
 
 /// Probes every selected server, at most `parallel` at once; the answer is in selection order.
@@ -57,6 +59,7 @@ pub async fn survey(
             match read.await {
                 // Signatures that differ: the probe is not even tried (it may not compile there).
                 Ok(Err(differences)) => Surveyed {
+                    hotfix: crate::hotfix::advice(None),
                     server: server.name,
                     observed: None,
                     error: None,
@@ -70,6 +73,7 @@ pub async fn survey(
                     let verdict = Verdict::of(&observed);
                     let needs_repair = matches!(verdict, Verdict::NeedsRepair(_));
                     Surveyed {
+                        hotfix: crate::hotfix::advice(observed.wsus_version.as_deref()),
                         server: server.name,
                         ok: wrong.is_empty() && !needs_repair,
                         needs_repair,
@@ -80,6 +84,7 @@ pub async fn survey(
                     }
                 }
                 Err(e) => Surveyed {
+                    hotfix: crate::hotfix::advice(None),
                     server: server.name,
                     observed: None,
                     error: Some(e.message),

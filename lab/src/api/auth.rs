@@ -57,8 +57,20 @@ pub(crate) fn unauthorized(
     response
 }
 
+/// Whether the account a connection proved is the lab's WSUS administrator (any caller is, on a
+/// lab without Windows logins); otherwise it is a reporter.
+pub(crate) fn is_admin(lab: &Lab, state: &Mutex<NtlmState>) -> bool {
+    match &lab.shared.config.windows_login {
+        None => true,
+        Some((account, _)) => lock(state)
+            .user
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case(account)),
+    }
+}
+
 /// `None` when the request may go on; otherwise the response that answers it (a 401 with a
-/// challenge, or a refusal). NTLM as IIS does it for Windows authentication: NEGOTIATE in, a
+/// challenge). NTLM as IIS does it for Windows authentication: NEGOTIATE in, a
 /// CHALLENGE out on a 401, AUTHENTICATE in on the same connection (MS-NLMP).
 pub(crate) fn authenticate(
     lab: &Lab,
@@ -69,17 +81,8 @@ pub(crate) fn authenticate(
     let (account, password) = lab.shared.config.windows_login.as_ref()?;
     let reporters = &lab.shared.config.api_reporters;
     let mut state = lock(state);
-    if let Some(user) = &state.user {
-        // Authenticated, but only the administrator may use the API (W3: 403 "the user has no
-        // permission to administer this WSUS server").
-        return (!user.eq_ignore_ascii_case(account)).then(|| {
-            respond(
-                StatusCode::FORBIDDEN,
-                "text/plain",
-                format!("403 Forbidden: {user} is not a WSUS administrator on {server}")
-                    .into_bytes(),
-            )
-        });
+    if state.user.is_some() {
+        return None;
     }
     let negotiate_only = lab.shared.config.api_negotiate_only;
     let scheme = if header.is_some_and(|h| h.starts_with("Negotiate ")) {
@@ -135,19 +138,9 @@ pub(crate) fn authenticate(
                 _ => None,
             };
             match proven {
-                Some(who) if who.eq_ignore_ascii_case(account) => {
+                Some(who) => {
                     state.user = Some(who);
                     None
-                }
-                Some(who) => {
-                    let refused = respond(
-                        StatusCode::FORBIDDEN,
-                        "text/plain",
-                        format!("403 Forbidden: {who} is not a WSUS administrator on {server}")
-                            .into_bytes(),
-                    );
-                    state.user = Some(who);
-                    Some(refused)
                 }
                 None => Some(unauthorized(None, negotiate_only)),
             }

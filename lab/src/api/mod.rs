@@ -33,9 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::faults::Drop;
 use crate::{Lab, LabError, lock};
-use auth::{NtlmState, Scheme, authenticate};
-use operations::{downstream_rows, operate};
-use soap::{Answer, answer_xml, fault_xml, parse_request, respond};
+use auth::{NtlmState, Scheme, authenticate, is_admin};
+use operations::{CHANGES, Caller, downstream_rows, operate};
+use soap::{Answer, answer_xml, fault_xml, parse_request, respond, unknown_action_xml};
 use wsdl::wsdl;
 pub use wsdl::{NS, PATH};
 
@@ -288,13 +288,13 @@ impl Lab {
             return respond(
                 StatusCode::OK,
                 "text/xml; charset=utf-8",
-                wsdl(&address).into_bytes(),
+                wsdl(&address, &server, &self.shared.config.faults).into_bytes(),
             );
         }
         if request.method() != hyper::Method::POST {
             return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", Vec::new());
         }
-        let (operation, params) = match parse_request(&body) {
+        let (operation, mut params) = match parse_request(&body) {
             Ok(parsed) => parsed,
             Err(e) => {
                 return respond(
@@ -303,6 +303,45 @@ impl Lab {
                     fault_xml(true, "System.Xml.XmlException", &e),
                 );
             }
+        };
+        let faults = &self.shared.config.faults;
+        // ASP.NET dispatches on SOAPAction: an operation the server lacks is refused as an
+        // unknown action ("Server did not recognize the value of HTTP Header SOAPAction", the
+        // message System.Web.Services gives), before anything runs.
+        if faults.operation_removed(&server, &operation) {
+            let soap_action = request
+                .headers()
+                .get("SOAPAction")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string();
+            return respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/xml; charset=utf-8",
+                unknown_action_xml(&soap_action),
+            );
+        }
+        for name in faults.parameters_removed(&server, &operation) {
+            params.remove(&name);
+        }
+        let admin = is_admin(self, state);
+        if !admin && CHANGES.contains(&operation.as_str()) {
+            let user = lock(state).user.clone().unwrap_or_default();
+            return respond(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                format!("403 Forbidden: {user} is not a WSUS administrator on {server}")
+                    .into_bytes(),
+            );
+        }
+        let roles = self.shared.config.api_roles;
+        let caller = Caller {
+            server: &server,
+            role: if admin { roles.admin } else { roles.reporter },
+            version: self.wsus_version(&server).build(),
+            licence: faults.licence_not_accepted(&server),
+            expired: faults.expired(&server),
         };
         let action = {
             let mut inner = lock(&self.shared.inner);
@@ -345,7 +384,7 @@ impl Lab {
         let outcome = {
             let mut inner = lock(&self.shared.inner);
             match inner.servers.get_mut(&server) {
-                Some(db) => match operate(&server, db, &operation, &params) {
+                Some(db) => match operate(&caller, db, &operation, &params) {
                     Ok((answer, call)) => {
                         let changed = call.is_some();
                         if let Some(call) = call {

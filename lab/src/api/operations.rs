@@ -4,12 +4,53 @@
 //! [`crate::api`]; it may not touch HTTP or authentication.
 
 use crate::api::soap::{Answer, Cell, Params};
-use crate::model::{Call, SERVER_VERSION, ServerDb, SqlError, server_id};
+use crate::model::{Call, ServerDb, SqlError, server_id};
 use crate::{Lab, lock};
 
-/// `GetCurrentUserRole` for an administrator. The enum's numbers are not public [I]; a public
-/// client treats 0 as "no role" (W3).
-pub(crate) const ROLE_ADMINISTRATOR: i32 = 1;
+/// Who calls, on which server, and what that server is (its release, its faults).
+pub(crate) struct Caller<'a> {
+    pub(crate) server: &'a str,
+    /// What `GetCurrentUserRole` answers this caller (`--api-roles`).
+    pub(crate) role: i32,
+    /// What `GetServerVersion` answers ([`crate::wsus::WsusVersion::build`]).
+    pub(crate) version: &'static str,
+    /// The update has a licence agreement there that was never accepted (a fault).
+    pub(crate) licence: bool,
+    /// The update is expired there (a fault).
+    pub(crate) expired: bool,
+}
+
+/// The update's licence agreement, where a fault gives it one: a made-up id.
+pub(crate) const EULA_ID: &str = "5e5e0954-0960-4a11-b000-00000000e01a";
+
+/// The operations that change a server: refused to a reporter (the console's read-only role)
+/// with 403.
+pub(crate) const CHANGES: &[&str] = &[
+    "ExecuteSPSetConfiguration",
+    "ExecuteSPDeclineUpdate",
+    "ExecuteSPDeployUpdate1",
+    "ExecuteSPAcceptEula",
+];
+
+/// Whether `text` is an `xs:dateTime` as .NET's XmlSerializer reads it: at most seven fraction
+/// digits (a tick is 100 ns), an optional zone. Anything else is a FormatException there.
+fn is_datetime(text: &str) -> bool {
+    let (main, zone) = match text
+        .find(['Z', '+'])
+        .or_else(|| text.rfind('-').filter(|&i| i > 10))
+    {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let zone_ok = zone.is_empty() || zone == "Z" || (zone.len() == 6 && zone.as_bytes()[3] == b':');
+    let (seconds, fraction) = main.split_once('.').unwrap_or((main, ""));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let shape = seconds.len() == 19
+        && seconds.as_bytes()[4] == b'-'
+        && seconds.as_bytes()[10] == b'T'
+        && digits(&seconds[..4]);
+    shape && zone_ok && (fraction.is_empty() || (digits(fraction) && fraction.len() <= 7))
+}
 
 /// The configuration row's elements the lab serves, in the order of the real server's WSDL
 /// (`ConfigurationTableRow`, W1); a row written back must hold each it was served.
@@ -64,11 +105,12 @@ pub(crate) fn boolean(params: &Params, name: &str) -> Result<bool, Refusal> {
 
 /// Runs one operation on `db`; `Some` call to record when it is a change.
 pub(crate) fn operate(
-    server: &str,
+    caller: &Caller,
     db: &mut ServerDb,
     operation: &str,
     params: &Params,
 ) -> Result<(Answer, Option<Call>), Refusal> {
+    let server = caller.server;
     let call = |ok: bool, entries: &[(&str, serde_json::Value)]| {
         let mut map: serde_json::Map<String, serde_json::Value> = entries
             .iter()
@@ -81,8 +123,8 @@ pub(crate) fn operate(
         }
     };
     match operation {
-        "GetServerVersion" => Ok((Answer::Scalar(SERVER_VERSION.into()), None)),
-        "GetCurrentUserRole" => Ok((Answer::Scalar(ROLE_ADMINISTRATOR.to_string()), None)),
+        "GetServerVersion" => Ok((Answer::Scalar(caller.version.into()), None)),
+        "GetCurrentUserRole" => Ok((Answer::Scalar(caller.role.to_string()), None)),
         // WSUS 3.0's own database engine (SSEE): what tells, remotely, that SQL cannot reach it.
         "GetDatabaseConfiguration" => Ok((
             Answer::Fields(vec![
@@ -97,14 +139,78 @@ pub(crate) fn operate(
         )),
         "ExecuteSPGetRevisions" => {
             let update = required(params, "updateId")?;
-            Ok((Answer::Complete(revision_rows(db, update, None)), None))
+            Ok((
+                Answer::Complete(revision_rows(caller, db, update, None)),
+                None,
+            ))
+        }
+        // The highest revision number of the update, 0 for one the server does not have [I: the
+        // real procedure's answer for an unknown update is not public].
+        "ExecuteSPGetLatestRevisionNumberForUpdate" => {
+            let update = required(params, "updateId")?;
+            let latest = revision_numbers(db, update).into_iter().max().unwrap_or(0);
+            Ok((Answer::Scalar(latest.to_string()), None))
+        }
+        // The revision before `revisionNumber`, 0 when there is none [I, as above].
+        "ExecuteSPGetPreviousRevision" => {
+            let update = required(params, "updateId")?;
+            let number: i32 = required(params, "revisionNumber")?.parse().map_err(|_| {
+                (
+                    true,
+                    "System.FormatException",
+                    "Input string was not in a correct format.".to_string(),
+                )
+            })?;
+            let previous = revision_numbers(db, update)
+                .into_iter()
+                .filter(|n| *n < number)
+                .max()
+                .unwrap_or(0);
+            Ok((Answer::Scalar(previous.to_string()), None))
+        }
+        // Rows of key and description: the row layout is not public (the WSDL gives only
+        // `ArrayOfGenericReadableRow`); made up after `ProgramKey`'s two elements.
+        "ExecuteSPGetProgramKeys" => Ok((
+            Answer::Rows(
+                db.program_keys
+                    .iter()
+                    .map(|(key, description)| {
+                        vec![Cell::Guid(key.clone()), Cell::Text(description.clone())]
+                    })
+                    .collect(),
+            ),
+            None,
+        )),
+        "ExecuteSPAcceptEula" => {
+            let eula = required(params, "eulaId")?.to_ascii_lowercase();
+            let admin = params.values.get("adminName").cloned().unwrap_or_default();
+            if !caller.licence || eula != EULA_ID {
+                return Err((
+                    false,
+                    "Microsoft.UpdateServices.Administration.WsusObjectNotFoundException",
+                    format!("The license agreement {eula} could not be found in the database."),
+                ));
+            }
+            db.eula_accepted_by = Some(admin.clone());
+            Ok((
+                Answer::Empty,
+                Some(call(
+                    true,
+                    &[("eulaId", eula.into()), ("adminName", admin.into())],
+                )),
+            ))
         }
         "ExecuteSPGetUpdateById" => {
             let id = params.nested.get("id").cloned().unwrap_or_default();
             let update = id.get("UpdateId").cloned().unwrap_or_default();
             let revision = id.get("RevisionNumber").and_then(|r| r.parse().ok());
             Ok((
-                Answer::Complete(revision_rows(db, &update, Some(revision.unwrap_or(-1)))),
+                Answer::Complete(revision_rows(
+                    caller,
+                    db,
+                    &update,
+                    Some(revision.unwrap_or(-1)),
+                )),
                 None,
             ))
         }
@@ -153,6 +259,26 @@ pub(crate) fn operate(
                 }
             };
             db.set_replica_mode(replica);
+            // An array sent is the new list, an absent one leaves the list as it is: the harsher
+            // reading of `programKeys` (its semantics are not public), under which a client that
+            // sends an empty list wipes the server's product keys.
+            if params.values.contains_key("programKeys") {
+                db.program_keys = params
+                    .lists
+                    .get("programKeys")
+                    .into_iter()
+                    .flatten()
+                    .map(|k| {
+                        (
+                            k.get("Key")
+                                .cloned()
+                                .unwrap_or_default()
+                                .to_ascii_lowercase(),
+                            k.get("Description").cloned().unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+            }
             db.config_change_number += 1;
             Ok((
                 Answer::Empty,
@@ -200,8 +326,32 @@ pub(crate) fn operate(
             let action: i32 = required(params, "deploymentAction")?.parse().unwrap_or(-1);
             let group = required(params, "targetGroupId")?.to_ascii_uppercase();
             let deadline = required(params, "deadline")?.to_string();
+            if !is_datetime(&deadline) {
+                return Err((
+                    true,
+                    "System.FormatException",
+                    format!("The string '{deadline}' is not a valid AllXsd value."),
+                ));
+            }
             let admin = params.values.get("adminName").cloned().unwrap_or_default();
             let assigned = boolean(params, "isAssigned")?;
+            // IUpdate.RequiresLicenseAgreementAcceptance: "you must accept the license agreement
+            // before deploying the update" (ms751998); an expired update cannot be approved. The
+            // exception's words are made up; the lab refuses every action, the harsher case.
+            if caller.licence && db.eula_accepted_by.is_none() {
+                return Err((
+                    false,
+                    "System.InvalidOperationException",
+                    "The license agreement for this update has not been accepted.".into(),
+                ));
+            }
+            if caller.expired {
+                return Err((
+                    false,
+                    "System.InvalidOperationException",
+                    "The update has expired and cannot be approved.".into(),
+                ));
+            }
             // The API refuses approval changes on a replica (IUpdate.Approve); the operation has
             // no failIfReplica of its own: refused, the harsher case.
             let result = db.deploy(&update, revision, action, &group, &admin, true);
@@ -340,11 +490,25 @@ pub(crate) fn row_of(server: &str, db: &ServerDb) -> Vec<(&'static str, String)>
     row
 }
 
+/// The revision numbers of `update` on this server.
+fn revision_numbers(db: &ServerDb, update: &str) -> Vec<i32> {
+    if !db.update_present || !update.eq_ignore_ascii_case(susdb::KB954960_UPDATE_ID) {
+        return Vec::new();
+    }
+    db.revisions.iter().map(|r| r.revision_number).collect()
+}
+
 /// The update's revisions as `minimalProperties` rows (W4 and W3 agree on the indexes used: 0
 /// UpdateId, 1 RevisionNumber, 18 IsApproved, 22 IsDeclined, 23 HasStaleUpdateApprovals, 24
-/// IsLatestRevision, 29 the title; the others, not modelled, are null), of one revision when
-/// `only` names it.
-pub(crate) fn revision_rows(db: &ServerDb, update: &str, only: Option<i32>) -> Vec<Vec<Cell>> {
+/// IsLatestRevision, 29 the title; W4 alone: 16 PublicationState, 20 the licence's id, 21
+/// RequiresLicenseAgreementAcceptance, 32 HasEarlierRevision; the others, not modelled, are
+/// null), of one revision when `only` names it.
+pub(crate) fn revision_rows(
+    caller: &Caller,
+    db: &ServerDb,
+    update: &str,
+    only: Option<i32>,
+) -> Vec<Vec<Cell>> {
     if !db.update_present || !update.eq_ignore_ascii_case(susdb::KB954960_UPDATE_ID) {
         return Vec::new();
     }
@@ -371,9 +535,22 @@ pub(crate) fn revision_rows(db: &ServerDb, update: &str, only: Option<i32>) -> V
                 .iter()
                 .filter(computer)
                 .any(|d| d.revision_id == r.revision_id);
-            let mut row = vec![Cell::Null; 30];
+            let mut row = vec![Cell::Null; 37];
             row[0] = Cell::Guid(susdb::KB954960_UPDATE_ID.into());
             row[1] = Cell::Int(i64::from(r.revision_number));
+            // PublicationState: 1 is expired (susdb.md 1, tbProperty).
+            row[16] = Cell::Int(i64::from(caller.expired));
+            row[20] = Cell::Guid(if caller.licence {
+                EULA_ID.into()
+            } else {
+                EMPTY_GUID.into()
+            });
+            row[21] = Cell::Bool(caller.licence && db.eula_accepted_by.is_none());
+            row[32] = Cell::Bool(
+                db.revisions
+                    .iter()
+                    .any(|o| o.revision_number < r.revision_number),
+            );
             row[18] = Cell::Bool(approved);
             row[22] = Cell::Bool(db.update_declined);
             row[23] = Cell::Bool(stale);

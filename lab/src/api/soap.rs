@@ -18,6 +18,18 @@ use crate::api::wsdl::NS;
 pub(crate) struct Params {
     pub(crate) values: BTreeMap<String, String>,
     pub(crate) nested: BTreeMap<String, BTreeMap<String, String>>,
+    /// The items of an array parameter (`programKeys` of `ProgramKey`s), each its children.
+    pub(crate) lists: BTreeMap<String, Vec<BTreeMap<String, String>>>,
+}
+
+impl Params {
+    /// Forgets `name`, as a server whose operation lacks that parameter never reads it: an
+    /// ASP.NET service's XmlSerializer skips elements it does not know.
+    pub(crate) fn remove(&mut self, name: &str) {
+        self.values.remove(name);
+        self.nested.remove(name);
+        self.lists.remove(name);
+    }
 }
 
 /// The operation of a SOAP 1.1 request body and its parameters.
@@ -27,6 +39,8 @@ pub(crate) fn parse_request(body: &[u8]) -> Result<(String, Params), String> {
     let mut path: Vec<String> = Vec::new();
     let mut operation: Option<(String, usize)> = None;
     let mut params = Params::default();
+    // The children of an array's item being read.
+    let mut item: BTreeMap<String, String> = BTreeMap::new();
     // The text of the element being read: text and entity references come as separate events.
     let mut text = String::new();
     let mut buf = Vec::new();
@@ -77,11 +91,23 @@ pub(crate) fn parse_request(body: &[u8]) -> Result<(String, Params), String> {
                 }
                 Some(2) => {
                     let parent = path[path.len() - if closes { 2 } else { 1 }].clone();
-                    params
-                        .nested
-                        .entry(parent)
-                        .or_default()
-                        .insert(name, std::mem::take(&mut text));
+                    if item.is_empty() {
+                        params
+                            .nested
+                            .entry(parent)
+                            .or_default()
+                            .insert(name, std::mem::take(&mut text));
+                    } else {
+                        params
+                            .lists
+                            .entry(parent)
+                            .or_default()
+                            .push(std::mem::take(&mut item));
+                        text.clear();
+                    }
+                }
+                Some(3) => {
+                    item.insert(name, std::mem::take(&mut text));
                 }
                 _ => text.clear(),
             }
@@ -266,6 +292,25 @@ pub(crate) fn fault_xml(client_error: bool, exception: &str, message: &str) -> V
     })
 }
 
+/// The fault System.Web.Services answers for a SOAPAction the service does not have: a
+/// `SoapException` of its own, not one wrapped around the operation's.
+pub(crate) fn unknown_action_xml(action: &str) -> Vec<u8> {
+    envelope(|w| {
+        w.write_event(Event::Start(BytesStart::new("soap:Fault")))?;
+        text_element(w, "faultcode", "soap:Client")?;
+        text_element(
+            w,
+            "faultstring",
+            &format!(
+                "System.Web.Services.Protocols.SoapException: Server did not recognize the value of HTTP Header SOAPAction: {action}."
+            ),
+        )?;
+        w.write_event(Event::Start(BytesStart::new("detail")))?;
+        w.write_event(Event::End(BytesEnd::new("detail")))?;
+        w.write_event(Event::End(BytesEnd::new("soap:Fault")))
+    })
+}
+
 pub(crate) fn respond(
     status: StatusCode,
     content_type: &str,
@@ -282,7 +327,6 @@ pub(crate) fn respond(
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::wsdl::wsdl;
@@ -295,6 +339,19 @@ mod tests {
         assert_eq!(params.values["deploymentAction"], "2");
         assert_eq!(params.values["adminName"], "CORP\\op & co");
         assert_eq!(params.nested["updateId"]["RevisionNumber"], "101");
+    }
+
+    #[test]
+    fn an_array_parameter_gives_its_items_and_an_empty_one_is_present() {
+        let body = br#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><ExecuteSPSetConfiguration xmlns="http://www.microsoft.com/SoftwareDistribution/Server/ApiRemotingWebService"><row><ReplicaMode>true</ReplicaMode></row><listTrue /><programKeys><ProgramKey><Key>4f7a1c52-0d3e-4b8a-9e61-2a5c7d9b0e11</Key><Description>A</Description></ProgramKey><ProgramKey><Key>9b2e6d14-7a0c-4f35-b8d2-61e0c3a5f7d2</Key></ProgramKey></programKeys></ExecuteSPSetConfiguration></soap:Body></soap:Envelope>"#;
+        let (_, params) = parse_request(body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(params.nested["row"]["ReplicaMode"], "true");
+        assert!(params.values.contains_key("listTrue"));
+        assert!(params.values.contains_key("programKeys"));
+        let keys = &params.lists["programKeys"];
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0]["Description"], "A");
+        assert_eq!(keys[1]["Key"], "9b2e6d14-7a0c-4f35-b8d2-61e0c3a5f7d2");
     }
 
     #[test]
@@ -314,7 +371,11 @@ mod tests {
             fault.contains("---&gt; System.X: replica &amp; &lt;co&gt;"),
             "{fault}"
         );
-        let wsdl = wsdl("http://wsus-hq/ApiRemoting30/WebService.asmx?a=1&b=2");
+        let wsdl = wsdl(
+            "http://wsus-hq/ApiRemoting30/WebService.asmx?a=1&b=2",
+            "wsus-hq",
+            &crate::faults::Faults::default(),
+        );
         assert!(
             wsdl.contains("location=\"http://wsus-hq/ApiRemoting30/WebService.asmx?a=1&amp;b=2\"")
         );

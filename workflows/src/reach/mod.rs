@@ -102,6 +102,29 @@ impl WsusServer for Session {
         }
     }
 
+    async fn accept_licence(
+        &mut self,
+        update: &str,
+        revision: i32,
+        licence: &str,
+    ) -> Result<(), ServerError> {
+        match self {
+            Session::Sql(c, _) => {
+                WsusServer::accept_licence(&mut **c, update, revision, licence).await
+            }
+            Session::Api(a) => {
+                WsusServer::accept_licence(&mut **a, update, revision, licence).await
+            }
+        }
+    }
+
+    fn account(&self) -> Option<&str> {
+        match self {
+            Session::Sql(c, _) => WsusServer::account(&**c),
+            Session::Api(a) => WsusServer::account(&**a),
+        }
+    }
+
     async fn downstream(&mut self) -> Result<Downstream, ServerError> {
         match self {
             Session::Sql(c, _) => WsusServer::downstream(&mut **c).await,

@@ -40,6 +40,21 @@ pub trait WsusServer: Send {
         admin: &str,
     ) -> impl Future<Output = Result<(), ServerError>> + Send;
 
+    /// Accepts the update's licence agreement `licence` (its id, as the probe read it), which
+    /// WSUS requires before an approval of an update that has one.
+    fn accept_licence(
+        &mut self,
+        update: &str,
+        revision: i32,
+        licence: &str,
+    ) -> impl Future<Output = Result<(), ServerError>> + Send;
+
+    /// The account the server records changes under, when the transport decides it (the web
+    /// service's authenticated account); `None` where the caller's `admin` text is written.
+    fn account(&self) -> Option<&str> {
+        None
+    }
+
     /// The server's own id and its downstream-server table (read-only; discovery).
     fn downstream(&mut self) -> impl Future<Output = Result<Downstream, ServerError>> + Send;
 }
@@ -112,6 +127,13 @@ pub struct Observed {
     /// The SQL Server's version; empty for a server read through its web service.
     pub sql_version: String,
     pub schema_version: Option<i32>,
+    /// The WSUS build the server reports (`GetServerVersion`); `None` over SQL, where SUSDB
+    /// keeps no documented record of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wsus_version: Option<String>,
+    /// `GetCurrentUserRole` over the web service: a number whose meaning is not public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<i64>,
     pub replica: bool,
     pub upstream_server: Option<String>,
     pub upstream_port: Option<i32>,
@@ -128,6 +150,15 @@ pub struct UpdateState {
     pub revisions: Vec<Revision>,
     pub declined: bool,
     pub approvals: Vec<Approval>,
+    /// The id of the update's licence agreement while its acceptance is still required (an
+    /// approval is refused until then: IUpdate.RequiresLicenseAgreementAcceptance, ms751998).
+    /// Read over the web service only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licence: Option<String>,
+    /// The latest revision is expired (PublicationState 1): WSUS refuses to approve it. Read
+    /// over the web service only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
 }
 
 impl UpdateState {

@@ -20,10 +20,12 @@
 //! IIS keeps the authentication for the connection's later requests).
 
 mod auth;
+mod contract;
 mod rows;
 mod soap;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
@@ -33,26 +35,31 @@ use tokio::net::TcpStream;
 use topology::{ApiTarget, Server};
 
 use crate::reach::port::Negotiated;
-use crate::reach::port::{
-    Approval, Downstream, Observed, Revision, ServerError, UpdateState, WsusServer,
-};
+use crate::reach::port::{Approval, Downstream, Observed, ServerError, UpdateState, WsusServer};
 use crate::reach::settings::ConnectOptions;
 use crate::reach::tls::{HandshakeError, Policy, Retry, Trust, too_old};
 use auth::{Login, login_for};
-use rows::revision_id;
+use contract::Contract;
+use rows::{RevisionRow, revision_id};
 use soap::{Element, NS, PATH, fault_message, parse_xml, request_xml, transient_fault};
 
-/// `GetCurrentUserRole` of a WSUS administrator. The enum's numbers are not public (its members
-/// are Administrator, Reporter, Unauthorized: UpdateServerUserRole, aa354557); a public client
-/// treats 0 as no role (W3). Harsher than known: anything but 1 is refused before any change.
-const ROLE_ADMINISTRATOR: i64 = 1;
+/// `GetCurrentUserRole` of an account with no WSUS role: the one number a public source gives
+/// (W3 refuses 0 with "hace falta ser administrador local o de «Administradores WSUS»"). The
+/// other members of UpdateServerUserRole (Administrator, Reporter; aa354557) have no published
+/// numbers, so no other number is refused: the role is shown in the plan, and a reporter's
+/// first change is refused by the server itself (403) before anything changed.
+const ROLE_NONE: i64 = 0;
 
 /// "Not approved", which on the wire is 2 (W3: with 3 the server creates a block); the same value
 /// as SUSDB's `ActionID` for detect-only.
 const ACTION_NOT_APPROVED: i32 = susdb::action::DETECT_ONLY;
 
-/// The deadline the Windows console sends for "no deadline" (W3).
-const NO_DEADLINE: &str = "9999-12-31T23:59:59.997";
+/// "No deadline": the two-argument IUpdate.Approve passes `DateTime.MaxValue` (W4:
+/// `Approve(action, group)` calls the four-argument form with `DateTime.MaxValue, true`, and
+/// IUpdate.Approve's page, ms747134, documents the deadline as optional), and .NET's
+/// XmlSerializer writes that value as `9999-12-31T23:59:59.9999999` (an xs:dateTime with its
+/// seven tick digits). MS-WSUSSS's deployments use the same value ("9999-12-31 ... 23:59:59.9999999").
+const NO_DEADLINE: &str = "9999-12-31T23:59:59.9999999";
 
 /// A response larger than this is not an answer to anything the repair asks.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
@@ -126,9 +133,14 @@ pub struct ApiSession {
     origin: String,
     /// The `Host` header: the topology's `api.host` (with the port when not the scheme's).
     host: String,
+    /// The account the session authenticated as (`DOMAIN\\user`): the `adminName` of its changes.
     user: String,
     /// `GetCurrentUserRole`, asked on the request that completed the login.
     role: i64,
+    /// The server's WSDL, read before any change ([`contract`]).
+    contract: Option<Arc<Contract>>,
+    /// `GetServerVersion`, read once per session.
+    version: Option<String>,
     /// The configuration row as last read, every element: written back whole with one change.
     row: Option<Vec<Element>>,
     /// The topology asks for HTTPS, but `--api-via` sends this session to a loopback lab in
@@ -242,6 +254,8 @@ pub async fn open(server: &Server, options: &ConnectOptions) -> Result<ApiSessio
             origin: origin.clone(),
             user,
             role: 0,
+            contract: None,
+            version: None,
             row: None,
             lab_plaintext: api.tls && !tls,
             tls: negotiated,
@@ -405,11 +419,13 @@ impl ApiSession {
                     self.origin
                 )));
             }
+            // IIS and WSUS refuse before the operation runs: nothing was changed.
             StatusCode::FORBIDDEN => {
                 return Err(ServerError::permanent(format!(
-                    "{} is not a WSUS administrator on {} (HTTP 403): add the account to the \
-                     WSUS Administrators group of that server",
-                    self.user, self.server
+                    "{} is not a WSUS administrator on {}; nothing was changed (HTTP 403 to \
+                     {operation}, GetCurrentUserRole answered {}): add the account to the WSUS \
+                     Administrators group of that server",
+                    self.user, self.server, self.role
                 )));
             }
             StatusCode::BAD_GATEWAY
@@ -467,6 +483,37 @@ impl ApiSession {
         self.answer(operation, answer)
     }
 
+    /// The server's WSDL (`GET ...asmx?WSDL` on the authenticated connection), parsed.
+    async fn contract(&mut self) -> Result<Arc<Contract>, ServerError> {
+        if let Some(known) = &self.contract {
+            return Ok(Arc::clone(known));
+        }
+        let request = Request::get(format!("{PATH}?WSDL"))
+            .header(hyper::header::HOST, &self.host)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ServerError::permanent(e.to_string()))?;
+        let lost = |e: hyper::Error| ServerError::transient(format!("connection lost: {e}"));
+        self.sender.ready().await.map_err(lost)?;
+        let response = self.sender.send_request(request).await.map_err(lost)?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| ServerError::transient(format!("the WSDL could not be read: {e}")))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(ServerError::permanent(format!(
+                "{}{PATH}?WSDL answered HTTP {status}: its contract cannot be checked, so \
+                 nothing is sent to it",
+                self.origin
+            )));
+        }
+        let contract = Contract::shared(&body)
+            .map_err(|e| ServerError::permanent(format!("{}{PATH}?WSDL: {e}", self.origin)))?;
+        self.contract = Some(Arc::clone(&contract));
+        Ok(contract)
+    }
+
     async fn configuration(&mut self) -> Result<Vec<Element>, ServerError> {
         let response = self.call("ExecuteSPGetConfiguration", &[]).await?;
         let row = response
@@ -480,18 +527,58 @@ impl ApiSession {
         Ok(row)
     }
 
-    /// Each revision of the update, and whether it is declined ([`rows::revisions`]).
-    async fn revisions(&mut self, update: &str) -> Result<Vec<(Revision, bool)>, ServerError> {
-        let response = self
-            .call(
-                "ExecuteSPGetRevisions",
-                &[
-                    Element::text("preferredCulture", "en"),
-                    Element::text("updateId", update.to_ascii_lowercase()),
-                ],
-            )
+    /// An `int` answer (`{operation}Result`).
+    async fn int(&mut self, operation: &str, params: &[Element]) -> Result<i32, ServerError> {
+        let response = self.call(operation, params).await?;
+        let text = response
+            .child(&format!("{operation}Result"))
+            .map(|r| r.text.trim().to_string())
+            .unwrap_or_default();
+        text.parse().map_err(|_| {
+            ServerError::permanent(format!("{operation} answered `{text}`, not a number"))
+        })
+    }
+
+    /// Each revision of the update: in one call where the server has `ExecuteSPGetRevisions`,
+    /// otherwise as the 3.0 API reads them ([`contract::REVISIONS_ONE_BY_ONE`]): the latest
+    /// number, then each earlier one until there is none (0, or a number not below the last;
+    /// at most 1,000 steps), each revision's own row.
+    async fn revisions(&mut self, update: &str) -> Result<Vec<RevisionRow>, ServerError> {
+        let culture = || Element::text("preferredCulture", "en");
+        let id = || Element::text("updateId", update.to_ascii_lowercase());
+        let contract = self.contract().await?;
+        if contract.has(contract::REVISIONS.0) {
+            let response = self.call(contract::REVISIONS.0, &[culture(), id()]).await?;
+            return rows::revisions(&response, contract::REVISIONS.0);
+        }
+        let mut numbers = Vec::new();
+        let mut number = self
+            .int("ExecuteSPGetLatestRevisionNumberForUpdate", &[id()])
             .await?;
-        rows::revisions(&response)
+        while number > 0 && numbers.len() < 1_000 {
+            numbers.push(number);
+            let previous = self
+                .int(
+                    "ExecuteSPGetPreviousRevision",
+                    &[id(), Element::text("revisionNumber", number.to_string())],
+                )
+                .await?;
+            if previous >= number {
+                break;
+            }
+            number = previous;
+        }
+        let mut found = Vec::new();
+        for number in numbers {
+            let response = self
+                .call(
+                    "ExecuteSPGetUpdateById",
+                    &[culture(), revision_id("id", update, number)],
+                )
+                .await?;
+            found.extend(rows::revisions(&response, "ExecuteSPGetUpdateById")?);
+        }
+        Ok(found)
     }
 
     /// The live approvals of one revision ([`rows::approvals`]).
@@ -508,26 +595,90 @@ impl ApiSession {
             .await?;
         rows::approvals(&response, revision)
     }
+
+    /// `GetServerVersion`, once per session; `None` where the server has no such operation.
+    async fn server_version(&mut self) -> Result<Option<String>, ServerError> {
+        if self.version.is_none() && self.contract().await?.has("GetServerVersion") {
+            let response = self.call("GetServerVersion", &[]).await?;
+            self.version = response
+                .child("GetServerVersionResult")
+                .map(|r| r.text.trim().to_string())
+                .filter(|v| !v.is_empty());
+        }
+        Ok(self.version.clone())
+    }
+
+    /// The lists `ExecuteSPSetConfiguration` takes beside the row, as this server declares them.
+    /// `listTrue`/`listFalse` and `ussListTrue`/`ussListFalse` come in pairs, which reads as
+    /// changes (languages to turn on, to turn off [I]: a list of the whole state would need one
+    /// list, not two), so empty pairs change nothing; W3 sends them empty to a 10.0 server.
+    /// `programKeys` is one list, which may be the whole new state: it is sent back as
+    /// `ExecuteSPGetProgramKeys` reads it, or left out (the WSDL makes it optional,
+    /// `minOccurs="0"`) where the server cannot read it back.
+    async fn configuration_lists(&mut self) -> Result<Vec<Element>, ServerError> {
+        let contract = self.contract().await?;
+        let op = "ExecuteSPSetConfiguration";
+        let mut lists: Vec<Element> = ["listTrue", "listFalse", "ussListTrue", "ussListFalse"]
+            .into_iter()
+            .filter(|name| contract.takes(op, name))
+            .map(|name| Element::with(name, Vec::new()))
+            .collect();
+        if contract.takes(op, "programKeys") && contract.has("ExecuteSPGetProgramKeys") {
+            let response = self.call("ExecuteSPGetProgramKeys", &[]).await?;
+            let keys = rows::program_keys(&response)?
+                .into_iter()
+                .map(|(key, description)| {
+                    Element::with(
+                        "ProgramKey",
+                        vec![
+                            Element::text("Key", key),
+                            Element::text("Description", description),
+                        ],
+                    )
+                })
+                .collect();
+            lists.push(Element::with("programKeys", keys));
+        }
+        Ok(lists)
+    }
 }
 
 impl WsusServer for ApiSession {
-    /// Refuses, before any change, a user without the administrator role (asked on the
-    /// request that completed the login).
+    /// Before any change: the server's WSDL has every operation and parameter the repair sends
+    /// ([`contract`]), and the account has a role (GetCurrentUserRole other than 0, W3).
     async fn refusals(&mut self) -> Result<Vec<String>, ServerError> {
-        Ok(if self.role == ROLE_ADMINISTRATOR {
-            Vec::new()
-        } else {
-            vec![format!(
-                "{} is not a WSUS administrator on {} (GetCurrentUserRole answered {}, not \
-                 Administrator): add the account to the WSUS Administrators group of that server",
-                self.user, self.server, self.role
-            )]
-        })
+        let mut refusals = Vec::new();
+        if self.role == ROLE_NONE {
+            refusals.push(format!(
+                "{} has no WSUS role on {} (GetCurrentUserRole answered 0): add the account to \
+                 the WSUS Administrators group of that server",
+                self.user, self.server
+            ));
+        }
+        let contract = self.contract().await?;
+        refusals.extend(contract.lacks(&self.server, contract::REPAIR));
+        if contract
+            .lacks(&self.server, &[contract::REVISIONS])
+            .is_empty()
+        {
+            return Ok(refusals);
+        }
+        let one_by_one = contract.lacks(&self.server, contract::REVISIONS_ONE_BY_ONE);
+        if !one_by_one.is_empty() {
+            refusals.push(format!(
+                "{} has no ExecuteSPGetRevisions, nor what the 3.0 API reads revisions with \
+                 ({}): the update's revisions cannot be read",
+                self.server,
+                one_by_one.join("; ")
+            ));
+        }
+        Ok(refusals)
     }
 
-    /// What the probe reads: the configuration row, the update's revisions, and the approvals
-    /// of each revision.
+    /// What the probe reads: the server's version, the configuration row, the update's
+    /// revisions (with their licence and publication state), and the approvals of each revision.
     async fn probe(&mut self, update: &str) -> Result<Observed, ServerError> {
+        let wsus_version = self.server_version().await?;
         let row = self.configuration().await?;
         let field = |name: &str| {
             row.iter()
@@ -552,14 +703,15 @@ impl WsusServer for ApiSession {
         let update = if revisions.is_empty() {
             None
         } else {
-            let declined = revisions.iter().any(|(_, declined)| *declined);
             let mut approvals = Vec::new();
-            for (revision, _) in &revisions {
-                approvals.extend(self.approvals(update, revision.number).await?);
+            for row in &revisions {
+                approvals.extend(self.approvals(update, row.revision.number).await?);
             }
             Some(UpdateState {
-                revisions: revisions.into_iter().map(|(r, _)| r).collect(),
-                declined,
+                declined: revisions.iter().any(|r| r.declined),
+                licence: revisions.iter().find_map(|r| r.licence.clone()),
+                expired: revisions.iter().any(|r| r.expired && r.revision.latest),
+                revisions: revisions.into_iter().map(|r| r.revision).collect(),
                 approvals,
             })
         };
@@ -567,6 +719,8 @@ impl WsusServer for ApiSession {
             tls: self.tls.clone(),
             sql_version: String::new(),
             schema_version: None,
+            wsus_version,
+            role: Some(self.role),
             replica,
             upstream_server,
             upstream_port,
@@ -575,9 +729,11 @@ impl WsusServer for ApiSession {
         })
     }
 
-    /// `ExecuteSPSetConfiguration` with the row as last read and `ReplicaMode` changed, then the
-    /// row read again: what the server then holds.
+    /// `ExecuteSPSetConfiguration` with the row as last read and `ReplicaMode` changed (and the
+    /// lists of [`ApiSession::configuration_lists`]), then the row read again: what the server
+    /// then holds.
     async fn set_replica_mode(&mut self, replica: bool) -> Result<bool, ServerError> {
+        let lists = self.configuration_lists().await?;
         let row = match self.row.take() {
             Some(row) => row,
             None => self.configuration().await?,
@@ -599,19 +755,9 @@ impl WsusServer for ApiSession {
                 "the configuration row has no ReplicaMode: this is not a WSUS 3.0 web service",
             ));
         }
-        let empty = |name: &str| Element::with(name, Vec::new());
-        self.call(
-            "ExecuteSPSetConfiguration",
-            &[
-                Element::with("row", row),
-                empty("listTrue"),
-                empty("listFalse"),
-                empty("ussListTrue"),
-                empty("ussListFalse"),
-                empty("programKeys"),
-            ],
-        )
-        .await?;
+        let mut params = vec![Element::with("row", row)];
+        params.extend(lists);
+        self.call("ExecuteSPSetConfiguration", &params).await?;
         let read = self.configuration().await?;
         read.iter()
             .find(|e| e.name == "ReplicaMode")
@@ -619,8 +765,11 @@ impl WsusServer for ApiSession {
             .ok_or_else(|| ServerError::permanent("ReplicaMode could not be read back"))
     }
 
-    /// `ExecuteSPDeclineUpdate` (IUpdate.Decline, W4), refused on a replica.
-    async fn decline(&mut self, update: &str, admin: &str) -> Result<(), ServerError> {
+    /// `ExecuteSPDeclineUpdate` (IUpdate.Decline, W4), refused on a replica. `adminName` is the
+    /// account the session authenticated as: what the API sends (W4:
+    /// `UpdateServer.GetCurrentUserName()`), in MS-WSUSAR's `domain\username` form (W5).
+    async fn decline(&mut self, update: &str, _admin: &str) -> Result<(), ServerError> {
+        let admin = self.user.clone();
         self.call(
             "ExecuteSPDeclineUpdate",
             &[
@@ -633,14 +782,16 @@ impl WsusServer for ApiSession {
         .map(drop)
     }
 
-    /// `ExecuteSPDeployUpdate1`: "not approved" for All Computers on `revision`, no deadline
-    /// (IUpdate.Approve, W4; the values W3 sends).
+    /// `ExecuteSPDeployUpdate1`: "not approved" for All Computers on `revision`, no deadline,
+    /// by the authenticated account (IUpdate.Approve, W4; see [`NO_DEADLINE`] and
+    /// [`ApiSession::decline`]).
     async fn approve_detect_only(
         &mut self,
         update: &str,
         revision: i32,
-        admin: &str,
+        _admin: &str,
     ) -> Result<(), ServerError> {
+        let admin = self.user.clone();
         self.call(
             "ExecuteSPDeployUpdate1",
             &[
@@ -657,6 +808,42 @@ impl WsusServer for ApiSession {
         )
         .await
         .map(drop)
+    }
+
+    /// `ExecuteSPAcceptEula` (IUpdate.AcceptLicenseAgreement, W4), after checking the server
+    /// has it.
+    async fn accept_licence(
+        &mut self,
+        update: &str,
+        revision: i32,
+        licence: &str,
+    ) -> Result<(), ServerError> {
+        let lacking = self
+            .contract()
+            .await?
+            .lacks(&self.server, &[contract::ACCEPT_LICENCE]);
+        if !lacking.is_empty() {
+            return Err(ServerError::permanent(format!(
+                "{}: the licence cannot be accepted through the web service",
+                lacking.join("; ")
+            )));
+        }
+        let admin = self.user.clone();
+        self.call(
+            "ExecuteSPAcceptEula",
+            &[
+                Element::text("eulaId", licence.to_ascii_lowercase()),
+                Element::text("adminName", admin),
+                revision_id("updateId", update, revision),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The account changes are made as.
+    fn account(&self) -> Option<&str> {
+        Some(&self.user)
     }
 
     /// `ExecuteSPGetAllDownstreamServers` from this server (the empty GUID), nested children

@@ -10,25 +10,74 @@ use crate::reach::port::{Approval, Registered, Revision, ServerError};
 /// `ExecuteSPGetAllDownstreamServers`'s rows.
 pub(super) const EMPTY_GUID: &str = "00000000-0000-0000-0000-000000000000";
 
-/// `ExecuteSPGetRevisions`: each revision (`minimalProperties` index 1) with whether it is
-/// latest (24) and whether the update is declined (22).
-pub(super) fn revisions(response: &Element) -> Result<Vec<(Revision, bool)>, ServerError> {
-    let Some(rows) = response.path(&["ExecuteSPGetRevisionsResult", "minimalProperties"]) else {
+/// One `minimalProperties` row of the update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RevisionRow {
+    pub(super) revision: Revision,
+    pub(super) declined: bool,
+    /// The licence agreement's id, when the update still requires its acceptance.
+    pub(super) licence: Option<String>,
+    pub(super) expired: bool,
+}
+
+/// The `minimalProperties` rows of a `CompleteUpdates` answer (`ExecuteSPGetRevisions`,
+/// `ExecuteSPGetUpdateById`): each revision (index 1), whether it is latest (24), whether the
+/// update is declined (22) (W4 and W3 agree); its publication state (16, 1 = expired: susdb.md
+/// 1), the licence's id (20) and whether its acceptance is still required (21) (W4 alone,
+/// `UmUpdate`'s constructor).
+pub(super) fn revisions(
+    response: &Element,
+    operation: &str,
+) -> Result<Vec<RevisionRow>, ServerError> {
+    let Some(rows) = response.path(&[&format!("{operation}Result"), "minimalProperties"]) else {
         return Ok(Vec::new());
     };
     rows.children
         .iter()
         .map(|row| {
             let cells = cells(row);
-            let number = cell_int(&cells, 1)
-                .ok_or_else(|| bad_row("ExecuteSPGetRevisions", "RevisionNumber (1)"))?;
-            Ok((
-                Revision {
+            let number =
+                cell_int(&cells, 1).ok_or_else(|| bad_row(operation, "RevisionNumber (1)"))?;
+            let licence = cells
+                .get(20)
+                .filter(|c| !c.nil)
+                .map(|c| c.text.trim().to_ascii_lowercase())
+                .filter(|id| !id.is_empty() && id != EMPTY_GUID);
+            Ok(RevisionRow {
+                revision: Revision {
                     number,
                     latest: cell_bool(&cells, 24).unwrap_or(false),
                 },
-                cell_bool(&cells, 22).unwrap_or(false),
-            ))
+                declined: cell_bool(&cells, 22).unwrap_or(false),
+                licence: licence.filter(|_| cell_bool(&cells, 21).unwrap_or(false)),
+                expired: cell_int(&cells, 16) == Some(1),
+            })
+        })
+        .collect()
+}
+
+/// `ExecuteSPGetProgramKeys`: each product key (a guid cell) and its description (a text cell).
+/// The row layout is not public (the WSDL says `ArrayOfGenericReadableRow`, and `ProgramKey`
+/// has a `Key` guid and a `Description`): the first cell typed guid is the key, the first
+/// typed string the description. A row without a guid is refused rather than guessed.
+pub(super) fn program_keys(response: &Element) -> Result<Vec<(String, String)>, ServerError> {
+    let rows = response
+        .child("ExecuteSPGetProgramKeysResult")
+        .map(|r| r.children.as_slice())
+        .unwrap_or_default();
+    rows.iter()
+        .map(|row| {
+            let cells = cells(row);
+            let typed = |kind: &str| {
+                cells
+                    .iter()
+                    .find(|c| !c.nil && c.attribute("type").is_some_and(|t| t.ends_with(kind)))
+                    .map(|c| c.text.trim().to_string())
+            };
+            let key = typed(":guid")
+                .ok_or_else(|| bad_row("ExecuteSPGetProgramKeys", "guid key"))?
+                .to_ascii_lowercase();
+            Ok((key, typed(":string").unwrap_or_default()))
         })
         .collect()
 }

@@ -18,6 +18,8 @@ pub struct Element {
     pub nil: bool,
     pub text: String,
     pub children: Vec<Element>,
+    /// The attributes of a parsed element, by local name (`type` of `xsi:type`, `name`).
+    pub attributes: Vec<(String, String)>,
 }
 
 impl Element {
@@ -27,6 +29,7 @@ impl Element {
             nil: false,
             text: text.into(),
             children: Vec::new(),
+            attributes: Vec::new(),
         }
     }
 
@@ -36,7 +39,16 @@ impl Element {
             nil: false,
             text: String::new(),
             children,
+            attributes: Vec::new(),
         }
+    }
+
+    /// An attribute's value by local name.
+    pub(super) fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub(super) fn child(&self, name: &str) -> Option<&Element> {
@@ -99,6 +111,16 @@ pub(super) fn parse_xml(body: &[u8]) -> Result<Element, String> {
         }),
         text: String::new(),
         children: Vec::new(),
+        attributes: e
+            .attributes()
+            .flatten()
+            .map(|a| {
+                (
+                    String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned(),
+                    String::from_utf8_lossy(&a.value).into_owned(),
+                )
+            })
+            .collect(),
     };
     loop {
         let event = reader

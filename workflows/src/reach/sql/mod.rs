@@ -142,6 +142,8 @@ pub async fn probe(c: &mut Connection, update: &str) -> Result<Observed, ServerE
             revisions,
             declined,
             approvals,
+            licence: None,
+            expired: false,
         })
     };
     Ok(Observed {
@@ -150,6 +152,8 @@ pub async fn probe(c: &mut Connection, update: &str) -> Result<Observed, ServerE
             .unwrap_or_default()
             .to_string(),
         schema_version: get::<i32>(config, "SchemaVersion")?,
+        wsus_version: None,
+        role: None,
         replica: get::<bool>(config, "ReplicaMode")?.ok_or_else(|| missing("ReplicaMode"))?,
         upstream_server: get::<&str>(config, "UpstreamServerName")?
             .map(str::to_string)
@@ -418,6 +422,19 @@ impl WsusServer for Connection {
         admin: &str,
     ) -> Result<(), ServerError> {
         approve_detect_only(self, update, revision, admin).await
+    }
+
+    /// SUSDB's procedures take no licence step of their own: the API's refusal of an
+    /// unaccepted licence is not known to exist below it, and none is sent over SQL.
+    async fn accept_licence(
+        &mut self,
+        _update: &str,
+        _revision: i32,
+        _licence: &str,
+    ) -> Result<(), ServerError> {
+        Err(ServerError::permanent(
+            "accepting a licence is done through the web service (ExecuteSPAcceptEula), not over SQL",
+        ))
     }
 
     async fn downstream(&mut self) -> Result<Downstream, ServerError> {
