@@ -91,20 +91,30 @@ impl Step {
     pub fn api_effect(self) -> &'static str {
         match self {
             Step::Probe => {
-                "read-only: GetCurrentUserRole (stops the server unless the account is a WSUS \
-                 administrator), ExecuteSPGetConfiguration (ReplicaMode, upstream), \
-                 ExecuteSPGetRevisions and ExecuteSPGetDeploymentsByUpdate1 for each revision; \
-                 stops the server if it disagrees with the topology"
+                "read-only: GetCurrentUserRole at login (stops the server on 0, no role), the \
+                 server's WSDL (stops the server if it lacks an operation or parameter the repair \
+                 sends), GetServerVersion, ExecuteSPGetConfiguration (ReplicaMode, upstream), \
+                 the update's revisions (ExecuteSPGetRevisions, or one by one where the server \
+                 lacks it) with their licence and expiry, ExecuteSPGetDeploymentsByUpdate1 for \
+                 each revision; stops the server if it disagrees with the topology, or if WSUS \
+                 would refuse the approval (expired, or a licence not accepted without \
+                 --accept-eula)"
             }
             Step::SwitchToAutonomous => {
                 "records the original mode in the journal, then ExecuteSPSetConfiguration with \
-                 the configuration row as read and ReplicaMode false, and reads it back"
+                 the configuration row as read and ReplicaMode false (the language lists empty, \
+                 the product keys as ExecuteSPGetProgramKeys reads them), and reads it back"
             }
-            Step::Decline => "ExecuteSPDeclineUpdate, failIfReplica true (IUpdate.Decline)",
+            Step::Decline => {
+                "ExecuteSPDeclineUpdate, failIfReplica true, adminName the authenticated account \
+                 (IUpdate.Decline)"
+            }
             Step::Approve => {
                 "ExecuteSPDeployUpdate1: the highest revision flagged latest, action 2 (not \
-                 approved / detect only), All Computers, the console's no-deadline value, \
-                 isAssigned true (IUpdate.Approve)"
+                 approved / detect only), All Computers, DateTime.MaxValue as the deadline (what \
+                 the API's Approve sends), isAssigned true, adminName the authenticated account \
+                 (IUpdate.Approve); with --accept-eula, ExecuteSPAcceptEula first where the \
+                 licence is not yet accepted"
             }
             Step::RestoreReplica => {
                 "ExecuteSPSetConfiguration with ReplicaMode true, read back; runs whenever \

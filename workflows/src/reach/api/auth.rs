@@ -119,8 +119,13 @@ pub(super) fn login_for(
             Ok((user.clone(), Login::Password(Box::new(ntlm))))
         }
         #[cfg(windows)]
+        // The account this process runs as, `DOMAIN\\user` as Windows sets it for the session:
+        // what IIS authenticates and what the changes' adminName says.
         Auth::Integrated => Ok((
-            "the Windows identity of this process".into(),
+            match (std::env::var("USERDOMAIN"), std::env::var("USERNAME")) {
+                (Ok(domain), Ok(user)) if !user.is_empty() => format!("{domain}\\{user}"),
+                _ => "the Windows identity of this process".into(),
+            },
             Login::Integrated(Integrated::new(&api.host).map_err(SettingsError::Ntlm)?),
         )),
         #[cfg(not(windows))]
