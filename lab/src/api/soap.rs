@@ -268,6 +268,27 @@ pub(crate) fn answer_xml(operation: &str, answer: &Answer) -> Vec<u8> {
 /// A SOAP fault as ASMX sends one: the .NET exception chain in `faultstring`, the useful message
 /// after the last `--->`.
 pub(crate) fn fault_xml(client_error: bool, exception: &str, message: &str) -> Vec<u8> {
+    fault(
+        client_error,
+        &format!(
+            "System.Web.Services.Protocols.SoapException: Server was unable to process request. ---> {exception}: {message}"
+        ),
+    )
+}
+
+/// The fault System.Web.Services answers for a SOAPAction the service does not have: a
+/// `SoapException` of its own, not one wrapped around the operation's.
+pub(crate) fn unknown_action_xml(action: &str) -> Vec<u8> {
+    fault(
+        true,
+        &format!(
+            "System.Web.Services.Protocols.SoapException: Server did not recognize the value of HTTP Header SOAPAction: {action}."
+        ),
+    )
+}
+
+/// A SOAP 1.1 fault: `soap:Client` for the caller's mistake, `soap:Server` otherwise.
+fn fault(client_error: bool, faultstring: &str) -> Vec<u8> {
     envelope(|w| {
         w.write_event(Event::Start(BytesStart::new("soap:Fault")))?;
         text_element(
@@ -279,32 +300,7 @@ pub(crate) fn fault_xml(client_error: bool, exception: &str, message: &str) -> V
                 "soap:Server"
             },
         )?;
-        text_element(
-            w,
-            "faultstring",
-            &format!(
-                "System.Web.Services.Protocols.SoapException: Server was unable to process request. ---> {exception}: {message}"
-            ),
-        )?;
-        w.write_event(Event::Start(BytesStart::new("detail")))?;
-        w.write_event(Event::End(BytesEnd::new("detail")))?;
-        w.write_event(Event::End(BytesEnd::new("soap:Fault")))
-    })
-}
-
-/// The fault System.Web.Services answers for a SOAPAction the service does not have: a
-/// `SoapException` of its own, not one wrapped around the operation's.
-pub(crate) fn unknown_action_xml(action: &str) -> Vec<u8> {
-    envelope(|w| {
-        w.write_event(Event::Start(BytesStart::new("soap:Fault")))?;
-        text_element(w, "faultcode", "soap:Client")?;
-        text_element(
-            w,
-            "faultstring",
-            &format!(
-                "System.Web.Services.Protocols.SoapException: Server did not recognize the value of HTTP Header SOAPAction: {action}."
-            ),
-        )?;
+        text_element(w, "faultstring", faultstring)?;
         w.write_event(Event::Start(BytesStart::new("detail")))?;
         w.write_event(Event::End(BytesEnd::new("detail")))?;
         w.write_event(Event::End(BytesEnd::new("soap:Fault")))
