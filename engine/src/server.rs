@@ -114,6 +114,7 @@ pub(crate) async fn run_server<W: Workflow>(
             facts: Map::new(),
             done: vec![false; steps.len()],
             attempt: 0,
+            changed: false,
         },
         open: vec![false; steps.len()],
         server,
@@ -277,14 +278,38 @@ impl<W: Workflow> ServerRun<'_, W> {
         })
     }
 
-    /// Runs every compensation whose step ran and which has not run since.
+    /// Runs every compensation whose step ran and which has not run since. A step whose effect
+    /// is unknown (its intent journaled, its answer lost, and no later read could tell) is
+    /// observed first: a switch that took effect is undone like one that answered; one that
+    /// cannot be observed leaves the run unfinished, for `resume` to observe again.
     async fn compensate(&mut self) -> Result<(), ServerStatus> {
         for c in 0..self.steps.len() {
             let StepKind::Compensate { undoes } = self.steps[c].kind else {
                 continue;
             };
-            if !self.context.done.get(undoes).copied().unwrap_or(false) || self.context.done[c] {
+            if self.context.done[c] {
                 continue;
+            }
+            if !self.context.done.get(undoes).copied().unwrap_or(false) {
+                if !self.open.get(undoes).copied().unwrap_or(false) {
+                    continue;
+                }
+                match self.observe(undoes).await {
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                    Err(e) => {
+                        let message = format!(
+                            "whether `{}` took effect is unknown ({}): `{}` did not run, and the \
+                             run stays unfinished until `resume` reads the server again",
+                            self.steps[undoes].name, e.message, self.steps[c].name
+                        );
+                        self.notes.push(message.clone());
+                        return Err(ServerStatus::CompensationFailed {
+                            step: self.steps[c].name.clone(),
+                            error: message,
+                        });
+                    }
+                }
             }
             match self.step(c).await {
                 Ok(_) => {
@@ -311,6 +336,55 @@ impl<W: Workflow> ServerRun<'_, W> {
         Ok(())
     }
 
+    /// Reads whether step `i`, whose outcome is unknown, took effect (retried as a step is, on a
+    /// new connection each time). When it did, the journal says so before anything undoes it.
+    async fn observe(&mut self, i: usize) -> Result<bool, StepError> {
+        let spec = self.steps[i].clone();
+        let mut attempt = 1u32;
+        loop {
+            self.session = None;
+            let workflow = &*self.shared.workflow;
+            let seen = async {
+                let session = open_session(&mut self.session, workflow, &self.server).await?;
+                workflow
+                    .took_effect(session, &self.server, &spec, &self.context)
+                    .await
+            }
+            .await;
+            match seen {
+                Ok(took) => {
+                    if took {
+                        self.shared
+                            .record(Record::Outcome {
+                                server: self.server.name.clone(),
+                                step: i,
+                                name: spec.name.clone(),
+                                result: StepResult::AlreadyDone,
+                                note: Some("took effect, though its answer was lost".into()),
+                                error: None,
+                                at: journal::now(),
+                            })
+                            .await?;
+                        self.context.done[i] = true;
+                        self.notes.push(format!(
+                            "{}: took effect, though its answer was lost",
+                            spec.name
+                        ));
+                    }
+                    self.open[i] = false;
+                    return Ok(took);
+                }
+                Err(e)
+                    if e.kind == ErrorKind::Transient && attempt < self.shared.retry.attempts =>
+                {
+                    tokio::time::sleep(self.shared.retry.delay(attempt, &mut self.rng)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// One step, with retries. `Ok(true)`: the workflow asked to finish the server here.
     async fn step(&mut self, i: usize) -> Result<bool, StepError> {
         let spec = self.steps[i].clone();
@@ -321,6 +395,11 @@ impl<W: Workflow> ServerRun<'_, W> {
         loop {
             let started = Instant::now();
             self.context.attempt = attempt;
+            self.context.changed = self
+                .steps
+                .iter()
+                .enumerate()
+                .any(|(j, s)| s.mutates() && (self.context.done[j] || self.open[j]));
             let span = info_span!("step", name = %spec.name, attempt);
             let result: Result<(StepHow, crate::workflow::StepOutput), StepError> = async {
                 if check_first {
@@ -422,6 +501,13 @@ impl<W: Workflow> ServerRun<'_, W> {
                     attempt += 1;
                     // A mutation may have taken effect before the error reached us.
                     check_first = mutates;
+                }
+                // A mutation that failed on the connection, not on the server's refusal, may have
+                // taken effect: its intent stays open (no outcome), for [`Self::compensate`] and
+                // `resume` to observe.
+                Err(e) if mutates && e.kind == ErrorKind::Transient => {
+                    self.open[i] = true;
+                    return Err(e);
                 }
                 Err(e) => {
                     if mutates {

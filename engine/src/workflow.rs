@@ -87,6 +87,11 @@ pub struct StepContext {
     pub done: Vec<bool>,
     /// 1 for the first try of this step.
     pub attempt: u32,
+    /// A mutating step of this attempt took effect, or may have (its intent is journaled
+    /// without an outcome): the attempt is under way, and a step that finds the work done must
+    /// not take that for "nothing to do" (a later step, such as a switch back, may be owed).
+    /// False at the start of every attempt, including one a killed run had only begun.
+    pub changed: bool,
 }
 
 /// Whether an error is worth another try.

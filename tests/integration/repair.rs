@@ -118,10 +118,15 @@ impl LabProcess {
     }
 
     /// Kills the lab with SIGKILL and starts a new one on the same state file.
-    pub(crate) fn kill_and_restart(mut self) -> LabProcess {
+    pub(crate) fn kill_and_restart(self) -> LabProcess {
+        self.kill_and_restart_with(0)
+    }
+
+    /// As [`Self::kill_and_restart`], the new lab adding `latency_ms` to every round trip.
+    pub(crate) fn kill_and_restart_with(mut self, latency_ms: u64) -> LabProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr, api) = spawn_lab(self.dir.path(), "healthy", 0, &self.extra);
+        let (child, addr, api) = spawn_lab(self.dir.path(), "healthy", latency_ms, &self.extra);
         self.child = child;
         self.addr = addr;
         self.api = api;

@@ -1,7 +1,7 @@
 //! The tool's central promise under the failures that used to break it: a replica left
 //! autonomous always has a way back through the tool, and the exit code says so.
 
-use crate::repair::{LabProcess, REPLICA_CALLS, assert_all_repaired, calls, text};
+use crate::repair::{LabProcess, assert_all_repaired, calls, text};
 
 #[test]
 fn a_replica_whose_restore_fails_keeps_the_run_unfinished_until_resume_switches_it_back() {
@@ -54,11 +54,9 @@ fn a_replica_whose_restore_fails_keeps_the_run_unfinished_until_resume_switches_
             "set-replica-mode=true"
         ]
     );
-    assert_eq!(
-        r2[5..],
-        *REPLICA_CALLS,
-        "then repaired again from its probe: {r2:?}"
-    );
+    // Its decline, approve and decline were done: once switched back it is found repaired and
+    // in its mode, and not repaired again (a new attempt starts from its probe).
+    assert_eq!(r2.len(), 5, "repaired again after its switch back: {r2:?}");
     for below in ["r2a", "r2b"] {
         assert!(
             !calls(&servers[below]).is_empty(),
@@ -382,5 +380,79 @@ fn the_warnings_say_what_happens() {
             .count(),
         1,
         "{said}"
+    );
+}
+
+/// A resume killed just after it began a finished server's new attempt: the next resume finds
+/// the server repaired and in its mode, and changes nothing more on it (issue 24: it used to
+/// decline, approve and decline again, switching a replica to autonomous once more).
+#[test]
+fn a_resume_killed_as_it_starts_a_servers_new_attempt_does_not_make_the_next_repair_it_again() {
+    let faults = "faults:\n  - { server: r2, target: set-replica-mode, nth: 2, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 3, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 4, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 5, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 6, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 7, drop: before }\n";
+    let lab = LabProcess::start("broken", faults, 0);
+    let out = lab.apply("state");
+    assert_eq!(out.status.code(), Some(4), "unfinished: {}", text(&out));
+    let runs = lab.path("state/runs");
+    let journal = || {
+        std::fs::read_dir(&runs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect::<String>()
+    };
+    // r2's new attempt begun by the resume: its `server-started` after the `resumed` record.
+    let begun = |text: &str| {
+        text.split("\"record\":\"resumed\"")
+            .nth(1)
+            .is_some_and(|after| after.contains("\"record\":\"server-started\",\"server\":\"r2\""))
+    };
+
+    // 300 ms per round trip: the resume is killed once it has begun r2's new attempt, long
+    // before that attempt's probe answers.
+    std::fs::write(lab.path("faults.yaml"), "faults: []\n").expect("faults cleared");
+    let lab = lab.kill_and_restart_with(300);
+    let mut resume = lab
+        .command(&["resume", "--state-dir", "state"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("resume starts");
+    for _ in 0..10_000 {
+        if begun(&journal()) || matches!(resume.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = resume.kill();
+    let _ = resume.wait();
+    let after_kill = journal();
+    assert!(
+        begun(&after_kill),
+        "the resume never began r2's new attempt: {after_kill}"
+    );
+    let tail = after_kill
+        .split("\"record\":\"server-started\",\"server\":\"r2\"")
+        .last()
+        .unwrap_or_default();
+    assert!(
+        !tail.contains("\"server\":\"r2\""),
+        "the kill came after r2's new attempt did more: {after_kill}"
+    );
+
+    let resumed = lab.run(&["resume", "--state-dir", "state"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    let servers = lab.servers();
+    assert_all_repaired(&servers);
+    assert_eq!(
+        calls(&servers["r2"]),
+        [
+            "set-replica-mode=false",
+            "spDeclineUpdate",
+            "spDeployUpdate",
+            "spDeclineUpdate",
+            "set-replica-mode=true"
+        ],
+        "r2 was repaired again"
     );
 }

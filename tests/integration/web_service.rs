@@ -352,3 +352,80 @@ fn a_site_offering_only_negotiate_is_logged_in_to_with_ntlm_inside_it() {
     assert_all_repaired(&servers);
     assert_eq!(calls(&servers["r1a"]), API_REPLICA_CALLS);
 }
+
+/// A switch whose answer was lost, and after it the reads that could tell: the replica must not
+/// be left autonomous. Faults on both transports: the switch takes effect and its answer is
+/// dropped, then the next logins are dropped (issue 24).
+#[test]
+fn a_switch_that_took_effect_with_its_answer_lost_is_observed_and_undone_on_both_transports() {
+    // The retries' logins fail, the observation after them succeeds: undone in the same run.
+    let faults = "\
+faults:
+  - { server: r1a, target: ExecuteSPSetConfiguration, nth: 1, drop: after }
+  - { server: r1a, target: GetCurrentUserRole, nth: 2, drop: before }
+  - { server: r1a, target: GetCurrentUserRole, nth: 3, drop: before }
+  - { server: r2, target: set-replica-mode, nth: 1, drop: after }
+  - { server: r2, target: login, nth: 2, drop: before }
+  - { server: r2, target: login, nth: 3, drop: before }
+";
+    let lab = mixed_lab("broken", faults, 0);
+    let out = lab.apply("state");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("undone      r1a: restore-replica ran after the failure"),
+        "{}",
+        text(&out)
+    );
+    let journal = std::fs::read_dir(lab.path("state/runs"))
+        .expect("journals")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert_eq!(
+        journal
+            .matches(
+                "\"result\":\"already-done\",\"note\":\"took effect, though its answer was lost\""
+            )
+            .count(),
+        2,
+        "{journal}"
+    );
+    let servers = lab.servers();
+    for name in ["r1a", "r2"] {
+        assert_eq!(
+            servers[name]["replica_mode"],
+            true,
+            "{name} was left autonomous: {}",
+            text(&out)
+        );
+    }
+    // The next apply of the same state directory finishes them.
+    let again = lab.apply("state");
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert_all_repaired(&lab.servers());
+
+    // The observation fails too: the run is unfinished (exit 4), and resume finishes it.
+    let faults = "\
+faults:
+  - { server: r1a, target: ExecuteSPSetConfiguration, nth: 1, drop: after }
+  - { server: r1a, target: GetCurrentUserRole, nth: 2, drop: before }
+  - { server: r1a, target: GetCurrentUserRole, nth: 3, drop: before }
+  - { server: r1a, target: GetCurrentUserRole, nth: 4, drop: before }
+  - { server: r1a, target: GetCurrentUserRole, nth: 5, drop: before }
+  - { server: r1a, target: GetCurrentUserRole, nth: 6, drop: before }
+";
+    let lab = mixed_lab("broken", faults, 0);
+    let out = lab.apply("state");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("the run is unfinished: r1a not switched back yet"),
+        "{}",
+        text(&out)
+    );
+    let resumed = lab.run(&["resume", "--state-dir", "state"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    let servers = lab.servers();
+    assert_all_repaired(&servers);
+    let verify = lab.run(&["verify", "hierarchy.yaml"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+}

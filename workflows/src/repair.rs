@@ -258,7 +258,9 @@ impl Workflow for Repair {
                     )));
                 }
                 let observed = self.probe(c).await?;
-                let mid_repair = context.facts.contains_key(facts::ORIGINAL_MODE);
+                // Under way in this attempt (a resumed one): the server may be switched, or found
+                // declined by this attempt's own first decline, and the procedure goes on.
+                let mid_repair = context.changed;
                 let wrong = mismatches(server, &observed, mid_repair);
                 if !wrong.is_empty() {
                     return Err(StepError::permanent(format!(

@@ -791,6 +791,21 @@ impl WsusServer for ApiSession {
         revision: i32,
         _admin: &str,
     ) -> Result<(), ServerError> {
+        // ExecuteSPDeployUpdate1 has no failIfReplica (W1), unlike ExecuteSPDeclineUpdate and
+        // SUSDB's spDeployUpdate: the mode is read first, so that an approval never lands on a
+        // server that is (again) a replica, whose next sync would copy over it, whatever the
+        // journal says of the switch before it (a resumed run, an administrator's change).
+        let row = self.configuration().await?;
+        if row
+            .iter()
+            .any(|e| e.name == "ReplicaMode" && matches!(e.text.trim(), "true" | "1"))
+        {
+            return Err(ServerError::permanent(format!(
+                "{} is in replica mode: no approval is sent to a replica (ExecuteSPDeployUpdate1 \
+                 has no failIfReplica); nothing was changed by this step",
+                self.server
+            )));
+        }
         let admin = self.user.clone();
         self.call(
             "ExecuteSPDeployUpdate1",
