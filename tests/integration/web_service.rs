@@ -429,3 +429,79 @@ faults:
     let verify = lab.run(&["verify", "hierarchy.yaml"]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
 }
+
+/// An apply killed after r1a's first decline; an administrator then puts r1a back in replica
+/// mode; `resume` must not send it an approval, whatever the journal says of its switch:
+/// `ExecuteSPDeployUpdate1` has no failIfReplica, so the mode is read first (issue 24).
+#[test]
+fn resume_reads_a_servers_mode_before_approving_whatever_the_journal_says() {
+    let lab = mixed_lab("broken", "faults: []\n", 300);
+    let runs = lab.path("state/runs");
+    let journal = || {
+        std::fs::read_dir(&runs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect::<String>()
+    };
+    let declined = "\"server\":\"r1a\",\"step\":2,\"name\":\"decline\",\"result\":\"done\"";
+    let mut apply = lab
+        .command(&[
+            "apply",
+            "hierarchy.yaml",
+            "--yes",
+            "--state-dir",
+            "state",
+            "--only",
+            "r1a",
+            "--allow-partial",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("apply starts");
+    for _ in 0..20_000 {
+        if journal().contains(declined) || matches!(apply.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = apply.kill();
+    let _ = apply.wait();
+    assert!(journal().contains(declined), "{}", journal());
+    assert_eq!(
+        calls(&lab.servers()["r1a"]),
+        ["ExecuteSPSetConfiguration", "ExecuteSPDeclineUpdate"],
+        "the kill did not land between the decline and the approval"
+    );
+
+    // The administrator's change: r1a is a replica again.
+    // (A lab writes its state only after a change, and none comes now; SIGKILL writes nothing.)
+    let state = lab.path("lab-state.json");
+    let mut held: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).expect("state")).expect("JSON");
+    held["servers"]["r1a"]["replica_mode"] = Value::Bool(true);
+    std::fs::write(&state, held.to_string()).expect("state written");
+    let lab = lab.kill_and_restart_with(0);
+    assert_eq!(lab.servers()["r1a"]["replica_mode"], true);
+
+    let resumed = lab.run(&["resume", "--state-dir", "state"]);
+    assert!(
+        text(&resumed).contains("r1a is in replica mode: no approval is sent to a replica"),
+        "{}",
+        text(&resumed)
+    );
+    let servers = lab.servers();
+    let sent: Vec<&str> = servers["r1a"]["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .filter_map(|c| c["procedure"].as_str())
+        .collect();
+    assert!(
+        !sent.contains(&"ExecuteSPDeployUpdate1"),
+        "an approval was sent to a replica: {sent:?}"
+    );
+    assert_eq!(servers["r1a"]["replica_mode"], true);
+}
