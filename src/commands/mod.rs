@@ -393,12 +393,13 @@ async fn run_engine(
         Duration::from_millis(run.lock_check_ms),
         interrupts.stop.clone(),
     );
+    let tops = Arc::new(tops_of(&topology, &selection));
     let repair = Repair {
         update: topology.update().to_string(),
         connect: options,
         admin: admin_name(),
-        locked_tops: Some(Arc::clone(&watched.held)),
-        tops: Arc::new(tops_of(&topology, &selection)),
+        lock: Some(watched.view()),
+        tops: Arc::clone(&tops),
         accept_licence: run.accept_eula,
     };
     let engine_options = RunOptions {
@@ -437,8 +438,41 @@ async fn run_engine(
             "error: lost the hierarchy lock on top server {top} ({why}): no further server was started, steps in flight finished and compensated"
         ));
     }
+    // A lock lost and taken again leaves a window in which another run may have changed the
+    // tree: a server of it that the probe found already repaired may be that run's work, so the
+    // run does not say it succeeded.
+    let retaken_tops: Vec<String> = watched
+        .retaken
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(top, _)| top.clone())
+        .collect();
     drop(watched);
-    result.map_err(|e| engine_failure(e, &resume_with))
+    let mut report = result.map_err(|e| engine_failure(e, &resume_with))?;
+    if !retaken_tops.is_empty() {
+        let found_done: Vec<&str> = report
+            .servers
+            .iter()
+            .filter(|s| tops.get(&s.name).is_some_and(|t| retaken_tops.contains(t)))
+            .filter(|s| {
+                s.notes
+                    .iter()
+                    .any(|n| n.contains("already declined and consistent"))
+            })
+            .map(|s| s.name.as_str())
+            .collect();
+        if !found_done.is_empty() && report.outcome == RunOutcome::Succeeded {
+            report::say(&format!(
+                "error: the hierarchy lock was lost and taken again during the run, and {} found \
+                 already repaired: another run may have changed them meanwhile; check with \
+                 `wsus-reset verify` and the other run's journal",
+                found_done.join(", ")
+            ));
+            report.outcome = RunOutcome::Failed;
+        }
+    }
+    Ok(report)
 }
 
 /// An engine error as an exit code and text; `resume` is the exact command that finishes an

@@ -456,3 +456,44 @@ fn a_resume_killed_as_it_starts_a_servers_new_attempt_does_not_make_the_next_rep
         "r2 was repaired again"
     );
 }
+
+/// The lock is checked before each server's first change, not only every `--lock-check-ms`:
+/// with the interval out of reach, a lock lost while the second server ran stops the run
+/// before the third changes anything (issue 24: a run that lost its lock went on for 30 s).
+#[test]
+fn a_lost_lock_is_noticed_before_the_next_server_not_an_interval_later() {
+    // The third check (the third server's) finds the lock's connection gone, and the lock
+    // cannot be taken again.
+    let faults = "faults:\n  - { server: hq, target: applock-held, nth: 3, drop: before }\n  - { server: hq, target: sp_getapplock, nth: 2, error: 50000 }\n";
+    let lab = LabProcess::start("broken", faults, 5);
+    let out = lab.run(&[
+        "apply",
+        "hierarchy.yaml",
+        "--yes",
+        "--state-dir",
+        "state",
+        "--parallel",
+        "1",
+        "--lock-check-ms",
+        "600000",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("lost the hierarchy lock on top server hq"),
+        "{}",
+        text(&out)
+    );
+    let servers = lab.servers();
+    let changed: Vec<&String> = servers
+        .iter()
+        .filter(|(_, s)| !calls(s).is_empty())
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(changed.len(), 2, "changed after the loss: {changed:?}");
+    for name in ["r1a", "r2", "r2a"] {
+        assert_eq!(
+            servers[name]["replica_mode"], true,
+            "{name} left autonomous"
+        );
+    }
+}

@@ -78,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..ConnectOptions::default()
             },
             admin: "bench".into(),
-            locked_tops: None,
+            lock: None,
             tops: Arc::new(tops_of(&topology, &selection)),
             accept_licence: false,
         };

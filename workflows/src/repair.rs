@@ -9,7 +9,7 @@ use engine::{StepContext, StepError, StepOutput, StepSpec, Workflow};
 use topology::{Mode, Server};
 
 use crate::kb954960::{Step, steps_for};
-use crate::reach::sql::applock::Held;
+use crate::reach::sql::applock::LockView;
 use crate::reach::{self, ConnectOptions, Observed, ServerError, Session, UpdateState, WsusServer};
 
 /// The facts the probe journals before the first change: what undo and resume rely on.
@@ -128,10 +128,10 @@ pub struct Repair {
     pub connect: ConnectOptions,
     /// Written to the approvals' `@adminName` (the operator, for WSUS's own audit).
     pub admin: String,
-    /// Top servers whose hierarchy applock this process holds right now (kept up to date by the
-    /// lock's watch). A server whose top is not in it refuses to start: two operators never
-    /// repair one hierarchy at once.
-    pub locked_tops: Option<Held>,
+    /// The hierarchy locks this process holds, watched: a server whose top is not held refuses
+    /// to start, and each server waits for a check of its top's lock begun no earlier than its
+    /// own start: two operators never repair one hierarchy at once.
+    pub lock: Option<LockView>,
     /// The server's top server, by name (for the applock check).
     pub tops: Arc<std::collections::HashMap<String, String>>,
     /// `--accept-eula`: accept the update's licence where WSUS requires it before the approval
@@ -198,22 +198,38 @@ impl Repair {
         .await
     }
 
-    fn lock_check(&self, server: &Server) -> Result<(), StepError> {
-        let Some(locked) = &self.locked_tops else {
-            return Ok(());
+    /// Before the server's first change: its top's lock, as a check begun no earlier than now
+    /// found it. `Ok(Some(note))` when that lock was lost and taken again during the run (said
+    /// in the server's journal record and the summary: another run may have changed servers of
+    /// its tree meanwhile).
+    async fn lock_check(&self, server: &Server) -> Result<Option<String>, StepError> {
+        let Some(lock) = &self.lock else {
+            return Ok(None);
         };
+        lock.check.fresh(std::time::Instant::now()).await;
         let top = self.tops.get(&server.name).unwrap_or(&server.name);
-        let held = locked
+        let held = lock
+            .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains(top);
-        if held {
-            Ok(())
-        } else {
-            Err(StepError::permanent(format!(
-                "the hierarchy lock (sp_getapplock on top server {top}) is not held: nothing is changed below a top server this run could not lock"
-            )))
+        if !held {
+            return Err(StepError::permanent(format!(
+                "the hierarchy lock (sp_getapplock on top server {top}) is not held: nothing is changed below a top server this run could not lock, or lost the lock of"
+            )));
         }
+        let retaken = lock
+            .retaken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|(t, _)| t == top);
+        Ok(retaken.then(|| {
+            format!(
+                "the hierarchy lock on {top} was lost and taken again during this run: another \
+                 run may have changed servers of its tree meanwhile"
+            )
+        }))
     }
 }
 
@@ -249,7 +265,7 @@ impl Workflow for Repair {
         let limit = self.connect.command_timeout;
         match step_of(spec)? {
             Step::Probe => {
-                self.lock_check(server)?;
+                let lock_note = self.lock_check(server).await?;
                 let differences = timed(limit, "the pre-flight read", c.refusals()).await?;
                 if !differences.is_empty() {
                     return Err(StepError::permanent(format!(
@@ -303,6 +319,12 @@ impl Workflow for Repair {
                             .with_fact(facts::OBSERVED, verdict.summary());
                     }
                     (_, None) => {}
+                }
+                if let Some(lock_note) = lock_note {
+                    output.note = Some(match output.note.take() {
+                        Some(note) => format!("{note}; {lock_note}"),
+                        None => lock_note,
+                    });
                 }
                 Ok(output)
             }

@@ -7,6 +7,10 @@
 //! under idle timeouts each lock connection asks whether it still holds the lock
 //! (`APPLOCK_MODE`, which also keeps it busy); a lock found lost is taken again at once on a new
 //! connection; one that cannot be taken again stops the run from starting any further server.
+//! Besides the interval, every server asks for a check before its first change
+//! ([`LockCheck::fresh`]): it starts only on a check begun no earlier than itself, so a lost lock
+//! is noticed before the next server, not an interval later. Servers that start while a check
+//! runs share the next one: one round of queries serves every server started in that moment.
 //!
 //! A top server reached through its web service has no such lock: ApiRemoting30 offers no lock
 //! operation, and the tool creates no server-side object to stand in for one. Its tree is
@@ -17,7 +21,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use topology::{Selection, ServerId, Topology};
@@ -51,7 +55,54 @@ pub struct WatchedLock {
     pub lost: Arc<Mutex<Vec<(String, String)>>>,
     /// Locks lost and taken again, by top server, for the report.
     pub retaken: Arc<Mutex<Vec<(String, String)>>>,
+    /// Asks for a check now ([`LockCheck::fresh`]).
+    pub check: LockCheck,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the workflow sees of a watched lock: which tops are held, a check on demand, and which
+/// locks were lost and taken again.
+#[derive(Debug, Clone)]
+pub struct LockView {
+    pub held: Held,
+    pub check: LockCheck,
+    pub retaken: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl WatchedLock {
+    pub fn view(&self) -> LockView {
+        LockView {
+            held: Arc::clone(&self.held),
+            check: self.check.clone(),
+            retaken: Arc::clone(&self.retaken),
+        }
+    }
+}
+
+/// A way to have the held locks checked now, shared with the workflow.
+#[derive(Debug, Clone)]
+pub struct LockCheck {
+    request: Arc<tokio::sync::Notify>,
+    /// When the last completed round of checks began; `None` once nothing is watched.
+    checked: tokio::sync::watch::Receiver<Option<Instant>>,
+}
+
+impl LockCheck {
+    /// Returns once a round of checks begun at or after `since` has completed (at once when no
+    /// lock is watched): `held` then says what that round found.
+    pub async fn fresh(&self, since: Instant) {
+        let mut checked = self.checked.clone();
+        loop {
+            match *checked.borrow_and_update() {
+                Some(at) if at < since => {}
+                _ => return,
+            }
+            self.request.notify_one();
+            if checked.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 impl Drop for WatchedLock {
@@ -180,12 +231,23 @@ impl HierarchyLock {
             options.clone(),
         );
         let mut connections = self.connections;
+        let request = Arc::new(tokio::sync::Notify::new());
+        let (checked_tx, checked) =
+            tokio::sync::watch::channel((!connections.is_empty()).then(|| {
+                let now = Instant::now();
+                now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+            }));
+        let asked = Arc::clone(&request);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             while !connections.is_empty() {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = asked.notified() => {}
+                }
+                let began = Instant::now();
                 let mut kept = Vec::with_capacity(connections.len());
                 for (name, mut c) in connections {
                     let check =
@@ -225,12 +287,16 @@ impl HierarchyLock {
                     }
                 }
                 connections = kept;
+                let _ = checked_tx.send(Some(began));
             }
+            // Nothing left to watch: every waiting server reads `held` as it is.
+            let _ = checked_tx.send(None);
         });
         WatchedLock {
             held,
             lost,
             retaken,
+            check: LockCheck { request, checked },
             task,
         }
     }
