@@ -9,8 +9,10 @@
 //!     cargo run --release --example gen_hierarchy -- 1000 4 api > /tmp/h1000api.yaml
 //!     cargo run --release -p workflows --example repair_bench -- /tmp/h1000api.yaml 2 64
 //!
-//! Arguments: the topology, the lab's latency per round trip in ms, then one or more `--parallel`
-//! values, each run side by side on a fresh lab.
+//! Arguments: the topology, the lab's latency per round trip in ms, optionally `lock` (the run
+//! takes and watches the hierarchy lock as `apply` does, each server waiting for a check of it
+//! before its first change), then one or more `--parallel` values, each run side by side on a
+//! fresh lab.
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
@@ -25,13 +27,17 @@ use tokio_util::sync::CancellationToken;
 use topology::{SelectOptions, Topology};
 use workflows::Repair;
 use workflows::reach::ConnectOptions;
-use workflows::reach::sql::applock::tops_of;
+use workflows::reach::sql::applock::{HierarchyLock, tops_of};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [path, latency, parallels @ ..] = args.as_slice() else {
-        return Err("usage: repair_bench TOPOLOGY LATENCY_MS PARALLEL...".into());
+        return Err("usage: repair_bench TOPOLOGY LATENCY_MS [lock] PARALLEL...".into());
+    };
+    let (locked, parallels) = match parallels {
+        [first, rest @ ..] if first == "lock" => (true, rest),
+        all => (false, all),
     };
     let topology = Arc::new(Topology::load(Path::new(path))?);
     let latency = Duration::from_millis(latency.parse()?);
@@ -68,17 +74,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (serving, token) = (lab.clone(), stop.clone());
         tokio::spawn(async move { serving.serve_api(api_listener, token).await });
         let state = tempfile::tempdir()?;
+        let connect = ConnectOptions {
+            connect_via: Some(addr),
+            lab_login: Some(login.clone()),
+            api_via: Some(api_addr),
+            lab_windows_login: Some(windows_login.clone()),
+            ..ConnectOptions::default()
+        };
+        let watched = if locked {
+            let lock = HierarchyLock::acquire(&topology, &selection, &connect)
+                .await
+                .map_err(|e| e.to_string())?;
+            Some(lock.watch(
+                &topology,
+                &connect,
+                Duration::from_secs(30),
+                CancellationToken::new(),
+            ))
+        } else {
+            None
+        };
         let repair = Repair {
             update: topology.update().to_string(),
-            connect: ConnectOptions {
-                connect_via: Some(addr),
-                lab_login: Some(login.clone()),
-                api_via: Some(api_addr),
-                lab_windows_login: Some(windows_login.clone()),
-                ..ConnectOptions::default()
-            },
+            connect,
             admin: "bench".into(),
-            lock: None,
+            lock: watched.as_ref().map(|w| w.view()),
             tops: Arc::new(tops_of(&topology, &selection)),
             accept_licence: false,
         };
@@ -92,6 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .apply(&selection, Interrupts::default())
             .await?;
         let makespan = started.elapsed();
+        drop(watched);
         stop.cancel();
         let _ = server.await;
         if report.outcome != RunOutcome::Succeeded {
