@@ -59,3 +59,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The fuzz target is not run here (see fuzz/README.md), but it must keep compiling.
 cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 cargo test --workspace --locked
+# A slice of the soak (scripts/soak.sh): 50 interrupted applies on a mixed hierarchy, each
+# resumed and verified, seeded by the commit so that a failure replays with the same seed.
+scripts/soak.sh 50 "$((16#$(git rev-parse --short=7 HEAD 2>/dev/null || echo 5eed)))"
