@@ -147,6 +147,8 @@ fn status_words(status: &ServerStatus) -> (String, Option<String>) {
 }
 
 /// The width of a SERVER column.
+pub use workflows::text::{markdown_cell, printable};
+
 fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
     names.map(str::len).max().unwrap_or(0).max("SERVER".len())
 }

@@ -67,9 +67,10 @@ fn plain(file: &str, found: &[Difference], servers: usize) -> String {
             "{file} agrees with the servers: {servers} servers found from its top servers, none missing, none stale, none disagreeing\n"
         );
     }
+    let name = |n: &str| crate::report::printable(n, 120);
     let width = found
         .iter()
-        .map(|d| d.server.len())
+        .map(|d| name(&d.server).chars().count())
         .max()
         .unwrap_or(6)
         .max(6);
@@ -81,8 +82,8 @@ fn plain(file: &str, found: &[Difference], servers: usize) -> String {
         text.push_str(&format!(
             "  {:<12}  {:<width$}  {}\n",
             kind(d),
-            d.server,
-            d.evidence
+            name(&d.server),
+            crate::report::printable(&d.evidence, 600)
         ));
     }
     text
@@ -103,8 +104,8 @@ fn markdown(file: &str, found: &[Difference], servers: usize) -> String {
         text.push_str(&format!(
             "| {} | {} | {} |\n",
             kind(d),
-            d.server,
-            d.evidence.replace('|', "\\|")
+            crate::report::markdown_cell(&d.server, 120),
+            crate::report::markdown_cell(&d.evidence, 600)
         ));
     }
     text

@@ -80,11 +80,14 @@ pub(crate) fn run(
     })
 }
 
+/// The found servers for a terminal: names and errors as the servers sent them, made printable
+/// ([`report::printable`]): a registered name is whatever a server recorded.
 fn table(discovery: &Discovery, out_path: &Path) -> String {
+    let name = |n: &str| crate::report::printable(n, 120);
     let width = discovery
         .servers
         .iter()
-        .map(|f| f.name.len())
+        .map(|f| name(&f.name).chars().count())
         .max()
         .unwrap_or(6)
         .max(6);
@@ -94,14 +97,14 @@ fn table(discovery: &Discovery, out_path: &Path) -> String {
     );
     for f in &discovery.servers {
         let found = match (&f.error, f.in_file) {
-            (Some(e), _) => format!("UNREACHABLE: {e}"),
+            (Some(e), _) => format!("UNREACHABLE: {}", crate::report::printable(e, 400)),
             (None, true) => "in the seed".to_string(),
             (None, false) => format!("NEW: {}", f.verdict().unwrap_or_default()),
         };
         text.push_str(&format!(
             "{:<width$}  {:<width$}  {:<10}  {found}\n",
-            f.name,
-            f.upstream.as_deref().unwrap_or("-"),
+            name(&f.name),
+            name(f.upstream.as_deref().unwrap_or("-")),
             f.mode().as_str(),
         ));
     }

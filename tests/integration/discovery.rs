@@ -195,3 +195,40 @@ fn diff_names_exactly_the_missing_stale_unregistered_and_disagreeing_servers() {
         );
     }
 }
+
+/// A registered name is whatever a server recorded: one carrying terminal commands (an OSC
+/// title, BEL, a clear-screen CSI) and a Markdown pipe reaches neither the terminal nor the table
+/// as such, in `discover`'s table or `diff`'s text and Markdown (issue 24).
+#[test]
+fn hostile_registered_names_are_printed_escaped_in_discover_and_diff() {
+    let hostile = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J|x";
+    let lab = LabProcess::start_extra(
+        TOPOLOGY,
+        "broken",
+        "faults: []\n",
+        0,
+        &["--stale", &format!("{hostile}@r2")],
+    );
+    let discovered = lab.run(&["discover", "hierarchy.yaml", "--out", "found.yaml"]);
+    let diff_text = lab.run(&["diff", "hierarchy.yaml"]);
+    let diff_markdown = lab.run(&["diff", "hierarchy.yaml", "--format", "markdown"]);
+    for (what, out) in [
+        ("discover", &discovered),
+        ("diff", &diff_text),
+        ("diff --format markdown", &diff_markdown),
+    ] {
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("evil"),
+            "{what} does not name the server: {}",
+            text(out)
+        );
+        assert!(
+            !said.contains('\u{1b}') && !said.contains('\u{7}'),
+            "{what} printed a terminal command: {said:?}"
+        );
+        assert!(said.contains("\\u{1b}]0;pwned\\u{7}"), "{what}: {said:?}");
+    }
+    let markdown = String::from_utf8_lossy(&diff_markdown.stdout);
+    assert!(markdown.contains("[2J\\|x"), "{markdown}");
+}

@@ -846,3 +846,32 @@ fn a_windows_login_logs_in_over_ntlm_and_a_wrong_password_fails_that_server_only
     assert_all_repaired(&servers);
     assert_eq!(calls(&servers["r2"]), REPLICA_CALLS);
 }
+
+/// A plan edited by hand is refused with what it says shown escaped and cut, in the tool's own
+/// words (issue 24: a 10,187-character value with ESC came back whole, and `Some("top")`).
+#[test]
+fn a_hand_edited_plan_is_refused_with_its_values_escaped_and_cut() {
+    let lab = LabProcess::start("broken", "faults: []\n", 0);
+    let plan = lab.run(&["plan", "hierarchy.yaml", "--out", "plan.json"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let mut saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.path("plan.json")).expect("plan"))
+            .expect("JSON");
+    let edited = format!("top\u{1b}]0;x\u{7}{}", "y".repeat(10_000));
+    saved["servers"][1]["upstream"] = Value::String(edited);
+    std::fs::write(lab.path("plan.json"), saved.to_string()).expect("written");
+    let out = lab.run(&["apply", "plan.json", "--yes", "--state-dir", "state"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("upstream: the plan says top\\u{1b}]0;x\\u{7}"),
+        "{said}"
+    );
+    assert!(said.contains("more characters)"), "{said}");
+    assert!(said.len() < 2_000, "{} bytes: {said}", said.len());
+    assert!(
+        !said.contains('\u{1b}') && !said.contains("Some("),
+        "{said}"
+    );
+    assert!(lab.servers().values().all(|s| calls(s).is_empty()));
+}

@@ -3,7 +3,7 @@
 //! SUSDB over TDS and the administration web service ([`reach`]), the engine workflow
 //! ([`repair`]), the read-only survey of many servers at once ([`survey`]) behind `plan --online`
 //! and `verify`, discovery of a hierarchy from its servers ([`discover`]), and whether each server
-//! still needs the KB's hotfix ([`hotfix`]).
+//! still needs the KB's hotfix ([`hotfix`]); text from servers made safe to show ([`text`]).
 
 pub mod discover;
 pub mod export;
@@ -13,6 +13,7 @@ pub mod plan;
 pub mod reach;
 pub mod repair;
 pub mod survey;
+pub mod text;
 
 pub use kb954960::{Step, steps_for};
 pub use plan::{PLAN_VERSION, Plan, PlannedServer};

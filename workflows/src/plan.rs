@@ -199,10 +199,21 @@ impl Plan {
     /// empty when `apply` would do exactly what this plan says.
     pub fn differences(&self, expected: &Plan) -> Vec<String> {
         let mut out = Vec::new();
+        // A saved plan may have been edited by hand: what it says is shown escaped and cut.
         let mut field = |what: &str, saved: String, now: String| {
             if saved != now {
-                out.push(format!("{what}: the plan says {saved}, now {now}"));
+                out.push(format!(
+                    "{}: the plan says {}, now {}",
+                    crate::text::printable(what, 160),
+                    crate::text::printable(&saved, 120),
+                    crate::text::printable(&now, 120)
+                ));
             }
+        };
+        let upstream = |s: &PlannedServer| {
+            s.upstream
+                .clone()
+                .unwrap_or_else(|| "none (a top server)".into())
         };
         field("update", self.update.clone(), expected.update.clone());
         field(
@@ -243,11 +254,7 @@ impl Plan {
                 saved.mode.to_string(),
                 now.mode.to_string(),
             );
-            field(
-                &format!("{name} upstream"),
-                format!("{:?}", saved.upstream),
-                format!("{:?}", now.upstream),
-            );
+            field(&format!("{name} upstream"), upstream(saved), upstream(now));
             field(
                 &format!("{name} reached"),
                 saved.via.clone(),
