@@ -14,8 +14,7 @@ pub(crate) fn run(
     out: &mut impl Write,
 ) -> Result<u8, Failure> {
     let topology = Topology::load(file)?;
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Failure::BadInput(format!("error: {}: {e}", file.display())))?;
+    let text = super::discover::read_text(file)?;
     let seed = super::discover::seed_of(file, text)?;
     let selection = select_all(&topology)?;
     let options = connect_for(&topology, &selection, conn)?;

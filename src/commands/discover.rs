@@ -18,8 +18,7 @@ pub(crate) fn run(
             out_path.display()
         )));
     }
-    let seed_text = std::fs::read_to_string(seed)
-        .map_err(|e| Failure::BadInput(format!("error: {}: {e}", seed.display())))?;
+    let seed_text = read_text(seed)?;
     let same_dir = |p: &Path| {
         std::fs::canonicalize(p)
             .ok()
@@ -116,6 +115,19 @@ fn table(discovery: &Discovery, out_path: &Path) -> String {
         out_path.display()
     ));
     text
+}
+
+/// A topology file's text as `Topology::load` reads it: UTF-8, or UTF-16 with a byte order mark
+/// (what PowerShell 5's `>` writes); what it appends is written as UTF-8.
+pub(crate) fn read_text(path: &Path) -> Result<String, Failure> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure::BadInput(format!("error: {}: {e}", path.display())))?;
+    topology::decode_text(&bytes).ok_or_else(|| {
+        Failure::BadInput(format!(
+            "error: {} is not text: save it as UTF-8 (or UTF-16 with a byte order mark)",
+            path.display()
+        ))
+    })
 }
 
 /// The file as a seed found servers can be appended to.

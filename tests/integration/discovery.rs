@@ -232,3 +232,22 @@ fn hostile_registered_names_are_printed_escaped_in_discover_and_diff() {
     let markdown = String::from_utf8_lossy(&diff_markdown.stdout);
     assert!(markdown.contains("[2J\\|x"), "{markdown}");
 }
+
+/// A seed saved by PowerShell 5 (`>` or `Out-File`: UTF-16LE with a byte order mark, CRLF) is
+/// read as `validate` reads it, and what `discover` writes validates and holds every server
+/// (issue 24: it was refused as not UTF-8).
+#[test]
+fn discover_and_diff_read_a_seed_saved_as_utf16_by_powershell() {
+    let lab = LabProcess::start_with(TOPOLOGY, "broken", "faults: []\n", 0);
+    let mut bytes = vec![0xFF, 0xFE];
+    for unit in only_the_top(TOPOLOGY).replace('\n', "\r\n").encode_utf16() {
+        bytes.extend(unit.to_le_bytes());
+    }
+    std::fs::write(lab.path("seed.yaml"), bytes).expect("seed");
+    let out = lab.run(&["discover", "seed.yaml", "--out", "found.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(shape(&lab, "found.yaml").len(), 5, "{}", text(&out));
+    let diff = lab.run(&["diff", "seed.yaml"]);
+    assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
+    assert!(text(&diff).contains("MISSING"), "{}", text(&diff));
+}

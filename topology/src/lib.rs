@@ -155,7 +155,7 @@ impl Topology {
 
     /// Validates a topology given as bytes; `file` is the name used in messages and the plan.
     pub fn from_bytes(file: &str, bytes: &[u8]) -> Result<Topology, LoadError> {
-        let text = decode(bytes).ok_or_else(|| LoadError::NotText {
+        let text = decode_text(bytes).ok_or_else(|| LoadError::NotText {
             path: file.to_string(),
         })?;
         let fingerprint = fingerprint(bytes);
@@ -217,8 +217,9 @@ pub fn fingerprint(bytes: &[u8]) -> String {
     out
 }
 
-/// UTF-8 (with or without a BOM) or UTF-16 with a BOM, as Windows editors save.
-fn decode(bytes: &[u8]) -> Option<String> {
+/// UTF-8 (with or without a BOM) or UTF-16 with a BOM, as Windows editors save (PowerShell 5's
+/// `>` and `Out-File` write UTF-16LE with a BOM); `None` for anything else.
+pub fn decode_text(bytes: &[u8]) -> Option<String> {
     let utf16 = |bom_le: bool| {
         let units: Vec<u16> = bytes[2..]
             .chunks(2)
