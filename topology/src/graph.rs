@@ -61,10 +61,7 @@ impl Topology {
             }
         }
         let mut order: Vec<usize> = (0..n).collect();
-        let keys: Vec<String> = servers
-            .iter()
-            .map(|s| s.name.to_ascii_lowercase())
-            .collect();
+        let keys: Vec<String> = servers.iter().map(|s| name_key(&s.name)).collect();
         order.sort_unstable_by(|&a, &b| {
             (depth[a], &keys[a], &servers[a].name).cmp(&(depth[b], &keys[b], &servers[b].name))
         });
@@ -164,7 +161,7 @@ impl Topology {
 
     /// The server of that name, ignoring case.
     pub fn find(&self, name: &str) -> Option<ServerId> {
-        self.by_name.get(&name.to_ascii_lowercase()).copied()
+        self.by_name.get(&name_key(name)).copied()
     }
 
     /// The graph: node `i` is `ServerId(i)`, edges go upstream -> downstream.
@@ -241,4 +238,10 @@ fn relative_to(
     {
         *file = dir.join(&*file);
     }
+}
+
+/// How server names compare: DNS names, so ignoring case and a trailing dot (`wsus-a.` is the
+/// absolute form of `wsus-a`, one server).
+pub(crate) fn name_key(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }

@@ -136,7 +136,7 @@ fn check_servers(
                 ),
             );
         }
-        match by_name.entry(name.value.to_ascii_lowercase()) {
+        match by_name.entry(crate::graph::name_key(&name.value)) {
             Entry::Occupied(first) => {
                 let first_span = servers[*first.get()]
                     .name
@@ -149,7 +149,7 @@ fn check_servers(
                         path(i, "name"),
                     )
                     .related(first_span, "first defined here")
-                    .help("server names are DNS names, unique ignoring case: rename or remove one"),
+                    .help("server names are DNS names, unique ignoring case and a trailing dot: rename or remove one"),
                 );
             }
             Entry::Vacant(slot) => {
@@ -331,7 +331,7 @@ fn resolve_upstream(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<usize> {
     let field = || format!("servers[{i}].upstream");
-    match by_name.get(&up.value.to_ascii_lowercase()) {
+    match by_name.get(&crate::graph::name_key(&up.value)) {
         Some(&j) if j == i => {
             diagnostics.push(
                 Diagnostic::new(
@@ -592,6 +592,22 @@ mod tests {
 
     use super::*;
     use crate::TlsMin;
+
+    #[test]
+    fn a_name_and_its_absolute_form_are_one_server() {
+        let yaml = "version: 1\nservers:\n  - name: wsus-a\n    sql: { host: a }\n  - name: WSUS-A.\n    sql: { host: b }\n";
+        let Err(crate::LoadError::Invalid(invalid)) =
+            Topology::from_bytes("t.yaml", yaml.as_bytes())
+        else {
+            panic!("`wsus-a` and `WSUS-A.` are one server");
+        };
+        assert!(invalid.render().contains("duplicate server name `WSUS-A.`"));
+        let yaml = "version: 1\nservers:\n  - name: wsus-a\n    sql: { host: a }\n  - name: b\n    upstream: wsus-a.\n    sql: { host: b }\n";
+        let topology =
+            Topology::from_bytes("t.yaml", yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(topology.find("WSUS-A."), topology.find("wsus-a"));
+        assert!(topology.find("wsus-a").is_some());
+    }
 
     #[test]
     fn guids_are_normalized_to_upper_case() {
