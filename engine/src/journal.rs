@@ -146,7 +146,8 @@ pub enum JournalError {
         source: std::io::Error,
     },
     #[error(
-        "journal {path} is corrupt at line {line}: {reason}; it was changed by hand or the disk is failing"
+        "journal {path} is corrupt at line {line}: {reason}; it was changed by hand or the disk is failing. To go on, move it aside: `mv '{path}' '{path}.corrupt'`; the next `apply` then reads what is readable of it as an earlier run's, and switches back first any replica it shows switched and never switched back",
+        path = path.display()
     )]
     Corrupt {
         path: PathBuf,
@@ -182,6 +183,21 @@ fn decode(line: &str) -> Result<Record, String> {
 /// Reads a journal, ignoring a torn last record.
 pub fn read(path: &Path) -> Result<Vec<Record>, JournalError> {
     read_valid(path).map(|(records, _)| records)
+}
+
+/// Every record of a journal that still decodes, the bad lines skipped: what is readable of a
+/// journal set aside as corrupt (`*.journal.corrupt`), kept for the switches back it shows owed.
+pub fn read_lenient(path: &Path) -> Result<Vec<Record>, JournalError> {
+    let bytes = std::fs::read(path).map_err(|source| JournalError::Read {
+        path: path.into(),
+        source,
+    })?;
+    Ok(bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| std::str::from_utf8(line).ok())
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| decode(line).ok())
+        .collect())
 }
 
 /// The records, and the length of the file up to the end of the last good one.
@@ -417,6 +433,9 @@ pub struct Replay {
     pub servers: Vec<String>,
     pub finished: Option<RunOutcome>,
     pub progress: HashMap<String, ServerProgress>,
+    /// Read from a journal set aside as corrupt: only what still decoded, never resumed, and
+    /// no proof that a server is done.
+    pub set_aside: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

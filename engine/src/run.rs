@@ -177,7 +177,10 @@ impl<W: Workflow> Engine<W> {
                 owed.remove(&name);
                 if owes {
                     owed.insert(name, p);
-                } else if p.finished == Some(ServerResult::Succeeded) && !self.options.new_run {
+                } else if p.finished == Some(ServerResult::Succeeded)
+                    && !self.options.new_run
+                    && !replay.set_aside
+                {
                     proven.insert(name, replay.run_id.clone());
                 }
             }

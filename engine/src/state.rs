@@ -106,7 +106,9 @@ impl StateDir {
         self.dir.join("runs").join(format!("{run_id}.journal"))
     }
 
-    /// Every run's journal, oldest first.
+    /// Every run's journal, oldest first. A journal an operator set aside as corrupt
+    /// (`RUN.journal.corrupt`, as the corruption error says) is read for what still decodes, as
+    /// a run that ended: never resumed, but the switches back it shows owed are still owed.
     pub fn runs(&self) -> Result<Vec<(PathBuf, Replay)>, StateError> {
         let io = |source| StateError::Io {
             dir: self.dir.clone(),
@@ -116,21 +118,35 @@ impl StateDir {
             .map_err(io)?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "journal"))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                name.ends_with(".journal") || name.ends_with(".journal.corrupt")
+            })
             .collect();
         paths.sort();
         paths
             .into_iter()
             .map(|p| {
-                let replay = Replay::from_records(&journal::read(&p)?);
+                let set_aside = p.extension().is_some_and(|e| e == "corrupt");
+                let replay = if set_aside {
+                    let mut replay = Replay::from_records(&journal::read_lenient(&p)?);
+                    replay.set_aside = true;
+                    replay
+                } else {
+                    Replay::from_records(&journal::read(&p)?)
+                };
                 Ok((p, replay))
             })
             .collect()
     }
 
-    /// The newest run, if it did not finish.
+    /// The newest run, if it did not finish (a journal set aside as corrupt is never resumed).
     pub fn unfinished(&self) -> Result<Option<(PathBuf, Replay)>, StateError> {
-        Ok(self.runs()?.pop().filter(|(_, r)| r.is_unfinished()))
+        Ok(self
+            .runs()?
+            .into_iter()
+            .rfind(|(_, r)| !r.set_aside)
+            .filter(|(_, r)| r.is_unfinished()))
     }
 }
 

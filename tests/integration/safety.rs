@@ -497,3 +497,83 @@ fn a_lost_lock_is_noticed_before_the_next_server_not_an_interval_later() {
         );
     }
 }
+
+/// A journal damaged in its middle (not the torn tail of a crash) blocks `resume` and `apply`
+/// with the way forward named; set aside as told, what is readable of it still switches back the
+/// replica it shows switched (issue 24: nothing said how to go on).
+#[test]
+fn a_journal_corrupt_in_its_middle_names_the_way_forward_and_its_switch_back_is_kept() {
+    let faults = "faults:\n  - { server: r2, target: set-replica-mode, nth: 2, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 3, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 4, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 5, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 6, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 7, drop: before }\n";
+    let lab = LabProcess::start("broken", faults, 0);
+    let out = lab.apply("state");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(lab.servers()["r2"]["replica_mode"], false);
+    // Damage the run's second record (its checksum no longer matches).
+    let runs = lab.path("state/runs");
+    let journal = std::fs::read_dir(&runs)
+        .expect("runs")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "journal"))
+        .expect("a journal");
+    let original = std::fs::read_to_string(&journal).expect("journal");
+    let damaged: String = original
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            if i == 1 {
+                format!("{}\n", line.replacen("server", "sxrver", 1))
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&journal, damaged).expect("damaged");
+
+    std::fs::write(lab.path("faults.yaml"), "faults: []\n").expect("faults cleared");
+    let lab = lab.kill_and_restart();
+    let shown = format!(
+        "state/runs/{}",
+        journal
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a name")
+    );
+    for args in [
+        vec!["resume", "--state-dir", "state"],
+        vec!["apply", "hierarchy.yaml", "--yes", "--state-dir", "state"],
+        vec![
+            "apply",
+            "hierarchy.yaml",
+            "--yes",
+            "--state-dir",
+            "state",
+            "--new-run",
+        ],
+    ] {
+        let refused = lab.run(&args);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&refused)
+        );
+        assert!(
+            text(&refused).contains("is corrupt at line 2")
+                && text(&refused).contains(&format!("mv '{shown}' '{shown}.corrupt'")),
+            "{args:?}: {}",
+            text(&refused)
+        );
+    }
+    // The way forward, as told: the next apply switches r2 back first, then repairs what is left.
+    std::fs::rename(&journal, lab.path(&format!("{shown}.corrupt"))).expect("set aside");
+    let out = lab.apply("state");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let servers = lab.servers();
+    assert_all_repaired(&servers);
+    assert_eq!(servers["r2"]["replica_mode"], true);
+    assert_eq!(
+        calls(&servers["r2"]).last().map(String::as_str),
+        Some("set-replica-mode=true")
+    );
+}
