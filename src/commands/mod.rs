@@ -380,9 +380,14 @@ async fn run_engine(
             "warning: cannot take the hierarchy lock on top server {top} ({why}): no server of its tree will be changed (each stops at its probe, reported FAILED)"
         ));
     }
+    for (top, on) in &lock.locked_below {
+        report::say(&format!(
+            "note: top server {top} is reached through its web service, which has no lock: its tree's lock is taken on {on}, the first server of the tree reached through SQL"
+        ));
+    }
     if !lock.unlocked_api.is_empty() {
         report::say(&format!(
-            "note: top server(s) {} are reached through the web service, which has no lock: their trees are guarded by this state directory's lock only, so run wsus-reset for them from one machine",
+            "note: top server(s) {} and every server below them are reached through the web service, which has no lock: their trees are guarded by this state directory's lock only, so run wsus-reset for them from one machine",
             lock.unlocked_api.join(", ")
         ));
     }

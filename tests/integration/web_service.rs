@@ -505,3 +505,51 @@ fn resume_reads_a_servers_mode_before_approving_whatever_the_journal_says() {
     );
     assert_eq!(servers["r1a"]["replica_mode"], true);
 }
+
+/// A hierarchy whose top is reached through its web service takes its lock on the first server
+/// below reached through SQL: a second operator's run (its own state directory) is refused
+/// while the first holds it (issue 24: two runs changed the same servers in 7 of 14 rounds).
+#[test]
+fn a_tree_under_a_web_service_top_is_locked_on_its_first_sql_server() {
+    let topology = MIXED.replace(
+        "  - name: hq\n    sql: { host: sql-hq.test.example }\n",
+        "  - name: hq\n    api: { host: hq.test.example }\n",
+    );
+    let lab = LabProcess::start_extra(
+        &topology,
+        "broken",
+        "faults: []\n",
+        100,
+        &["--api-listen", "127.0.0.1:0"],
+    );
+    let plan = lab.run(&["plan", "hierarchy.yaml"]);
+    assert!(
+        text(&plan).contains(
+            "hq: reached through its web service, which has no lock; sp_getapplock on r2, the first server of its tree reached through SQL"
+        ),
+        "{}",
+        text(&plan)
+    );
+    let mut first = lab
+        .command(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "a"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the first run starts");
+    crate::repair::wait_for_journal_records(&lab.path("a/runs"), 2, &mut first);
+    let second = lab.run(&["apply", "hierarchy.yaml", "--yes", "--state-dir", "b"]);
+    assert_eq!(second.status.code(), Some(3), "{}", text(&second));
+    assert!(
+        text(&second).contains("holds the hierarchy lock on top server hq, taken on r2"),
+        "{}",
+        text(&second)
+    );
+    let first = first.wait_with_output().expect("the first run ends");
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert!(
+        text(&first).contains("its tree's lock is taken on r2"),
+        "{}",
+        text(&first)
+    );
+    assert_all_repaired(&lab.servers());
+}

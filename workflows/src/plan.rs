@@ -41,6 +41,43 @@ fn shown_path(path: &str) -> String {
         .unwrap_or_else(|| path.to_string())
 }
 
+/// What keeps a second operator out of each selected tree ([`crate::reach::sql::applock`]).
+fn locks(topology: &Topology, selection: &Selection) -> Vec<String> {
+    let mut tops: Vec<topology::ServerId> = selection
+        .servers
+        .iter()
+        .map(|&id| {
+            let mut top = id;
+            while let Some(up) = topology.upstream(top) {
+                top = up;
+            }
+            top
+        })
+        .collect();
+    tops.sort_unstable();
+    tops.dedup();
+    tops.into_iter()
+        .map(|top| {
+            let name = &topology.server(top).name;
+            match crate::reach::sql::applock::lock_server(topology, top) {
+                Some(on) if on == top => {
+                    format!("{name}: sp_getapplock on {name}, held for the whole run")
+                }
+                Some(on) => format!(
+                    "{name}: reached through its web service, which has no lock; sp_getapplock on \
+                     {}, the first server of its tree reached through SQL, held for the whole run",
+                    topology.server(on).name
+                ),
+                None => format!(
+                    "{name}: every server of its tree is reached through the web service, which \
+                     has no lock: only this state directory's lock; run wsus-reset for this tree \
+                     from one machine and one state directory"
+                ),
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub plan_version: u32,
@@ -54,6 +91,9 @@ pub struct Plan {
     /// refused at its probe.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_eula: bool,
+    /// What keeps a second operator out of each tree, in words, by top server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<String>,
     /// In execution order.
     pub servers: Vec<PlannedServer>,
 }
@@ -111,6 +151,7 @@ impl Plan {
             fingerprint: topology.fingerprint().to_string(),
             update: topology.update().to_string(),
             accept_eula: false,
+            locks: locks(topology, selection),
             servers,
         }
     }
@@ -352,6 +393,12 @@ impl Plan {
         if let Some(warning) = self.partial_warning() {
             let _ = writeln!(out, "\n{warning}");
         }
+        if !self.locks.is_empty() {
+            let _ = writeln!(out, "Hierarchy locks:");
+            for lock in &self.locks {
+                let _ = writeln!(out, "  {lock}");
+            }
+        }
         out.push('\n');
         let width = self.servers.iter().map(|s| s.name.len()).max().unwrap_or(0);
         for (i, s) in self.servers.iter().enumerate() {
@@ -445,6 +492,13 @@ impl Plan {
         }
         out.push('\n');
 
+        if !self.locks.is_empty() {
+            let _ = writeln!(out, "## Hierarchy locks\n");
+            for lock in &self.locks {
+                let _ = writeln!(out, "- {lock}");
+            }
+            out.push('\n');
+        }
         let _ = writeln!(out, "## Order\n");
         let _ = writeln!(
             out,

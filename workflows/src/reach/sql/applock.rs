@@ -13,11 +13,13 @@
 //! runs share the next one: one round of queries serves every server started in that moment.
 //!
 //! A top server reached through its web service has no such lock: ApiRemoting30 offers no lock
-//! operation, and the tool creates no server-side object to stand in for one. Its tree is
-//! guarded by the state directory's lock (one run per state directory) and by the probe, which
-//! refuses a replica another run left switched to autonomous (its mode disagrees with the
-//! topology); two operators on two machines are not excluded. [`HierarchyLock::unlocked_api`]
-//! names those tops so the run says so.
+//! operation, and the tool creates no server-side object to stand in for one. Its tree takes the
+//! strongest lock it offers instead: the applock of the first server of the tree, in execution
+//! order, reached through SQL ([`lock_server`]), which every run of the same topology picks
+//! alike, so two operators on two machines exclude each other there too. A tree with no server
+//! reached through SQL is guarded by the state directory's lock only (one run per state
+//! directory) and by the probe, which refuses a replica another run left switched to autonomous;
+//! [`HierarchyLock::unlocked_api`] names those tops so the run says so.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -37,10 +39,32 @@ pub struct HierarchyLock {
     pub locked: HashSet<String>,
     /// Top servers that could not be reached: nothing below them will be changed.
     pub unreachable: Vec<(String, String)>,
-    /// Top servers reached through their web service, which has no lock to take: their trees
-    /// run under the state directory's lock only.
+    /// Top servers reached through their web service whose tree has no server reached through
+    /// SQL: no lock to take, their trees run under the state directory's lock only.
     pub unlocked_api: Vec<String>,
+    /// Top servers reached through their web service whose lock is taken on a server below
+    /// them reached through SQL: (top, that server).
+    pub locked_below: Vec<(String, String)>,
+    /// By top server: the lock's connection, to the top or to [`lock_server`]'s choice.
     connections: Vec<(String, Connection)>,
+    /// By top server: the server its lock is taken on.
+    lock_servers: HashMap<String, String>,
+}
+
+/// The server whose applock stands for `top`'s tree: the top itself when it is reached through
+/// SQL, otherwise the first server of its tree (execution order: by level, then name) that is;
+/// `None` when none is.
+pub fn lock_server(topology: &Topology, top: ServerId) -> Option<ServerId> {
+    let top_of = |mut id: ServerId| {
+        while let Some(up) = topology.upstream(id) {
+            id = up;
+        }
+        id
+    };
+    topology
+        .ids()
+        .filter(|&id| top_of(id) == top)
+        .find(|&id| topology.server(id).transport == topology::Transport::Sql)
 }
 
 /// The top servers whose lock this process holds right now, shared with the workflow, which
@@ -140,10 +164,14 @@ async fn take(
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "another wsus-reset run holds the hierarchy lock on top server {server} (sp_getapplock `{resource}`): wait for it to finish",
+    "another wsus-reset run holds the hierarchy lock on top server {top}{on} (sp_getapplock `{resource}`): wait for it to finish",
+    on = if server == top { String::new() } else { format!(", taken on {server}") },
     resource = susdb::procs::APPLOCK_RESOURCE
 )]
 pub struct LockRefused {
+    /// The tree's top server.
+    pub top: String,
+    /// The server the lock is taken on: the top, or [`lock_server`]'s choice below it.
     pub server: String,
 }
 
@@ -178,23 +206,35 @@ impl HierarchyLock {
             locked: HashSet::new(),
             unreachable: Vec::new(),
             unlocked_api: Vec::new(),
+            locked_below: Vec::new(),
             connections: Vec::new(),
+            lock_servers: HashMap::new(),
         };
         for name in tops {
             let Some(id) = topology.find(&name) else {
                 continue;
             };
-            if topology.server(id).transport == topology::Transport::Api {
+            let Some(on) = lock_server(topology, id) else {
                 lock.locked.insert(name.clone());
                 lock.unlocked_api.push(name);
                 continue;
-            }
-            match take(topology.server(id), options).await {
+            };
+            let on_name = topology.server(on).name.clone();
+            match take(topology.server(on), options).await {
                 Ok(Some(c)) => {
                     lock.locked.insert(name.clone());
+                    if on != id {
+                        lock.locked_below.push((name.clone(), on_name.clone()));
+                    }
+                    lock.lock_servers.insert(name.clone(), on_name);
                     lock.connections.push((name, c));
                 }
-                Ok(None) => return Err(LockRefused { server: name }),
+                Ok(None) => {
+                    return Err(LockRefused {
+                        top: name,
+                        server: on_name,
+                    });
+                }
                 Err(e) => lock.unreachable.push((name, e.message)),
             }
         }
@@ -218,10 +258,11 @@ impl HierarchyLock {
         let servers: HashMap<String, topology::Server> = self
             .connections
             .iter()
-            .filter_map(|(name, _)| {
+            .filter_map(|(top, _)| {
+                let on = self.lock_servers.get(top).unwrap_or(top);
                 topology
-                    .find(name)
-                    .map(|id| (name.clone(), topology.server(id).clone()))
+                    .find(on)
+                    .map(|id| (top.clone(), topology.server(id).clone()))
             })
             .collect();
         let (held_w, lost_w, retaken_w, options) = (
