@@ -92,6 +92,15 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
                 Some((name, upstream)) => (name.to_string(), Some(upstream.to_string())),
                 None => (entry.clone(), None),
             };
+            // tbDownstreamServerTarget.AccountName is nvarchar(255) (susdb-audit.md, H2): a real
+            // table cannot hold a longer name.
+            if name.chars().count() > 255 {
+                return Err(Failure::BadInput(format!(
+                    "error: --stale: a registered name holds at most 255 characters \
+                     (tbDownstreamServerTarget.AccountName is nvarchar(255)); this one has {}",
+                    name.chars().count()
+                )));
+            }
             if topology.find(&name).is_some() {
                 return Err(Failure::BadInput(format!(
                     "error: --stale {entry}: {name} is a server of {}; a stale entry names one the lab does not serve",

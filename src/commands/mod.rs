@@ -193,9 +193,19 @@ fn connect_for(
 /// never be repaired, and nothing else would say so.
 async fn say_unlisted(topology: &Topology, options: &ConnectOptions) {
     let unlisted = workflows::discover::unlisted(topology, options).await;
-    if unlisted > 0 {
+    if unlisted.count > 0 {
         report::say(&format!(
-            "note: {unlisted} registered downstream server(s) are not in the topology: wsus-reset diff {}",
+            "note: {} registered downstream server(s) are not in the topology: wsus-reset diff {}",
+            unlisted.count,
+            topology.source()
+        ));
+    }
+    for (top, why) in &unlisted.unread {
+        report::say(&format!(
+            "note: the downstream-server table of top server {top} could not be read ({}): \
+             servers it registered and the topology lacks are not counted; wsus-reset diff {} \
+             names them once it can be read",
+            report::printable(why, 300),
             topology.source()
         ));
     }

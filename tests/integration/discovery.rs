@@ -251,3 +251,29 @@ fn discover_and_diff_read_a_seed_saved_as_utf16_by_powershell() {
     assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
     assert!(text(&diff).contains("MISSING"), "{}", text(&diff));
 }
+
+/// `plan --online` counts the registered servers the file lacks from each top server's table; a
+/// table that cannot be read is said, not counted as empty (issue 24: the note was dropped).
+/// And the lab holds no registered name a real table could not: AccountName is nvarchar(255).
+#[test]
+fn an_unreadable_downstream_table_is_said_and_the_lab_refuses_names_no_table_holds() {
+    let faults = "faults:\n  - { server: hq, target: downstream-servers, error: 1205 }\n";
+    let lab = LabProcess::start_extra(TOPOLOGY, "broken", faults, 0, &["--stale", "gone@r2"]);
+    let plan = lab.run(&["plan", "hierarchy.yaml", "--online"]);
+    assert!(
+        text(&plan).contains("the downstream-server table of top server hq could not be read"),
+        "{}",
+        text(&plan)
+    );
+    let long = "a".repeat(256);
+    let refused = lab
+        .direct(&["lab", "hierarchy.yaml", "--stale", &format!("{long}@hq")])
+        .output()
+        .expect("runs");
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("a registered name holds at most 255 characters"),
+        "{}",
+        text(&refused)
+    );
+}

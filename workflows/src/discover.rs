@@ -517,10 +517,20 @@ pub fn differences(
     out
 }
 
+/// What the top servers' downstream-server tables hold that the file lacks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Unlisted {
+    /// Registered servers (whole subtrees) the file does not name.
+    pub count: usize,
+    /// Top servers whose table could not be read, and why: their servers are not counted.
+    pub unread: Vec<(String, String)>,
+}
+
 /// How many servers the top servers of `topology` have registered downstream (their whole
 /// subtrees) that the file lacks: one read per top server, for the one-line notice of `plan
-/// --online` and `apply`. A top that cannot be read counts nothing (the probe reports it).
-pub async fn unlisted(topology: &Topology, options: &ConnectOptions) -> usize {
+/// --online` and `apply`. A table that cannot be read is named with the reason, never counted as
+/// empty.
+pub async fn unlisted(topology: &Topology, options: &ConnectOptions) -> Unlisted {
     let file: Vec<&Server> = topology.servers().iter().collect();
     let file_names = &FileNames::new(&file);
     let tops = topology.servers().iter().filter(|s| s.upstream.is_none());
@@ -533,19 +543,23 @@ pub async fn unlisted(topology: &Topology, options: &ConnectOptions) -> usize {
                     ServerError::timeout("the downstream-server read", options.command_timeout)
                 })?
         };
-        read.await.map(|table| {
+        let counted = read.await.map(|table| {
             table
                 .registered
                 .iter()
                 .filter(|r| file_names.find(&r.name).is_none())
                 .count()
-        })
+        });
+        (top.name.clone(), counted)
     });
-    futures_util::future::join_all(reads)
-        .await
-        .into_iter()
-        .filter_map(Result::ok)
-        .sum()
+    let mut found = Unlisted::default();
+    for (top, counted) in futures_util::future::join_all(reads).await {
+        match counted {
+            Ok(n) => found.count += n,
+            Err(e) => found.unread.push((top, e.message)),
+        }
+    }
+    found
 }
 
 /// `text` as a YAML comment's content: one line, no control characters.
