@@ -101,7 +101,12 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
                     name.chars().count()
                 )));
             }
-            if topology.find(&name).is_some() {
+            // Exactly a server's name: `ra.` beside `ra` is a second registration of it.
+            if topology
+                .servers()
+                .iter()
+                .any(|s| s.name.eq_ignore_ascii_case(&name))
+            {
                 return Err(Failure::BadInput(format!(
                     "error: --stale {entry}: {name} is a server of {}; a stale entry names one the lab does not serve",
                     file.display()

@@ -277,3 +277,43 @@ fn an_unreadable_downstream_table_is_said_and_the_lab_refuses_names_no_table_hol
         text(&refused)
     );
 }
+
+/// A stale second registration of a live server (`r2b.` beside `r2b`, an old entry never
+/// deleted) is reported as itself, and the live server is not called stale (issue 24: the stale
+/// entry was merged into the live one and reported STALE).
+#[test]
+fn a_second_registration_of_a_live_server_is_reported_as_itself() {
+    let lab = LabProcess::start_extra(
+        TOPOLOGY,
+        "broken",
+        "faults: []\n",
+        0,
+        &["--stale", "r2b.@r2"],
+    );
+    let out = lab.run(&["diff", "hierarchy.yaml", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let found: Vec<String> = report["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d["kind"].as_str().unwrap_or_default(),
+                d["server"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        ["stale r2b."],
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("a second registration of r2b in r2's table"),
+        "{said}"
+    );
+}

@@ -28,8 +28,13 @@ pub struct Found {
     pub depth: u32,
     /// Whether the topology file has it.
     pub in_file: bool,
-    /// Its entry in its upstream's table (`None` for a top server).
+    /// Its entry in its upstream's table (`None` for a top server): of several entries for one
+    /// server (a name and its absolute form `ra.`, or the short and the qualified name), the
+    /// most recently synchronized.
     pub registered: Option<Registered>,
+    /// The other entries its upstream's table holds for it: older registrations never deleted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also_registered: Vec<Registered>,
     /// What it says of itself (configuration, the update's state); `None` when unreachable.
     pub observed: Option<Observed>,
     /// Why it could not be read.
@@ -255,6 +260,7 @@ pub async fn discover(
                 depth: 0,
                 in_file: true,
                 registered: None,
+                also_registered: Vec::new(),
                 observed: None,
                 error: None,
                 id: None,
@@ -338,13 +344,34 @@ pub async fn discover(
                 .and_then(|id| by_parent.get(id))
                 .into_iter()
                 .flatten();
-            for child in own.chain(named) {
-                if known.contains(&child.name.to_ascii_lowercase()) || known.contains(&child.id) {
+            // One server may be registered more than once (`ra` and `ra.`, short and qualified):
+            // its freshest entry is the server, the others older registrations of it.
+            let mut children: Vec<&Registered> = own.chain(named).copied().collect();
+            children.sort_by(|a, b| b.last_sync.cmp(&a.last_sync));
+            let mut placed: HashMap<String, usize> = HashMap::new();
+            for child in children {
+                let in_file = file_names.find(&child.name);
+                let key = in_file.map_or_else(
+                    || {
+                        let name = child.name.to_ascii_lowercase();
+                        name.strip_suffix('.').unwrap_or(&name).to_string()
+                    },
+                    |i| format!("#{i}"),
+                );
+                if known.contains(&child.id) {
+                    continue;
+                }
+                if let Some(&at) = placed.get(&key) {
+                    added[at].also_registered.push(child.clone());
+                    known.insert(child.id.clone());
+                    continue;
+                }
+                if known.contains(&child.name.to_ascii_lowercase()) {
                     continue;
                 }
                 known.insert(child.name.to_ascii_lowercase());
                 known.insert(child.id.clone());
-                let in_file = file_names.find(&child.name);
+                placed.insert(key, added.len());
                 next.push(found.len() + added.len());
                 top_of.push(top_of[k]);
                 file_index.push(in_file);
@@ -355,6 +382,7 @@ pub async fn discover(
                     in_file: in_file.is_some(),
                     id: Some(child.id.clone()),
                     registered: Some((*child).clone()),
+                    also_registered: Vec::new(),
                     observed: None,
                     error: None,
                 });
@@ -453,6 +481,20 @@ pub fn differences(
                 evidence: format!(
                     "registered downstream of {upstream}, last synchronized {} ({age} days ago, over {stale_days}): decommissioned, or not synchronizing",
                     r.last_sync.as_deref().unwrap_or_default()
+                ),
+            });
+        }
+        for other in &f.also_registered {
+            out.push(Difference {
+                kind: Kind::Stale,
+                server: other.name.clone(),
+                evidence: format!(
+                    "a second registration of {} in {upstream}'s table (id {}, last synchronized \
+                     {}) beside the one it synchronizes with: an old entry never deleted; remove \
+                     it from {upstream}'s downstream servers",
+                    f.name,
+                    other.id,
+                    other.last_sync.as_deref().unwrap_or("never")
                 ),
             });
         }
