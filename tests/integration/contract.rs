@@ -153,12 +153,7 @@ fn the_web_service_writes_the_consoles_deadline_the_accounts_name_and_keeps_the_
     assert_eq!(sent(&servers, "r1a", "ExecuteSPSetConfiguration").len(), 2);
     assert_eq!(servers["r1a"]["program_keys"], keys_before);
     // The journal says who made each change.
-    let journal = std::fs::read_dir(lab.path("state").join("runs"))
-        .expect("the runs' journals")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".journal"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<String>();
+    let journal = crate::repair::journal_text(&lab.path("state/runs"));
     assert!(journal.contains("as CORP\\\\wsus_repair"), "{journal}");
 }
 

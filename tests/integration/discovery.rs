@@ -13,6 +13,23 @@ fn only_the_top(topology: &str) -> String {
     topology[..cut].to_string()
 }
 
+/// `diff --format json`'s differences as `kind server`, in its order.
+fn differences(out: &std::process::Output) -> Vec<String> {
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    report["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d["kind"].as_str().unwrap_or_default(),
+                d["server"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
 /// Each server's upstream and mode as `name upstream mode`, sorted, from a topology file.
 fn shape(lab: &LabProcess, file: &str) -> Vec<String> {
     let out = lab
@@ -154,19 +171,7 @@ fn diff_names_exactly_the_missing_stale_unregistered_and_disagreeing_servers() {
     std::fs::write(lab.path("operator.yaml"), file).expect("written");
     let out = lab.run(&["diff", "operator.yaml", "--format", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let mut found: Vec<String> = report["differences"]
-        .as_array()
-        .expect("differences")
-        .iter()
-        .map(|d| {
-            format!(
-                "{} {}",
-                d["kind"].as_str().unwrap_or_default(),
-                d["server"].as_str().unwrap_or_default()
-            )
-        })
-        .collect();
+    let mut found = differences(&out);
     found.sort();
     assert_eq!(
         found,
@@ -292,19 +297,7 @@ fn a_second_registration_of_a_live_server_is_reported_as_itself() {
     );
     let out = lab.run(&["diff", "hierarchy.yaml", "--format", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let found: Vec<String> = report["differences"]
-        .as_array()
-        .expect("differences")
-        .iter()
-        .map(|d| {
-            format!(
-                "{} {}",
-                d["kind"].as_str().unwrap_or_default(),
-                d["server"].as_str().unwrap_or_default()
-            )
-        })
-        .collect();
+    let found = differences(&out);
     assert_eq!(
         found,
         ["stale r2b."],

@@ -461,6 +461,16 @@ fn a_replica_whose_approval_fails_is_switched_back_and_its_subtree_skipped() {
 }
 
 /// Returns once the run's journal holds `records` records or `apply` has exited (bounded: 20 s).
+/// Every journal in a state directory's `runs`, as one text (empty when there is none yet).
+pub(crate) fn journal_text(runs: &std::path::Path) -> String {
+    std::fs::read_dir(runs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect()
+}
+
 pub(crate) fn wait_for_journal_records(runs: &std::path::Path, records: usize, apply: &mut Child) {
     for _ in 0..10_000 {
         let lines = std::fs::read_dir(runs)

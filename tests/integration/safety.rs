@@ -1,13 +1,17 @@
 //! The tool's central promise under the failures that used to break it: a replica left
 //! autonomous always has a way back through the tool, and the exit code says so.
 
-use crate::repair::{LabProcess, assert_all_repaired, calls, text};
+use crate::repair::{LabProcess, assert_all_repaired, calls, journal_text, text};
+
+/// r2's restore never reaches the server: calls 2 to 7 of set-replica-mode are dropped (its
+/// restore in place, three tries, then as a compensation, three more).
+const R2_RESTORE_NEVER_ARRIVES: &str = "faults:\n  - { server: r2, target: set-replica-mode, nth: 2, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 3, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 4, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 5, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 6, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 7, drop: before }\n";
 
 #[test]
 fn a_replica_whose_restore_fails_keeps_the_run_unfinished_until_resume_switches_it_back() {
     // r2's restore never reaches the server: calls 2 to 7 of set-replica-mode are dropped (its
     // restore in place, three tries, then as a compensation, three more).
-    let faults = "faults:\n  - { server: r2, target: set-replica-mode, nth: 2, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 3, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 4, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 5, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 6, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 7, drop: before }\n";
+    let faults = R2_RESTORE_NEVER_ARRIVES;
     let lab = LabProcess::start("broken", faults, 0);
     let out = lab.apply("state");
     assert_eq!(out.status.code(), Some(4), "unfinished: {}", text(&out));
@@ -72,7 +76,7 @@ fn plans_journals_and_password_files_do_not_depend_on_the_working_directory() {
         "password_env: WSUS_RESET_TEST_PW",
         "password_file: secrets/sql.pw",
     );
-    let faults = "faults:\n  - { server: r2, target: set-replica-mode, nth: 2, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 3, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 4, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 5, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 6, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 7, drop: before }\n";
+    let faults = R2_RESTORE_NEVER_ARRIVES;
     let lab = LabProcess::start_with(&topology, "broken", faults, 0);
     std::fs::create_dir_all(lab.path("secrets")).expect("dir");
     std::fs::write(lab.path("secrets/sql.pw"), crate::repair::PASSWORD).expect("written");
@@ -388,19 +392,12 @@ fn the_warnings_say_what_happens() {
 /// decline, approve and decline again, switching a replica to autonomous once more).
 #[test]
 fn a_resume_killed_as_it_starts_a_servers_new_attempt_does_not_make_the_next_repair_it_again() {
-    let faults = "faults:\n  - { server: r2, target: set-replica-mode, nth: 2, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 3, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 4, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 5, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 6, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 7, drop: before }\n";
+    let faults = R2_RESTORE_NEVER_ARRIVES;
     let lab = LabProcess::start("broken", faults, 0);
     let out = lab.apply("state");
     assert_eq!(out.status.code(), Some(4), "unfinished: {}", text(&out));
     let runs = lab.path("state/runs");
-    let journal = || {
-        std::fs::read_dir(&runs)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-            .collect::<String>()
-    };
+    let journal = || journal_text(&runs);
     // r2's new attempt begun by the resume: its `server-started` after the `resumed` record.
     let begun = |text: &str| {
         text.split("\"record\":\"resumed\"")
@@ -503,7 +500,7 @@ fn a_lost_lock_is_noticed_before_the_next_server_not_an_interval_later() {
 /// replica it shows switched (issue 24: nothing said how to go on).
 #[test]
 fn a_journal_corrupt_in_its_middle_names_the_way_forward_and_its_switch_back_is_kept() {
-    let faults = "faults:\n  - { server: r2, target: set-replica-mode, nth: 2, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 3, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 4, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 5, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 6, drop: before }\n  - { server: r2, target: set-replica-mode, nth: 7, drop: before }\n";
+    let faults = R2_RESTORE_NEVER_ARRIVES;
     let lab = LabProcess::start("broken", faults, 0);
     let out = lab.apply("state");
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));

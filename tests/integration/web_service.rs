@@ -376,11 +376,7 @@ faults:
         "{}",
         text(&out)
     );
-    let journal = std::fs::read_dir(lab.path("state/runs"))
-        .expect("journals")
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<String>();
+    let journal = crate::repair::journal_text(&lab.path("state/runs"));
     assert_eq!(
         journal
             .matches(
@@ -437,14 +433,7 @@ faults:
 fn resume_reads_a_servers_mode_before_approving_whatever_the_journal_says() {
     let lab = mixed_lab("broken", "faults: []\n", 300);
     let runs = lab.path("state/runs");
-    let journal = || {
-        std::fs::read_dir(&runs)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-            .collect::<String>()
-    };
+    let journal = || crate::repair::journal_text(&runs);
     let declined = "\"server\":\"r1a\",\"step\":2,\"name\":\"decline\",\"result\":\"done\"";
     let mut apply = lab
         .command(&[
