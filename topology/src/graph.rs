@@ -203,6 +203,14 @@ impl Topology {
         found
     }
 
+    /// The top server of `id`'s tree (`id` itself for a top server).
+    pub fn top_of(&self, mut id: ServerId) -> ServerId {
+        while let Some(up) = self.upstream(id) {
+            id = up;
+        }
+        id
+    }
+
     /// Top servers, in execution order.
     pub fn tops(&self) -> impl Iterator<Item = ServerId> + '_ {
         self.ids().take_while(|&id| self.server(id).depth == 0)

@@ -46,13 +46,7 @@ fn locks(topology: &Topology, selection: &Selection) -> Vec<String> {
     let mut tops: Vec<topology::ServerId> = selection
         .servers
         .iter()
-        .map(|&id| {
-            let mut top = id;
-            while let Some(up) = topology.upstream(top) {
-                top = up;
-            }
-            top
-        })
+        .map(|&id| topology.top_of(id))
         .collect();
     tops.sort_unstable();
     tops.dedup();

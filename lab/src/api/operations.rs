@@ -23,8 +23,11 @@ pub(crate) struct Caller<'a> {
 /// The update's licence agreement, where a fault gives it one: a made-up id.
 pub(crate) const EULA_ID: &str = "5e5e0954-0960-4a11-b000-00000000e01a";
 
-/// The operations that change a server: refused to a reporter (the console's read-only role)
-/// with 403.
+/// The operations that change a server: refused to a reporter with 403. A Reporter "is
+/// authorized to view reports" only (UpdateServerUserRole, learn.microsoft.com aa354557), and
+/// W3 reads a 403 as "no permission to administer this WSUS server". Whether a real server
+/// answers a Reporter's change with HTTP 403 or with a SOAP fault is not public; either way it
+/// refuses before anything changes, which is what the lab keeps.
 pub(crate) const CHANGES: &[&str] = &[
     "ExecuteSPSetConfiguration",
     "ExecuteSPDeclineUpdate",
@@ -35,21 +38,12 @@ pub(crate) const CHANGES: &[&str] = &[
 /// Whether `text` is an `xs:dateTime` as .NET's XmlSerializer reads it: at most seven fraction
 /// digits (a tick is 100 ns), an optional zone. Anything else is a FormatException there.
 fn is_datetime(text: &str) -> bool {
-    let (main, zone) = match text
-        .find(['Z', '+'])
-        .or_else(|| text.rfind('-').filter(|&i| i > 10))
-    {
-        Some(i) => text.split_at(i),
-        None => (text, ""),
-    };
-    let zone_ok = zone.is_empty() || zone == "Z" || (zone.len() == 6 && zone.as_bytes()[3] == b':');
-    let (seconds, fraction) = main.split_once('.').unwrap_or((main, ""));
-    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-    let shape = seconds.len() == 19
-        && seconds.as_bytes()[4] == b'-'
-        && seconds.as_bytes()[10] == b'T'
-        && digits(&seconds[..4]);
-    shape && zone_ok && (fraction.is_empty() || (digits(fraction) && fraction.len() <= 7))
+    let ticks = text
+        .split_once('.')
+        .is_none_or(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).count() <= 7);
+    ticks
+        && (chrono::DateTime::parse_from_rfc3339(text).is_ok()
+            || chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").is_ok())
 }
 
 /// The configuration row's elements the lab serves, in the order of the real server's WSDL
@@ -181,6 +175,8 @@ pub(crate) fn operate(
             ),
             None,
         )),
+        // IUpdate.AcceptLicenseAgreement (ms747124): WsusObjectNotFoundException when the update
+        // has no licence agreement or it is not in the database; W4 calls this operation for it.
         "ExecuteSPAcceptEula" => {
             let eula = required(params, "eulaId")?.to_ascii_lowercase();
             let admin = params.values.get("adminName").cloned().unwrap_or_default();
@@ -583,4 +579,23 @@ pub(crate) fn deployment_row(db: &ServerDb, d: &crate::model::Deployment) -> Vec
         Cell::Int(i64::from(revision)),
         Cell::Guid(d.target_group_id.clone()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_datetime;
+
+    #[test]
+    fn a_deadline_is_read_as_xml_serializer_reads_a_datetime() {
+        assert!(is_datetime("9999-12-31T23:59:59.9999999"));
+        assert!(is_datetime("9999-12-31T23:59:59.997"));
+        assert!(is_datetime("2009-03-27T10:55:29Z"));
+        assert!(is_datetime("2009-03-27T10:55:29.5+02:00"));
+        assert!(
+            !is_datetime("9999-12-31T23:59:59.99999999"),
+            "eight fraction digits"
+        );
+        assert!(!is_datetime("31/12/9999"));
+        assert!(!is_datetime(""));
+    }
 }

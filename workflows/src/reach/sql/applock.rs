@@ -55,15 +55,9 @@ pub struct HierarchyLock {
 /// SQL, otherwise the first server of its tree (execution order: by level, then name) that is;
 /// `None` when none is.
 pub fn lock_server(topology: &Topology, top: ServerId) -> Option<ServerId> {
-    let top_of = |mut id: ServerId| {
-        while let Some(up) = topology.upstream(id) {
-            id = up;
-        }
-        id
-    };
     topology
-        .ids()
-        .filter(|&id| top_of(id) == top)
+        .subtree(top)
+        .into_iter()
         .find(|&id| topology.server(id).transport == topology::Transport::Sql)
 }
 
@@ -181,13 +175,9 @@ pub fn tops_of(topology: &Topology, selection: &Selection) -> HashMap<String, St
         .servers
         .iter()
         .map(|&id| {
-            let mut top: ServerId = id;
-            while let Some(up) = topology.upstream(top) {
-                top = up;
-            }
             (
                 topology.server(id).name.clone(),
-                topology.server(top).name.clone(),
+                topology.server(topology.top_of(id)).name.clone(),
             )
         })
         .collect()
