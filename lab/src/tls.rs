@@ -70,7 +70,14 @@ impl Identity {
         ca.distinguished_name
             .push(DnType::CommonName, "susdb-lab throwaway CA");
         let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).map_err(failed)?;
-        let key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).map_err(failed)?;
+        // rcgen's ring backend signs with an RSA key but cannot make one: OpenSSL, which the lab
+        // serves TLS with anyway, generates it.
+        let rsa = openssl::rsa::Rsa::generate(2048)
+            .and_then(PKey::from_rsa)
+            .and_then(|k| k.private_key_to_pem_pkcs8())
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let rsa = String::from_utf8_lossy(&rsa);
+        let key = KeyPair::from_pem_and_sign_algo(&rsa, &rcgen::PKCS_RSA_SHA256).map_err(failed)?;
         let certificate = |names: Vec<String>| -> Result<Vec<u8>, TlsError> {
             let mut params = CertificateParams::new(names).map_err(failed)?;
             params
