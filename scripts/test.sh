@@ -23,10 +23,18 @@ command -v openssl >/dev/null || missing+=(openssl)
 # MinGW-w64: the C compiler the Windows build's C dependencies (OpenSSL, built from source there)
 # need, for the Windows lint below.
 command -v x86_64-w64-mingw32-gcc >/dev/null || missing+=(gcc-mingw-w64-x86-64)
+# Wine runs the Windows builds (scripts/windows-check.sh); without its recommended packages it
+# installs in seconds and is all a console program needs.
+[ -x /usr/lib/wine/wine64 ] || missing_wine=yes
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ -n "${missing_wine:-}" ]; then
+  echo "installing wine64"
+  [ ${#missing[@]} -gt 0 ] || as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends wine64 >/dev/null
 fi
 # python-tds (PyPI) is the second independent TDS client for the lab; zeep with requests-ntlm
 # drives the lab's administration web service as an independent SOAP client.
@@ -57,10 +65,15 @@ fi
 # Those tests fail, rather than skip, when a client is missing here.
 export WSUS_RESET_THIRD_PARTY=required
 
-# Rust's Windows target, for the Windows lint below (the toolchain server is reachable here).
+# Rust's Windows target, and the standard library's source for the Windows 7 build
+# (-Zbuild-std), for the Windows lint and builds below (the toolchain server is reachable here).
 if ! rustup target list --installed | grep -qx x86_64-pc-windows-gnu; then
   echo "installing the x86_64-pc-windows-gnu target"
   rustup target add x86_64-pc-windows-gnu
+fi
+if ! rustup component list --installed | grep -q '^rust-src'; then
+  echo "installing rust-src"
+  rustup component add rust-src
 fi
 
 cargo fmt --all --check
@@ -71,6 +84,10 @@ cargo clippy --target x86_64-pc-windows-gnu --workspace --all-targets --locked -
 # The fuzz target is not run here (see fuzz/README.md), but it must keep compiling.
 cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 cargo test --workspace --locked
+# Both Windows builds, zipped as shipped, their imports checked against Windows 7, run under
+# Wine: --version, validate, rehearse, and the named-pipe repair (after the tests: it runs the
+# debug build as its Linux peer).
+scripts/windows-check.sh
 # A slice of the soak (scripts/soak.sh): 50 interrupted applies on a mixed hierarchy, each
 # resumed and verified, seeded by the commit so that a failure replays with the same seed.
 scripts/soak.sh 50 "$((16#$(git rev-parse --short=7 HEAD 2>/dev/null || echo 5eed)))"

@@ -208,7 +208,7 @@ fn first_clause(error: &str) -> String {
     let clause = error.split(['\n']).next().unwrap_or(error);
     let mut short: String = clause.chars().take(80).collect();
     if clause.chars().count() > 80 {
-        short.push('…');
+        short.push_str("...");
     }
     short
 }

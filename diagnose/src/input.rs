@@ -231,18 +231,22 @@ fn follow_lines(
     }
 }
 
-/// The name a log stands for, from its path: the file's stem, or its directory's name when the
-/// stem is the log's standard name (`hosts/PC-042/WindowsUpdate.log` is `PC-042`).
 /// A field of a log line as text: lossy UTF-8, trimmed.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim().to_string()
 }
 
+/// The name a log stands for, from its path: the file's stem, or its directory's name when the
+/// stem is the log's standard name (`hosts/PC-042/WindowsUpdate.log` is `PC-042`), or the
+/// server of a UNC path when that directory is WSUS's own `LogFiles`: a server's log read over
+/// its administrative share, `\\wsus-hq\c$\Program Files\Update Services\LogFiles`, is
+/// `wsus-hq`'s.
 pub fn name_from_path(path: &Path) -> String {
-    let mut stem = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // Split as text on both separators, so that a Windows path means the same wherever it is
+    // read (on Linux a backslash is part of a file name, and such a path names no folder).
+    let text = path.to_string_lossy();
+    let mut parts = text.rsplit(['/', '\\']).filter(|p| !p.is_empty());
+    let mut stem = parts.next().unwrap_or_default().to_string();
     for ext in [".gz", ".log", ".txt", ".old", ".bak"] {
         while let Some(s) = stem.strip_suffix(ext) {
             stem = s.to_string();
@@ -250,11 +254,27 @@ pub fn name_from_path(path: &Path) -> String {
     }
     let standard = ["windowsupdate", "softwaredistribution"];
     if standard.contains(&stem.to_ascii_lowercase().as_str())
-        && let Some(dir) = path.parent().and_then(Path::file_name)
+        && let Some(dir) = parts.next()
     {
-        return dir.to_string_lossy().into_owned();
+        if dir.eq_ignore_ascii_case("LogFiles")
+            && let Some(server) = unc_server(&text)
+        {
+            return server;
+        }
+        return dir.to_string();
     }
     stem
+}
+
+/// The server of a UNC path (`\\server\share\...`, `\\?\UNC\server\share\...`), read as
+/// text so that it means the same on every platform; `None` for a local or device path.
+fn unc_server(text: &str) -> Option<String> {
+    let rest = text.strip_prefix(r"\\?\UNC\").or_else(|| {
+        text.strip_prefix(r"\\")
+            .filter(|r| !r.starts_with(['?', '.']))
+    })?;
+    let server = rest.split(['\\', '/']).next()?;
+    (!server.is_empty()).then(|| server.to_string())
 }
 
 #[cfg(test)]
@@ -295,6 +315,13 @@ mod tests {
             "PC-042"
         );
         assert_eq!(name_from_path(Path::new("x/PC-043.log.gz")), "PC-043");
+        let unc = r"\\wsus-hq\c$\Program Files\Update Services\LogFiles\SoftwareDistribution.log";
+        assert_eq!(name_from_path(Path::new(unc)), "wsus-hq");
+        let verbatim = r"\\?\UNC\wsus-emea\d$\WSUS\LogFiles\SoftwareDistribution.log";
+        assert_eq!(name_from_path(Path::new(verbatim)), "wsus-emea");
+        // Copies gathered on a file server keep their folder's name, as anywhere else.
+        let gathered = r"\\files\logs\wsus-paris\SoftwareDistribution.log";
+        assert_eq!(name_from_path(Path::new(gathered)), "wsus-paris");
         assert_eq!(
             name_from_path(Path::new("srv/wsus-emea/SoftwareDistribution.log")),
             "wsus-emea"

@@ -515,3 +515,72 @@ fn a_lab_authority_without_a_lab_address_is_refused_before_anything_is_sent() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Windows habits: a topology saved by PowerShell 5 (`>` or `Out-File`: UTF-16LE with a byte
+/// order mark) with CRLF line ends and Windows paths (a password file on `C:`, an authority on a
+/// UNC share, unquoted and single-quoted as YAML takes them) validates and plans exactly as the
+/// same file in UTF-8 with LF does.
+#[test]
+fn a_topology_saved_by_powershell_with_windows_paths_plans_as_the_utf8_file_does() {
+    let text = "version: 1\n\
+        defaults:\n  sql:\n    encrypt: required\n    ca_file: '\\\\wsus-hq\\c$\\certs\\contoso-ca.pem'\n\
+        \x20   auth: { method: sql, user: wsus_repair, password_file: C:\\secrets\\wsus.pw }\n\
+        servers:\n  - name: wsus-hq\n    sql: { host: sql-hq.contoso.example }\n\
+        \x20 - name: wsus-paris\n    upstream: wsus-hq\n    mode: replica\n\
+        \x20   sql: { host: sql-paris.contoso.example }\n";
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let utf8 = dir.path().join("utf8.yaml");
+    let powershell = dir.path().join("powershell.yaml");
+    std::fs::write(&utf8, text).expect("written");
+    let mut utf16 = vec![0xFF, 0xFE];
+    utf16.extend(
+        text.replace('\n', "\r\n")
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes),
+    );
+    std::fs::write(&powershell, utf16).expect("written");
+
+    let plans: Vec<Value> = [&utf8, &powershell]
+        .iter()
+        .map(|path| {
+            let path = path.to_str().expect("UTF-8 path");
+            let out = wsus_reset(&["validate", path]);
+            assert_eq!(out.status.code(), Some(0), "{path}: {}", stderr(&out));
+            assert_eq!(
+                stdout(&out),
+                "ok: 2 servers, 2 levels, 1 replicas, 1 top servers\n"
+            );
+            plan_json(&["plan", path, "--format", "json"])["servers"].clone()
+        })
+        .collect();
+    assert_eq!(plans[0], plans[1]);
+    assert_eq!(
+        names(&serde_json::json!({ "servers": plans[1] })),
+        ["wsus-hq", "wsus-paris"]
+    );
+}
+
+/// The tool's own text is ASCII (`->`, `...`), so that it reads right in cmd.exe and PowerShell
+/// whatever the console's code page: PowerShell 5 decodes a program's redirected output with the
+/// OEM code page, which turns UTF-8 arrows and ellipses into mojibake. (The tree's box drawing is
+/// ASCII on Windows only; scripts/windows-check.sh checks it under Wine.)
+#[test]
+fn the_tools_own_text_is_ascii() {
+    let runs: [&[&str]; 7] = [
+        &["validate", CONTOSO],
+        &["plan", CONTOSO],
+        &["plan", CONTOSO, "--format", "markdown"],
+        &["graph", CONTOSO, "--format", "dot"],
+        &["graph", CONTOSO, "--format", "mermaid"],
+        &["validate", "tests/fixtures/invalid/many-errors.yaml"],
+        &["validate", "tests/fixtures/invalid/no-servers.yaml"],
+    ];
+    for args in runs {
+        let out = wsus_reset(args);
+        for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let text = String::from_utf8_lossy(bytes);
+            let other: Vec<char> = text.chars().filter(|c| !c.is_ascii()).collect();
+            assert!(other.is_empty(), "{args:?} {stream} has {other:?}:\n{text}");
+        }
+    }
+}

@@ -97,7 +97,7 @@ pub fn render(file_name: &str, source: &str, diagnostics: &[Diagnostic]) -> Stri
 const SHOWN_LINE_BYTES: usize = 240;
 const SHOWN_VALUE_CHARS: usize = 60;
 
-/// The source as shown: every line cut to [`SHOWN_LINE_BYTES`] (with `…`), and how byte offsets
+/// The source as shown: every line cut to [`SHOWN_LINE_BYTES`] (with `...`), and how byte offsets
 /// of the original map into it.
 struct ShownSource {
     text: String,
@@ -120,7 +120,7 @@ impl ShownSource {
             lines.push((at, text.len(), kept));
             text.push_str(&line[..kept]);
             if kept < line.len() {
-                text.push_str("…\n");
+                text.push_str("...\n");
             }
             at += line.len();
         }
@@ -158,7 +158,7 @@ pub fn shorten_quoted(text: &str) -> String {
         if chars > SHOWN_VALUE_CHARS {
             out.push('`');
             out.extend(part.chars().take(SHOWN_VALUE_CHARS));
-            out.push_str(&format!("…` ({chars} characters)"));
+            out.push_str(&format!("...` ({chars} characters)"));
         } else {
             out.push('`');
             out.push_str(part);
@@ -274,7 +274,7 @@ mod tests {
         let text = render("t.yaml", &source, &[d]);
         assert!(text.len() < 2_000, "{} bytes of output", text.len());
         assert!(
-            text.contains("… (100000 characters)") || text.contains("…` (100000 characters)"),
+            text.contains("... (100000 characters)") || text.contains("...` (100000 characters)"),
             "{text}"
         );
         assert_eq!(

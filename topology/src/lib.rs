@@ -149,7 +149,7 @@ impl Topology {
             path: shown.clone(),
             source,
         })?;
-        topology.locate(canonical);
+        topology.locate(plain_path(canonical));
         Ok(topology)
     }
 
@@ -217,6 +217,36 @@ pub fn fingerprint(bytes: &[u8]) -> String {
     out
 }
 
+/// A canonical Windows path as an operator writes it: `canonicalize` returns verbatim paths
+/// (`\\?\C:\wsus\hierarchy.yaml`, `\\?\UNC\server\share\...`), which the plan, messages and
+/// relative `password_file`s would otherwise carry. The prefix is kept where it is needed: a
+/// path longer than MAX_PATH (260) or whose meaning it changes (`.`, `..`, `/`, a trailing
+/// space or dot, which Win32 paths reinterpret).
+pub fn plain_path(path: std::path::PathBuf) -> std::path::PathBuf {
+    let Some(text) = path.to_str() else {
+        return path;
+    };
+    let plain = match text.strip_prefix(r"\\?\") {
+        Some(rest) if rest.len() >= 3 && rest.as_bytes()[1] == b':' => rest.to_string(),
+        Some(rest)
+            if rest
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case(r"UNC\")) =>
+        {
+            format!(r"\\{}", &rest[4..])
+        }
+        _ => return path,
+    };
+    let reinterpreted = plain.contains('/')
+        || plain
+            .split('\\')
+            .any(|part| part == "." || part == ".." || part.ends_with([' ', '.']));
+    if plain.len() >= 260 || reinterpreted {
+        return path;
+    }
+    std::path::PathBuf::from(plain)
+}
+
 /// UTF-8 (with or without a BOM) or UTF-16 with a BOM, as Windows editors save (PowerShell 5's
 /// `>` and `Out-File` write UTF-16LE with a BOM); `None` for anything else.
 pub fn decode_text(bytes: &[u8]) -> Option<String> {
@@ -246,4 +276,38 @@ fn line_starts(text: &str) -> Vec<usize> {
     std::iter::once(0)
         .chain(text.match_indices('\n').map(|(i, _)| i + 1))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_path;
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_verbatim_windows_path_is_shown_as_an_operator_writes_it() {
+        let plain = |p: &str| plain_path(PathBuf::from(p)).to_string_lossy().into_owned();
+        assert_eq!(
+            plain(r"\\?\C:\wsus\hierarchy.yaml"),
+            r"C:\wsus\hierarchy.yaml"
+        );
+        assert_eq!(
+            plain(r"\\?\UNC\wsus-hq\c$\wsus\h.yaml"),
+            r"\\wsus-hq\c$\wsus\h.yaml"
+        );
+        // Kept where the prefix matters: past MAX_PATH, or a name Win32 would reinterpret.
+        let long = format!(r"\\?\C:\{}\h.yaml", "d".repeat(300));
+        assert_eq!(plain(&long), long);
+        assert_eq!(
+            plain(r"\\?\C:\wsus\odd. \h.yaml"),
+            r"\\?\C:\wsus\odd. \h.yaml"
+        );
+        assert_eq!(
+            plain(r"\\?\Volume{1234}\h.yaml"),
+            r"\\?\Volume{1234}\h.yaml"
+        );
+        assert_eq!(
+            plain("/srv/wsus/hierarchy.yaml"),
+            "/srv/wsus/hierarchy.yaml"
+        );
+    }
 }

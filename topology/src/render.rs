@@ -12,6 +12,19 @@ use crate::model::{Mode, ServerId};
 /// depth written out, so the drawing of a very deep chain stays linear in size.
 pub const TREE_MAX_INDENT: u32 = 32;
 
+/// The tree's lines: box drawing, as `tree` draws, except on Windows. There the console of
+/// Windows Server 2008 R2 shows box drawing only in some fonts, and PowerShell 5 decodes a
+/// program's redirected output with the console's OEM code page, which turns UTF-8 box drawing
+/// into mojibake; ASCII reads right everywhere. (The tool's other text is ASCII on every
+/// platform; only names and values from the input can carry other characters.)
+#[cfg(not(windows))]
+const TREE: [&str; 3] = ["├── ", "└── ", "│   "];
+#[cfg(windows)]
+const TREE: [&str; 3] = ["|-- ", "`-- ", "|   "];
+const TREE_BRANCH: &str = TREE[0];
+const TREE_LAST: &str = TREE[1];
+const TREE_PIPE: &str = TREE[2];
+
 impl Topology {
     /// An indented tree, top servers first, replicas marked `[replica]`.
     pub fn render_tree(&self) -> String {
@@ -46,17 +59,13 @@ impl Topology {
             let child_prefix = match connector {
                 _ if depth >= TREE_MAX_INDENT => prefix.clone(),
                 "" => prefix.clone(),
-                "├── " => format!("{prefix}│   "),
+                c if c == TREE_BRANCH => format!("{prefix}{TREE_PIPE}"),
                 _ => format!("{prefix}    "),
             };
             let children = self.downstream(id);
             let last = children.len().saturating_sub(1);
             for (k, &child) in children.iter().enumerate().rev() {
-                let connector = if k == last {
-                    "└── "
-                } else {
-                    "├── "
-                };
+                let connector = if k == last { TREE_LAST } else { TREE_BRANCH };
                 stack.push((child, child_prefix.clone(), connector, depth + 1));
             }
         }

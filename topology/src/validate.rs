@@ -80,14 +80,14 @@ pub fn check(raw: RawTopology, diagnostics: &mut Vec<Diagnostic>) -> Option<Chec
         None => {
             diagnostics.push(
                 Diagnostic::new("no `servers` list", doc_start, "servers")
-                    .help("add `servers:` with one `- name: …` entry per WSUS server"),
+                    .help("add `servers:` with one `- name: ...` entry per WSUS server"),
             );
             Vec::new()
         }
         Some(list) if list.value.is_empty() => {
             diagnostics.push(
                 Diagnostic::new("the `servers` list is empty", list.span, "servers")
-                    .help("add one `- name: …` entry per WSUS server"),
+                    .help("add one `- name: ...` entry per WSUS server"),
             );
             Vec::new()
         }

@@ -124,7 +124,17 @@ pub fn parse_streaming(
         YamlError {
             message: format!("invalid YAML: {}", e.info()),
             span: Span::new(at, at),
-            help: Some("check the indentation and quoting around this spot".into()),
+            help: Some(
+                if e.info().contains("unknown escape character") {
+                    // A Windows path in double quotes: `"C:\secrets\wsus.pw"`.
+                    "in double quotes a backslash starts an escape: write a Windows path \
+                     unquoted or in single quotes ('C:\\secrets\\wsus.pw'), or double each \
+                     backslash"
+                } else {
+                    "check the indentation and quoting around this spot"
+                }
+                .into(),
+            ),
             first: None,
         }
     };

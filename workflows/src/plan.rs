@@ -540,7 +540,7 @@ impl Plan {
                     s.name,
                     s.mode,
                     s.via,
-                    steps.join(" → ")
+                    steps.join(" -> ")
                 );
             }
             out.push('\n');

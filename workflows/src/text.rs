@@ -4,13 +4,13 @@
 /// Text a server sent (a registered name, an error) made safe to print: control characters (C0,
 /// DEL, C1 such as ESC, BEL and the CSI/OSC introducers) and the bidirectional overrides shown as
 /// `\u{..}` escapes, so that none reaches the terminal as a command; at most `max` characters,
-/// then `…` and how many more.
+/// then `...` and how many more.
 pub fn printable(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (n, c) in text.chars().enumerate() {
         if n == max {
             let rest = text.chars().count() - max;
-            out.push_str(&format!("… ({rest} more characters)"));
+            out.push_str(&format!("... ({rest} more characters)"));
             break;
         }
         if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
@@ -42,7 +42,7 @@ mod tests {
         let long = "x".repeat(40_000);
         assert_eq!(
             printable(&long, 100),
-            format!("{}… (39900 more characters)", "x".repeat(100))
+            format!("{}... (39900 more characters)", "x".repeat(100))
         );
     }
 }

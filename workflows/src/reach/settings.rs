@@ -119,12 +119,71 @@ pub(crate) fn read_secret(user: &str, source: &SecretSource) -> Result<String, S
             user: user.into(),
             var: var.clone(),
         }),
-        SecretSource::File(path) => std::fs::read_to_string(path)
+        // As Windows tools write it: PowerShell 5's `>` and Out-File write UTF-16LE with a BOM,
+        // `Out-File -Encoding utf8` UTF-8 with a BOM, Notepad a CRLF line end. None of that is
+        // part of the password.
+        SecretSource::File(path) => std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                topology::decode_text(&bytes)
+                    .ok_or_else(|| "it is not UTF-8 or UTF-16 text (with or without a BOM)".into())
+            })
             .map(|text| text.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|e| SettingsError::PasswordFile {
+            .map_err(|reason| SettingsError::PasswordFile {
                 user: user.into(),
                 path: path.clone(),
-                reason: e.to_string(),
+                reason,
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utf16le_with_bom(text: &str) -> Vec<u8> {
+        let mut bytes = vec![0xFF, 0xFE];
+        bytes.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        bytes
+    }
+
+    #[test]
+    fn a_password_file_written_by_windows_tools_reads_as_the_password() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let password = "s3cret-pässwörd";
+        let written_by = [
+            (
+                "PowerShell 5 `>` or Out-File",
+                utf16le_with_bom(&format!("{password}\r\n")),
+            ),
+            (
+                "Out-File -Encoding utf8",
+                [
+                    &[0xEF, 0xBB, 0xBF][..],
+                    format!("{password}\r\n").as_bytes(),
+                ]
+                .concat(),
+            ),
+            ("Notepad", format!("{password}\r\n").into_bytes()),
+            ("printf", password.as_bytes().to_vec()),
+        ];
+        for (tool, bytes) in written_by {
+            let path = dir.path().join("wsus.pw");
+            std::fs::write(&path, bytes).expect("written");
+            let read = read_secret("CORP\\u", &SecretSource::File(path));
+            assert_eq!(read.as_deref(), Ok(password), "as written by {tool}");
+        }
+    }
+
+    #[test]
+    fn a_password_file_that_is_not_text_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("wsus.pw");
+        std::fs::write(&path, [0xC3, 0x28, 0xFF]).expect("written");
+        let error = read_secret("u", &SecretSource::File(path)).expect_err("refused");
+        assert!(
+            error.to_string().contains("not UTF-8 or UTF-16 text"),
+            "{error}"
+        );
     }
 }
