@@ -75,16 +75,43 @@ impl Integrated {
             .target_spn(&format!("HTTP/{host}"))
             .build()
             .map(Integrated)
-            .map_err(|e| e.to_string())
+            .map_err(sspi_error)
     }
 
     pub(super) fn step(&mut self, challenge: Option<&[u8]>) -> Result<Vec<u8>, String> {
         use winauth::NextBytes;
         self.0
             .next_bytes(challenge)
-            .map_err(|e| e.to_string())?
+            .map_err(sspi_error)?
             .ok_or_else(|| "SSPI produced no token".to_string())
     }
+}
+
+/// An SSPI failure by its name in winerror.h: FormatMessage often has no text for these
+/// SECURITY_STATUS codes ("OS Error -2146893055 (FormatMessageW() returned error 317)").
+#[cfg(windows)]
+fn sspi_error(e: std::io::Error) -> String {
+    let Some(code) = e.raw_os_error().map(|c| c as u32) else {
+        return e.to_string();
+    };
+    let name = match code {
+        0x8009_0301 => "SEC_E_INVALID_HANDLE",
+        0x8009_0302 => "SEC_E_UNSUPPORTED_FUNCTION",
+        0x8009_0303 => "SEC_E_TARGET_UNKNOWN",
+        0x8009_0304 => "SEC_E_INTERNAL_ERROR",
+        0x8009_0305 => "SEC_E_SECPKG_NOT_FOUND",
+        0x8009_0308 => "SEC_E_INVALID_TOKEN",
+        0x8009_030C => "SEC_E_LOGON_DENIED",
+        0x8009_030D => "SEC_E_UNKNOWN_CREDENTIALS",
+        0x8009_030E => "SEC_E_NO_CREDENTIALS",
+        0x8009_0311 => "SEC_E_NO_AUTHENTICATING_AUTHORITY",
+        _ => return e.to_string(),
+    };
+    format!(
+        "SSPI {name} ({code:#010x}) with this process's own logon: `auth.method: integrated` needs \
+         a domain account the server trusts; else use `method: windows` with a user and a \
+         password source"
+    )
 }
 
 /// How this session proves who it is.
