@@ -7,7 +7,8 @@
 #   SHA256SUMS
 #
 # Each zip holds wsus-reset.exe, README.md, the examples, the PowerShell completion script and
-# INSTALL.txt (which zip fits which host).
+# INSTALL.txt (which zip fits which host). The Windows 7 exe's imports are checked first
+# (scripts/pe_imports.py): nothing is packaged that Windows 7 would refuse to start.
 #
 #   scripts/dist.sh            the release builds, all three archives
 #   scripts/dist.sh --ci       the Windows zips only, from the lighter `windows-check` profile (what
@@ -27,6 +28,9 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 scripts/windows-build.sh "$profile" > "$stage/exes"
 mapfile -t exes < "$stage/exes"
+# No zip for Windows 7 that would not start there; and the check must see the newer build refused.
+python3 scripts/pe_imports.py "${exes[1]}"
+python3 scripts/pe_imports.py --expect-newer "${exes[0]}"
 if [ "$linux" = yes ]; then
   cargo build --locked --release --bin wsus-reset
   native=target/release/wsus-reset
