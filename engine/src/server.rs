@@ -265,16 +265,18 @@ impl<W: Workflow> ServerRun<'_, W> {
         }
     }
 
-    /// Whether a journal shows a compensation in flight out of its turn: its intent is open while
-    /// a mutation between the step it undoes and itself never took effect. Only an interrupt or a
-    /// failure runs a compensation early, so that attempt is over; continuing it would send the
-    /// remaining steps to a server the compensation may already have put back.
+    /// Whether a journal shows a compensation begun out of its turn (its intent open, or its
+    /// outcome written) while a mutation between the step it undoes and itself never took
+    /// effect. Only an interrupt or a failure runs a compensation early, so that attempt is over
+    /// even when the record saying so was never written (a second interrupt stops the run before
+    /// it); continuing it would send the remaining steps to a server the compensation has put, or
+    /// may have put, back.
     fn compensating_out_of_turn(&self, done: &[bool], open: &[bool]) -> bool {
         self.steps.iter().enumerate().any(|(c, spec)| {
             let StepKind::Compensate { undoes } = spec.kind else {
                 return false;
             };
-            open[c] && (undoes + 1..c).any(|j| self.steps[j].mutates() && !done[j])
+            (open[c] || done[c]) && (undoes + 1..c).any(|j| self.steps[j].mutates() && !done[j])
         })
     }
 

@@ -641,3 +641,76 @@ async fn a_switch_an_older_finished_run_never_undid_is_undone_first_with_the_jou
         );
     }
 }
+
+/// A run interrupted twice: the first interrupt switched a replica back after its first
+/// decline, the second stopped the run before the record saying the server was interrupted. The
+/// journal still shows that attempt over (its restore ran out of turn): `resume` starts the
+/// server over from its probe and never sends the approval to the replica the restore put back
+/// (found in CI: 1 in about 2,000 interrupted-compensation trials under load).
+#[tokio::test]
+async fn a_restore_run_early_ends_its_attempt_even_without_the_record_saying_so() {
+    use engine::journal::{Journal, Record, StepResult, Who};
+    let dir = tempfile::tempdir().unwrap();
+    let effects = dir.path().join("effects");
+    std::fs::create_dir_all(&effects).unwrap();
+    let t = small();
+    // emea, a replica: switched (1), declined (2), switched back (5) by the first interrupt.
+    std::fs::write(effects.join("emea"), "1\n2\n5\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("runs")).unwrap();
+    let journal =
+        Journal::open(&dir.path().join("runs/20200101T000000000Z-1.journal"), None).unwrap();
+    let at = || "2020-01-01T00:00:00.000Z".to_string();
+    let mut records = vec![
+        Record::RunStarted {
+            run_id: "20200101T000000000Z-1".into(),
+            topology: t.source().into(),
+            fingerprint: t.fingerprint().into(),
+            servers: vec!["emea".into()],
+            who: Who::now(),
+        },
+        Record::ServerStarted {
+            server: "emea".into(),
+            attempt: 1,
+            at: at(),
+        },
+        Record::Facts {
+            server: "emea".into(),
+            facts: [("began".to_string(), serde_json::Value::Bool(true))]
+                .into_iter()
+                .collect(),
+            at: at(),
+        },
+    ];
+    for (step, name) in [(1, "switch"), (2, "decline"), (5, "restore")] {
+        records.push(Record::Intent {
+            server: "emea".into(),
+            step,
+            name: name.into(),
+            attempt: 1,
+            at: at(),
+        });
+        records.push(Record::Outcome {
+            server: "emea".into(),
+            step,
+            name: name.into(),
+            result: StepResult::Done,
+            note: None,
+            error: None,
+            at: at(),
+        });
+    }
+    for record in records {
+        journal.append(record).await.unwrap();
+    }
+    drop(journal);
+    let fake = Shared(Arc::new(Fake::new(Store::Dir(effects))));
+    let report = Engine::new(fake.clone(), Arc::clone(&t), options(dir.path(), 2))
+        .resume(Interrupts::default())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Succeeded, "{report:#?}");
+    // A new attempt from the switch; before the fix the approval (3) went to the replica.
+    assert_eq!(fake.0.store.effects("emea"), [1, 2, 5, 1, 2, 3, 4, 5]);
+    let emea = t.servers().iter().find(|s| s.name == "emea").unwrap();
+    assert!(fake.0.state(emea).replica);
+}
