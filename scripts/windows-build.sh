@@ -8,7 +8,10 @@
 #                            is built from source (-Zbuild-std, which the stable toolchain allows
 #                            with RUSTC_BOOTSTRAP=1; needs `rustup component add rust-src`).
 #
-#   scripts/windows-build.sh [release|dev]     (default: release)
+#   scripts/windows-build.sh [release|windows-check]     (default: release)
+#
+# (No unoptimized profile: there the Windows 7 build keeps an import of combase.dll, which
+# Windows 7 lacks; see the windows-check profile in Cargo.toml.)
 #
 # Needs the x86_64-pc-windows-gnu target, rust-src and gcc-mingw-w64-x86-64 (scripts/test.sh
 # installs them). .cargo/config.toml holds the Windows 7 target's linker, C compiler and cfg.
@@ -16,19 +19,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${1:-release}"
 case "$profile" in
-  release) dir=release ;;
-  dev) dir=debug ;;
-  windows-check) dir=windows-check ;;
-  *) echo "usage: scripts/windows-build.sh [release|dev]" >&2; exit 2 ;;
+  release | windows-check) dir=$profile ;;
+  *) echo "usage: scripts/windows-build.sh [release|windows-check]" >&2; exit 2 ;;
 esac
 
 # OpenSSL (the TLS 1.0 path) is built from source by openssl-src, which takes minutes and does not
-# know the win7 triple. It is built once, for x86_64-pc-windows-gnu in this profile (or by an
-# earlier `cargo clippy --target x86_64-pc-windows-gnu`, for dev), and both builds link that
-# static library: the two targets share the MinGW-w64 C ABI.
+# know the win7 triple. It is built once, for x86_64-pc-windows-gnu in this profile (or, for
+# windows-check, by an earlier `cargo clippy --target x86_64-pc-windows-gnu`), and both builds
+# link that static library: the two targets share the MinGW-w64 C ABI.
 openssl_install() {
   local dirs=("target/x86_64-pc-windows-gnu/$dir")
-  # Any profile but release may link the lint's (dev) OpenSSL: it differs only in optimization.
+  # windows-check may link the lint's (dev) OpenSSL: it differs only in optimization.
   [ "$dir" = release ] || dirs+=(target/x86_64-pc-windows-gnu/debug)
   for d in "${dirs[@]}"; do ls -dt "$d"/build/openssl-sys-*/out/openssl-build/install 2>/dev/null; done |
     while read -r d; do [ -f "$d/lib/libcrypto.a" ] && { echo "$PWD/$d"; break; }; done

@@ -14,11 +14,12 @@ fn fixture(path: &str) -> String {
     std::fs::read_to_string(Path::new(FIXTURES).join(path)).expect("fixture")
 }
 
-fn crlf(text: &str) -> String {
+pub(crate) fn crlf(text: &str) -> String {
     text.replace('\n', "\r\n")
 }
 
-fn utf16le_with_bom(text: &str) -> Vec<u8> {
+/// As PowerShell 5's `>` and `Out-File` save text (with [`crlf`] line ends for a whole file).
+pub(crate) fn utf16le_with_bom(text: &str) -> Vec<u8> {
     let mut bytes = vec![0xFF, 0xFE];
     for unit in text.encode_utf16() {
         bytes.extend_from_slice(&unit.to_le_bytes());

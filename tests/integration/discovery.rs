@@ -244,10 +244,7 @@ fn hostile_registered_names_are_printed_escaped_in_discover_and_diff() {
 #[test]
 fn discover_and_diff_read_a_seed_saved_as_utf16_by_powershell() {
     let lab = LabProcess::start_with(TOPOLOGY, "broken", "faults: []\n", 0);
-    let mut bytes = vec![0xFF, 0xFE];
-    for unit in only_the_top(TOPOLOGY).replace('\n', "\r\n").encode_utf16() {
-        bytes.extend(unit.to_le_bytes());
-    }
+    let bytes = crate::diagnose::utf16le_with_bom(&crate::diagnose::crlf(&only_the_top(TOPOLOGY)));
     std::fs::write(lab.path("seed.yaml"), bytes).expect("seed");
     let out = lab.run(&["discover", "seed.yaml", "--out", "found.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -532,13 +532,8 @@ fn a_topology_saved_by_powershell_with_windows_paths_plans_as_the_utf8_file_does
     let utf8 = dir.path().join("utf8.yaml");
     let powershell = dir.path().join("powershell.yaml");
     std::fs::write(&utf8, text).expect("written");
-    let mut utf16 = vec![0xFF, 0xFE];
-    utf16.extend(
-        text.replace('\n', "\r\n")
-            .encode_utf16()
-            .flat_map(u16::to_le_bytes),
-    );
-    std::fs::write(&powershell, utf16).expect("written");
+    let saved = crate::diagnose::utf16le_with_bom(&crate::diagnose::crlf(text));
+    std::fs::write(&powershell, saved).expect("written");
 
     let plans: Vec<Value> = [&utf8, &powershell]
         .iter()
