@@ -244,6 +244,14 @@ pub enum Command {
         /// from its upstream's table), under UPSTREAM or the first top server (repeatable).
         #[arg(long, value_name = "NAME[@UPSTREAM]")]
         stale: Vec<String>,
+        /// Write each server's SoftwareDistribution.log under DIR/NAME/, as a real server logs
+        /// the client web service's faults (the KB 954960 one with its stack); `diagnose
+        /// --server-log DIR` reads them.
+        #[arg(long, value_name = "DIR")]
+        server_log: Option<PathBuf>,
+        /// At most N updates per SyncUpdates answer (WSUS: 200), so that clients page.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=200))]
+        client_page: Option<u64>,
     },
     /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
     ///

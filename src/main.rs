@@ -172,6 +172,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             api_roles,
             api_negotiate_only,
             stale,
+            server_log,
+            client_page,
         } => commands::lab::run(
             &file,
             commands::lab::LabOptions {
@@ -196,6 +198,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
                 api_roles,
                 api_negotiate_only,
                 stale,
+                server_log,
+                client_page,
             },
             out,
         ),

@@ -19,6 +19,11 @@ pub enum LabError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot write server log {path}: {source}")]
+    WriteLog {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("listener: {0}")]
     Listen(std::io::Error),
     #[error(transparent)]

@@ -39,6 +39,7 @@ pub mod sync;
 pub mod tls;
 pub mod version;
 pub mod wsus;
+pub mod wusp;
 
 pub use error::LabError;
 pub use model::StateFile;
@@ -102,6 +103,11 @@ pub struct LabConfig {
     /// Registered downstream servers the lab does not serve (decommissioned, never deleted):
     /// each name, and the server whose table holds it (`None`: the first top server).
     pub stale: Vec<(String, Option<String>)>,
+    /// Where each server's SoftwareDistribution.log is written (`DIR/NAME/`), when set: the
+    /// client web service's faults, as a real server logs them.
+    pub server_log: Option<PathBuf>,
+    /// `NewUpdates` per `SyncUpdates` answer at most: WSUS's 200 (MS-WUSP note 55) unless set.
+    pub client_page: Option<usize>,
 }
 
 /// Where a connection's LOGIN7 can lead: the server's name, found by host, instance and database.
@@ -141,6 +147,8 @@ struct Shared {
     hierarchy: Hierarchy,
     next_connection: AtomicU64,
     tls: Option<tls::Acceptors>,
+    /// Signs the client web service's cookies.
+    cookies: wusp::cookie::Sealer,
 }
 
 /// A running lab's handle: cheap to clone.
@@ -237,6 +245,7 @@ impl Lab {
                 state,
                 hierarchy,
                 next_connection: AtomicU64::new(1),
+                cookies: wusp::cookie::Sealer::new(),
             }),
         };
         lab.save()?;

@@ -57,6 +57,28 @@ pub struct Call {
     pub params: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A computer the client web service knows (`tbComputerTarget`; MS-WUSP 3.1.1, Client Table):
+/// added by `GetAuthorizationCookie`, which "SHOULD persist the provided client information"
+/// (MS-WUSP 3.1.5.3), registered by `RegisterComputer`, removed by `ExecuteSPDeleteComputer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Computer {
+    /// The ComputerID: the client's `clientId` (MS-WUSP 3.1.1 calls it "a suitable unique
+    /// identifier"; whether WSUS 3.0 uses it is open question 6, the lab does).
+    pub id: String,
+    /// `dnsName` (`FullDomainName` in the console).
+    pub dns_name: String,
+    /// The target group the client asked for (client-side targeting), when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_group: Option<String>,
+    /// The group its approvals come from besides All Computers.
+    pub group_id: String,
+    /// `RegisterComputer` was called.
+    pub registered: bool,
+    /// The last successful `SyncUpdates`, when one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<String>,
+}
+
 /// One emulated server's database.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerDb {
@@ -88,6 +110,9 @@ pub struct ServerDb {
     /// left unaccepted is a fault, `licence: not-accepted`).
     #[serde(default)]
     pub eula_accepted_by: Option<String>,
+    /// The computers its client web service knows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub computers: Vec<Computer>,
 }
 
 /// Two made-up product keys (their real form is not public beyond the WSDL's `ProgramKey`: a
@@ -162,6 +187,7 @@ impl ServerDb {
             config_change_number: 1,
             program_keys: seeded_program_keys(),
             eula_accepted_by: None,
+            computers: Vec::new(),
         };
         let variant = match seed {
             Seed::Broken => 0,

@@ -53,6 +53,24 @@ impl WsusVersion {
     }
 }
 
+impl WsusVersion {
+    /// The `ProtocolVersion` its client web service reports in `GetConfig` (MS-WUSP product
+    /// behavior note 12: WSUS 3.0 `3.0`, 3.0 SP1 `3.1`, 3.0 SP2 `3.2`).
+    pub fn client_protocol(self) -> &'static str {
+        match self {
+            WsusVersion::V30 => "3.0",
+            WsusVersion::V30Sp1 | WsusVersion::V30Sp1Hotfix => "3.1",
+            WsusVersion::V30Sp2 => "3.2",
+        }
+    }
+
+    /// Whether its client web service has the fix of KB 954960: the hotfix, or SP2, which
+    /// includes it (KB 954960, Resolution; `workflows::hotfix` gives the same advice).
+    pub fn client_fixed(self) -> bool {
+        matches!(self, WsusVersion::V30Sp1Hotfix | WsusVersion::V30Sp2)
+    }
+}
+
 impl fmt::Display for WsusVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

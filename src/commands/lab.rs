@@ -29,6 +29,10 @@ pub struct LabOptions {
     pub stale: Vec<String>,
     /// The web service offers only `Negotiate`.
     pub api_negotiate_only: bool,
+    /// Where each server's SoftwareDistribution.log is written.
+    pub server_log: Option<PathBuf>,
+    /// `NewUpdates` per SyncUpdates answer at most.
+    pub client_page: Option<u64>,
 }
 
 /// What the lab encrypts with.
@@ -82,6 +86,8 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
         api_roles,
         stale,
         api_negotiate_only,
+        server_log,
+        client_page,
     } = options;
     let topology = Topology::load(file)?;
     // A stale entry names a server the lab does not serve, under one it does.
@@ -177,6 +183,8 @@ pub(crate) fn run(file: &Path, options: LabOptions, out: &mut impl Write) -> Res
             replica_sync: replica_sync_ms.map(Duration::from_millis),
             stale,
             api_negotiate_only,
+            server_log,
+            client_page: client_page.and_then(|n| usize::try_from(n).ok()),
         },
     )
     .map_err(|e| Failure::BadInput(format!("error: {e}")))?;

@@ -531,6 +531,195 @@ fn zeep_drives_the_labs_web_service_through_ntlm_with_a_real_servers_wsdl() {
     assert_eq!(state["servers"]["wsus-hq"]["update_declined"], true);
 }
 
+/// zeep as a Windows Update client of the lab's client web services, with the WSDLs of the
+/// protocol's specification (MS-WUSP, `shared/data/wsus`), not the lab's: GetConfig,
+/// GetAuthorizationCookie, GetCookie, RegisterComputer and SyncUpdates, claiming every non-leaf
+/// revision it receives until nothing new comes or the server faults.
+const ZEEP_CLIENT: &str = r#"
+import sys, datetime
+import requests
+from zeep import Client, Settings
+from zeep.exceptions import Fault
+from zeep.transports import Transport
+
+port, wsdl_dir, host, client_id = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+base = f"http://127.0.0.1:{port}"
+ns = "http://www.microsoft.com/SoftwareDistribution/Server/ClientWebService"
+auth_ns = "http://www.microsoft.com/SoftwareDistribution/Server/SimpleAuthWebService"
+
+def service(wsdl, binding, path):
+    s = requests.Session()
+    s.headers["Host"] = host
+    client = Client(f"{wsdl_dir}/{wsdl}", transport=Transport(session=s), settings=Settings(strict=False))
+    return client.create_service(binding, base + path)
+
+cws = service("ClientWebService-MS-WUSP.wsdl", f"{{{ns}}}ClientSoap", "/ClientWebService/client.asmx")
+auth = service("SimpleAuth-MS-WUSP.wsdl", f"{{{auth_ns}}}SimpleAuthSoap", "/SimpleAuthWebService/SimpleAuth.asmx")
+
+def code(fault):
+    detail = {e.tag.split("}")[-1]: (e.text or "") for e in fault.detail} if fault.detail is not None else {}
+    return detail.get("ErrorCode"), detail.get("ID"), detail.get("Method")
+
+config = cws.GetConfig(protocolVersion="1.0")
+props = {p.Name: p.Value for p in config.Properties.ConfigurationProperty}
+print("config", config.IsRegistrationRequired, props["ProtocolVersion"], config.AuthInfo.AuthPlugInInfo[0].ServiceUrl)
+issued = auth.GetAuthorizationCookie(clientId=client_id, targetGroupName=None, dnsName="zeep-probe.test.example")
+print("plugin", issued.PlugInId)
+# The client web service's own AuthorizationCookie type: passed as SimpleAuth's object, zeep would
+# write its elements in SimpleAuth's namespace, which the server's XmlSerializer does not read.
+cookie_data = {"PlugInId": issued.PlugInId, "CookieData": issued.CookieData}
+now = datetime.datetime.now(datetime.timezone.utc)
+try:
+    cws.GetCookie(authCookies={"AuthorizationCookie": [cookie_data]}, oldCookie=None,
+                  lastChange=datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc), currentTime=now, protocolVersion="1.0")
+except Fault as f:
+    print("stale lastChange", code(f)[0])
+cookie = cws.GetCookie(authCookies={"AuthorizationCookie": [cookie_data]}, oldCookie=None,
+                       lastChange=config.LastChange, currentTime=now, protocolVersion="1.0")
+params = lambda installed, other: {"ExpressQuery": False, "InstalledNonLeafUpdateIDs": {"int": installed},
+                                   "OtherCachedUpdateIDs": {"int": other}, "SkipSoftwareSync": False}
+try:
+    cws.SyncUpdates(cookie=cookie, parameters=params([], []))
+except Fault as f:
+    print("unregistered", code(f)[0])
+info = {"DnsName": "zeep-probe.test.example", "OSMajorVersion": 5, "OSMinorVersion": 1, "OSBuildNumber": 2600,
+        "OSServicePackMajorNumber": 3, "OSServicePackMinorNumber": 0, "OSLocale": "en-US",
+        "BiosReleaseDate": datetime.datetime(2008, 1, 1), "ProcessorArchitecture": "X86", "SuiteMask": 256,
+        "OldProductType": 1, "NewProductType": 1, "SystemMetrics": 0, "ClientVersionMajorNumber": 7,
+        "ClientVersionMinorNumber": 2, "ClientVersionBuildNumber": 6001, "ClientVersionQfeNumber": 788}
+cws.RegisterComputer(cookie=cookie, computerInfo=info)
+installed, other, trips = [], [], 0
+while trips < 20:
+    trips += 1
+    try:
+        result = cws.SyncUpdates(cookie=cookie, parameters=params(installed, other))
+    except Fault as f:
+        print("fault", trips, *code(f))
+        break
+    cookie = result.NewCookie
+    updates = result.NewUpdates.UpdateInfo if result.NewUpdates else []
+    print("page", trips, len(updates), result.Truncated, [(u.ID, u.IsLeaf, u.Deployment.Action) for u in updates])
+    if not updates:
+        print("done", trips)
+        break
+    for u in updates:
+        (other if u.IsLeaf else installed).append(u.ID)
+        if "D359F493" in u.Xml.upper():
+            print("in scope", u.ID)
+"#;
+
+#[test]
+fn zeep_scans_the_labs_client_web_service_with_the_specifications_wsdls() {
+    if !available("zeep", Command::new("python3").args(["-c", "import zeep"])) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("scratch");
+    std::fs::write(
+        dir.path().join("h.yaml"),
+        "version: 1\nservers:\n  - name: wsus-hq\n    sql: { host: sql-hq.test.example }\n  - name: wsus-b\n    upstream: wsus-hq\n    mode: replica\n    sql: { host: sql-b.test.example }\n",
+    )
+    .expect("topology");
+    // wsus-b runs SP1 without the hotfix, wsus-hq SP1 with it; both hold the broken approvals.
+    let (mut lab, api) = api_lab(
+        dir.path(),
+        &[
+            "--wsus-version",
+            "wsus-b=3.0sp1",
+            "--wsus-version",
+            "wsus-hq=3.0sp1-954960",
+            "--server-log",
+            "logs",
+            "--client-page",
+            "2",
+        ],
+    );
+    let wsdls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/wsus");
+    let scan = |host: &str, client_id: &str| {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                ZEEP_CLIENT,
+                api.rsplit(':').next().expect("port"),
+                wsdls.to_str().expect("UTF-8"),
+                host,
+                client_id,
+            ])
+            .output()
+            .expect("python3 runs");
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{said}");
+        said
+    };
+    let broken = scan("wsus-b", "0c1e57a1-0000-4000-8000-00000000e001");
+    let fixed = scan("wsus-hq", "0c1e57a1-0000-4000-8000-00000000e002");
+    let _ = lab.kill();
+    let _ = lab.wait();
+    // WSUS 3.0 SP1 speaks server protocol 3.1 and requires registration.
+    assert!(
+        broken.contains("config True 3.1 SimpleAuthWebService/SimpleAuth.asmx"),
+        "{broken}"
+    );
+    assert!(
+        broken.contains("stale lastChange ConfigChanged"),
+        "{broken}"
+    );
+    assert!(
+        broken.contains("unregistered RegistrationRequired"),
+        "{broken}"
+    );
+    // Two roots on a page of two, then the Office family, then the Office 2003 product; with
+    // the product and its detectoid claimed, the update comes into scope and GetSyncInfo throws.
+    assert!(broken.contains("page 1 2 False"), "{broken}");
+    assert!(broken.contains("page 3 1 False"), "{broken}");
+    let fault = broken
+        .lines()
+        .find_map(|l| l.strip_prefix("fault 4 InternalServerError "))
+        .unwrap_or_else(|| panic!("no fault: {broken}"));
+    let id = fault.split_whitespace().next().expect("ID");
+    assert!(
+        fault.ends_with(
+            "\"http://www.microsoft.com/SoftwareDistribution/Server/ClientWebService/SyncUpdates\""
+        ),
+        "{fault}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("logs/wsus-b/SoftwareDistribution.log"))
+        .expect("wsus-b's server log");
+    let thrown = log
+        .lines()
+        .position(|l| l.contains(&format!("ID={id}, ErrorCode=InternalServerError")))
+        .unwrap_or_else(|| panic!("{id} not logged: {log}"));
+    assert!(
+        log.lines()
+            .take(thrown)
+            .any(|l| l.contains("Item has already been added. Key in dictionary: '8010'")),
+        "{log}"
+    );
+    // The hotfix server sends the update's latest revision alone, and the scan ends.
+    assert!(fixed.contains("in scope 8002"), "{fixed}");
+    assert!(
+        fixed.contains(
+            "page 4 2 False [(8002, True, 'Install'), (8007, True, 'PreDeploymentCheck')]"
+        ),
+        "{fixed}"
+    );
+    assert!(fixed.contains("done 5"), "{fixed}");
+    assert!(!fixed.contains("fault"), "{fixed}");
+    // Both computers are on record, registered, as a real server keeps them.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("state.json")).expect("state"),
+    )
+    .expect("JSON");
+    for (server, id) in [
+        ("wsus-b", "0c1e57a1-0000-4000-8000-00000000e001"),
+        ("wsus-hq", "0c1e57a1-0000-4000-8000-00000000e002"),
+    ] {
+        let computers = &state["servers"][server]["computers"];
+        assert_eq!(computers[0]["id"], id, "{computers}");
+        assert_eq!(computers[0]["registered"], true, "{computers}");
+        assert_eq!(computers[0]["dns_name"], "zeep-probe.test.example");
+    }
+}
+
 /// python-tds (pyOpenSSL underneath) over TLS to a SQL Server 2005 lab: its own default, a TLS
 /// 1.2 context, is refused; a context that allows TLS 1.0, as an old client's, negotiates it,
 /// the certificate validated against the lab's authority.

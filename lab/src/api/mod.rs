@@ -18,7 +18,7 @@
 
 mod auth;
 mod operations;
-mod soap;
+pub(crate) mod soap;
 pub mod wsdl;
 
 use std::convert::Infallible;
@@ -259,11 +259,39 @@ impl Lab {
             }
             _ => {}
         }
-        if request.uri().path() != PATH {
+        let client_service = crate::wusp::service(request.uri().path());
+        if request.uri().path() != PATH && client_service.is_none() {
             return respond(StatusCode::NOT_FOUND, "text/plain", b"not found".to_vec());
         }
         if self.shared.config.faults.unreachable(&server) {
             return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", Vec::new());
+        }
+        // The client web services are anonymous: no Windows authentication on the way in.
+        if let Some(service) = client_service {
+            let scheme = if matches!(scheme, Scheme::Https { .. }) {
+                "https"
+            } else {
+                "http"
+            };
+            let actor = format!("{scheme}://{host}{}", request.uri().path());
+            let soap_action = request
+                .headers()
+                .get("SOAPAction")
+                .and_then(|h| h.to_str().ok());
+            let latency = self.shared.config.latency;
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            return self
+                .client_request(
+                    &server,
+                    service,
+                    &actor,
+                    soap_action,
+                    request.method() == hyper::Method::POST,
+                    &body,
+                )
+                .await;
         }
         let authorization = request
             .headers()

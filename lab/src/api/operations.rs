@@ -33,6 +33,7 @@ pub(crate) const CHANGES: &[&str] = &[
     "ExecuteSPDeclineUpdate",
     "ExecuteSPDeployUpdate1",
     "ExecuteSPAcceptEula",
+    "ExecuteSPDeleteComputer",
 ];
 
 /// Whether `text` is an `xs:dateTime` as .NET's XmlSerializer reads it: at most seven fraction
@@ -209,6 +210,42 @@ pub(crate) fn operate(
                 )),
                 None,
             ))
+        }
+        // The computers the client web service knows by this DNS name, as one result set. The
+        // row layout is not public (the WSDL gives `ArrayOfArrayOfGenericReadableRow`): made up,
+        // ComputerID first, then the name and the last sync; a client must find its ID in a row
+        // rather than trust a column.
+        "ExecuteSPGetComputerTargetByName" => {
+            let name = required(params, "name")?;
+            let rows = db
+                .computers
+                .iter()
+                .filter(|c| c.dns_name.eq_ignore_ascii_case(name))
+                .map(|c| {
+                    vec![
+                        Cell::Text(c.id.clone()),
+                        Cell::Text(c.dns_name.clone()),
+                        c.last_sync.clone().map_or(Cell::Null, Cell::DateTime),
+                    ]
+                })
+                .collect();
+            Ok((Answer::RowSets(vec![rows]), None))
+        }
+        // IComputerTarget.Delete (ms745937) "removes the client computer from the list of clients
+        // known to WSUS". For an ID it does not know, harsher than known: refused, so a client
+        // that deletes twice (a lost answer) must read back rather than trust the second answer.
+        "ExecuteSPDeleteComputer" => {
+            let id = required(params, "id")?.to_string();
+            let before = db.computers.len();
+            db.computers.retain(|c| !c.id.eq_ignore_ascii_case(&id));
+            if db.computers.len() == before {
+                return Err((
+                    false,
+                    "Microsoft.UpdateServices.Administration.WsusObjectNotFoundException",
+                    format!("The computer {id} could not be found in the database."),
+                ));
+            }
+            Ok((Answer::Empty, Some(call(true, &[("id", id.into())]))))
         }
         "ExecuteSPGetConfiguration" => Ok((Answer::Configuration(row_of(server, db)), None)),
         "ExecuteSPSetConfiguration" => {

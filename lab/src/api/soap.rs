@@ -160,6 +160,8 @@ pub(crate) enum Answer {
     Fields(Vec<(&'static str, String)>),
     /// `<{op}Result>` as `CompleteUpdates`, its `minimalProperties` rows.
     Complete(Vec<Vec<Cell>>),
+    /// `<{op}Result>` holding result sets, each an `ArrayOfGenericReadableRow`.
+    RowSets(Vec<Vec<Vec<Cell>>>),
 }
 
 pub(crate) type XmlWriter = Writer<Vec<u8>>;
@@ -252,6 +254,15 @@ pub(crate) fn answer_xml(operation: &str, answer: &Answer) -> Vec<u8> {
                 for (name, value) in fields {
                     text_element(w, name, value)?;
                 }
+            }
+            Answer::RowSets(sets) => {
+                w.write_event(Event::Start(BytesStart::new(result.as_str())))?;
+                for rows in sets {
+                    w.write_event(Event::Start(BytesStart::new("ArrayOfGenericReadableRow")))?;
+                    readable_rows(w, rows)?;
+                    w.write_event(Event::End(BytesEnd::new("ArrayOfGenericReadableRow")))?;
+                }
+                w.write_event(Event::End(BytesEnd::new(result.as_str())))?;
             }
             Answer::Complete(rows) => {
                 w.write_event(Event::Start(BytesStart::new(result.as_str())))?;

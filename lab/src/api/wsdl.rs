@@ -26,6 +26,8 @@ pub const OPERATIONS: &[&str] = &[
     "ExecuteSPAcceptEula",
     "ExecuteSPGetDeploymentsByUpdate1",
     "ExecuteSPGetAllDownstreamServers",
+    "ExecuteSPGetComputerTargetByName",
+    "ExecuteSPDeleteComputer",
 ];
 
 const TEMPLATE: &str = include_str!("api.wsdl");
