@@ -93,6 +93,8 @@ pub enum Command {
         /// One JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Walk the hierarchy from the file's top servers (read-only: each server's downstream-server
     /// table and its own configuration, level by level) and write the file with every server it
@@ -310,6 +312,25 @@ pub struct ConnArgs {
     /// Servers probed at once by read-only commands.
     #[arg(long = "probe-parallel", default_value_t = 16, value_name = "N")]
     pub probe_parallel: usize,
+}
+
+/// The synthetic Windows Update client of `verify --client`.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Also scan each server with `api` as a Windows Update client would (MS-WUSP), claiming
+    /// Office 2003: the KB's own proof. It registers a computer, wsus-reset-probe-XXXXXXXX.invalid
+    /// (a fresh client ID), and deletes it again through the administration web service.
+    #[arg(long)]
+    pub client: bool,
+    /// The target group the client asks to join (client-side targeting); without it the
+    /// server puts it in Unassigned Computers. Approvals reach it through All Computers and
+    /// this group only.
+    #[arg(long, value_name = "NAME", requires = "client")]
+    pub client_group: Option<String>,
+    /// Where the record of the client's computers not yet removed is kept
+    /// (client-probes.json): the next `verify --client` removes what a killed run left.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
 }
 
 /// Where journals and the run lock live unless `--state-dir` says otherwise.

@@ -116,7 +116,8 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             select,
             conn,
             json,
-        } => commands::verify::run(&file, select, &conn, json, out),
+            client,
+        } => commands::verify::run(&file, select, &conn, json, &client, out),
         Command::Discover {
             seed,
             out: path,

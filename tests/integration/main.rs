@@ -1,5 +1,6 @@
 //! End-to-end tests of the `wsus-reset` binary; all in one test binary (one link, one run).
 
+mod client_scan;
 mod contract;
 mod diagnose;
 mod discovery;

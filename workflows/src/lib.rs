@@ -12,6 +12,7 @@ pub mod kb954960;
 pub mod plan;
 pub mod reach;
 pub mod repair;
+pub mod scan;
 pub mod survey;
 pub mod text;
 

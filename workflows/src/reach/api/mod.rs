@@ -22,7 +22,7 @@
 mod auth;
 mod contract;
 mod rows;
-mod soap;
+pub(crate) mod soap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -128,11 +128,8 @@ async fn answers_plain_http(tcp: &mut TcpStream, host: &str) -> bool {
 
 /// A WSUS server's administration web service, over one authenticated connection.
 pub struct ApiSession {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    http: Http,
     server: String,
-    origin: String,
-    /// The `Host` header: the topology's `api.host` (with the port when not the scheme's).
-    host: String,
     /// The account the session authenticated as (`DOMAIN\\user`): the `adminName` of its changes.
     user: String,
     /// `GetCurrentUserRole`, asked on the request that completed the login.
@@ -143,18 +140,48 @@ pub struct ApiSession {
     version: Option<String>,
     /// The configuration row as last read, every element: written back whole with one change.
     row: Option<Vec<Element>>,
-    /// The topology asks for HTTPS, but `--api-via` sends this session to a loopback lab in
-    /// plain HTTP (no `--connect-via-ca`).
-    lab_plaintext: bool,
-    /// What the HTTPS handshake settled on; `None` over plain HTTP.
-    tls: Option<Negotiated>,
+}
+
+/// What the synthetic client's computer record cleanup sends (`verify --client`).
+const COMPUTERS: &[(&str, &[&str])] = &[
+    ("ExecuteSPGetComputerTargetByName", &["name"]),
+    ("ExecuteSPDeleteComputer", &["id"]),
+];
+
+impl ApiSession {
+    /// The computer records `dns_name` names on this server, each row's cells as text; refused,
+    /// naming what is missing, when the server's WSDL lacks the operations the cleanup uses.
+    pub async fn computers_named(
+        &mut self,
+        dns_name: &str,
+    ) -> Result<Vec<Vec<String>>, ServerError> {
+        let lacking = self.contract().await?.lacks(&self.server, COMPUTERS);
+        if !lacking.is_empty() {
+            return Err(ServerError::permanent(lacking.join("; ")));
+        }
+        let response = self
+            .call(
+                "ExecuteSPGetComputerTargetByName",
+                &[Element::text("name", dns_name)],
+            )
+            .await?;
+        Ok(rows::computers(&response))
+    }
+
+    /// Deletes the computer record `id` (IComputerTarget.Delete, ms745937: it "requires WSUS
+    /// Administrator privileges").
+    pub async fn delete_computer(&mut self, id: &str) -> Result<(), ServerError> {
+        self.call("ExecuteSPDeleteComputer", &[Element::text("id", id)])
+            .await
+            .map(drop)
+    }
 }
 
 impl std::fmt::Debug for ApiSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiSession")
             .field("server", &self.server)
-            .field("origin", &self.origin)
+            .field("origin", &self.http.origin)
             .field("user", &self.user)
             .finish_non_exhaustive()
     }
@@ -170,18 +197,30 @@ fn route(api: &ApiTarget, options: &ConnectOptions) -> (Option<SocketAddr>, bool
     (via, api.tls && !lab_plaintext)
 }
 
-/// Opens a connection to `server`'s web service and logs in, within the connect timeout.
-pub async fn open(server: &Server, options: &ConnectOptions) -> Result<ApiSession, ServerError> {
-    let api = server
-        .api
-        .as_ref()
-        .ok_or_else(|| ServerError::permanent(format!("{} has no `api`", server.name)))?;
-    let (user, login) =
-        login_for(api, options).map_err(|e| ServerError::permanent(e.to_string()))?;
-    let (via, tls) = route(api, options);
-    let scheme = if tls { "https" } else { "http" };
-    let origin = format!("{scheme}://{}:{}", api.host, api.port);
-    let attempt = async {
+/// One HTTP/1.1 connection to a WSUS web site, plaintext or TLS as the topology says: what the
+/// administration session logs in on, and what the client web services are asked on.
+pub(crate) struct Http {
+    pub(crate) sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// `http(s)://host:port`, for messages.
+    pub(crate) origin: String,
+    /// The `Host` header: the topology's `api.host` (with the port when not the scheme's).
+    pub(crate) host: String,
+    /// The topology asks for HTTPS, but `--api-via` sends this connection to a loopback lab in
+    /// plain HTTP (no `--connect-via-ca`).
+    pub(crate) lab_plaintext: bool,
+    /// What the HTTPS handshake settled on; `None` over plain HTTP.
+    pub(crate) tls: Option<Negotiated>,
+}
+
+impl Http {
+    /// Opens a connection to `api`'s web site (without the connect timeout: the caller's).
+    pub(crate) async fn connect(
+        api: &ApiTarget,
+        options: &ConnectOptions,
+    ) -> Result<Http, ServerError> {
+        let (via, tls) = route(api, options);
+        let scheme = if tls { "https" } else { "http" };
+        let origin = format!("{scheme}://{}:{}", api.host, api.port);
         let tcp = connect_to(via, api).await.map_err(|e| match via {
             Some(addr) => {
                 ServerError::transient(format!("cannot connect to {addr} (--api-via): {e}"))
@@ -243,22 +282,78 @@ pub async fn open(server: &Server, options: &ConnectOptions) -> Result<ApiSessio
             }
         });
         let default_port = if tls { 443 } else { 80 };
-        let mut session = ApiSession {
+        Ok(Http {
             sender,
-            server: server.name.clone(),
             host: if api.port == default_port {
                 api.host.clone()
             } else {
                 format!("{}:{}", api.host, api.port)
             },
-            origin: origin.clone(),
+            origin,
+            lab_plaintext: api.tls && !tls,
+            tls: negotiated,
+        })
+    }
+
+    /// POSTs a SOAP 1.1 request to `path` and reads the answer whole (at most 16 MiB).
+    pub(crate) async fn post(
+        &mut self,
+        path: &str,
+        soap_action: &str,
+        body: Vec<u8>,
+        authorization: Option<String>,
+    ) -> Result<hyper::Response<Bytes>, ServerError> {
+        let mut request = Request::post(path)
+            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::CONTENT_TYPE, "text/xml; charset=utf-8")
+            .header("SOAPAction", format!("\"{soap_action}\""));
+        if let Some(value) = authorization {
+            request = request.header(hyper::header::AUTHORIZATION, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ServerError::permanent(e.to_string()))?;
+        let lost = |e: hyper::Error| ServerError::transient(format!("connection lost: {e}"));
+        self.sender.ready().await.map_err(lost)?;
+        let response = self.sender.send_request(request).await.map_err(lost)?;
+        let (parts, body) = response.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| ServerError::transient(format!("the answer could not be read: {e}")))?
+            .to_bytes();
+        Ok(hyper::Response::from_parts(parts, body))
+    }
+}
+
+/// Opens a connection to `server`'s web service and logs in, within the connect timeout.
+pub async fn open(server: &Server, options: &ConnectOptions) -> Result<ApiSession, ServerError> {
+    let api = server
+        .api
+        .as_ref()
+        .ok_or_else(|| ServerError::permanent(format!("{} has no `api`", server.name)))?;
+    let (user, login) =
+        login_for(api, options).map_err(|e| ServerError::permanent(e.to_string()))?;
+    let origin = format!(
+        "{}://{}:{}",
+        if route(api, options).1 {
+            "https"
+        } else {
+            "http"
+        },
+        api.host,
+        api.port
+    );
+    let attempt = async {
+        let http = Http::connect(api, options).await?;
+        let mut session = ApiSession {
+            http,
+            server: server.name.clone(),
             user,
             role: 0,
             contract: None,
             version: None,
             row: None,
-            lab_plaintext: api.tls && !tls,
-            tls: negotiated,
         };
         session.role = session.log_in(login).await?;
         Ok::<_, ServerError>(session)
@@ -289,19 +384,15 @@ impl ApiSession {
         body: &[u8],
         authorization: Option<String>,
     ) -> Result<Answer, ServerError> {
-        let mut request = Request::post(PATH)
-            .header(hyper::header::HOST, &self.host)
-            .header(hyper::header::CONTENT_TYPE, "text/xml; charset=utf-8")
-            .header("SOAPAction", format!("\"{NS}/{operation}\""));
-        if let Some(value) = authorization {
-            request = request.header(hyper::header::AUTHORIZATION, value);
-        }
-        let request = request
-            .body(Full::new(Bytes::copy_from_slice(body)))
-            .map_err(|e| ServerError::permanent(e.to_string()))?;
-        let lost = |e: hyper::Error| ServerError::transient(format!("connection lost: {e}"));
-        self.sender.ready().await.map_err(lost)?;
-        let response = self.sender.send_request(request).await.map_err(lost)?;
+        let response = self
+            .http
+            .post(
+                PATH,
+                &format!("{NS}/{operation}"),
+                body.to_vec(),
+                authorization,
+            )
+            .await?;
         let offers = response
             .headers()
             .get_all(hyper::header::WWW_AUTHENTICATE)
@@ -310,11 +401,7 @@ impl ApiSession {
             .map(str::to_string)
             .collect::<Vec<_>>();
         let status = response.status();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| ServerError::transient(format!("the answer could not be read: {e}")))?
-            .to_bytes();
+        let body = response.into_body();
         let challenge = offers.iter().find_map(|v| {
             let (scheme, token) = ["NTLM", "Negotiate"]
                 .into_iter()
@@ -408,7 +495,7 @@ impl ApiSession {
                     .to_ascii_lowercase()
                     .contains("ssl is required") =>
             {
-                let fix = if self.lab_plaintext {
+                let fix = if self.http.lab_plaintext {
                     "give --connect-via-ca with the lab's authority (a loopback lab without it \
                      is reached in plain HTTP)"
                 } else {
@@ -416,7 +503,7 @@ impl ApiSession {
                 };
                 return Err(ServerError::permanent(format!(
                     "{} requires HTTPS (HTTP 403.4, SSL is required): {fix}",
-                    self.origin
+                    self.http.origin
                 )));
             }
             // IIS and WSUS refuse before the operation runs: nothing was changed.
@@ -434,7 +521,7 @@ impl ApiSession {
             | StatusCode::REQUEST_TIMEOUT => {
                 return Err(ServerError::transient(format!(
                     "{operation}: HTTP {} from {}",
-                    answer.status, self.origin
+                    answer.status, self.http.origin
                 )));
             }
             _ => {}
@@ -449,7 +536,7 @@ impl ApiSession {
             ServerError::permanent(format!(
                 "{operation}: HTTP {} from {}, {why}: {}",
                 answer.status,
-                self.origin,
+                self.http.origin,
                 shown.trim()
             ))
         };
@@ -469,7 +556,7 @@ impl ApiSession {
         if !answer.status.is_success() {
             return Err(ServerError::permanent(format!(
                 "{operation}: HTTP {} from {}",
-                answer.status, self.origin
+                answer.status, self.http.origin
             )));
         }
         body.child(&format!("{operation}Response"))
@@ -489,12 +576,12 @@ impl ApiSession {
             return Ok(Arc::clone(known));
         }
         let request = Request::get(format!("{PATH}?WSDL"))
-            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::HOST, &self.http.host)
             .body(Full::new(Bytes::new()))
             .map_err(|e| ServerError::permanent(e.to_string()))?;
         let lost = |e: hyper::Error| ServerError::transient(format!("connection lost: {e}"));
-        self.sender.ready().await.map_err(lost)?;
-        let response = self.sender.send_request(request).await.map_err(lost)?;
+        self.http.sender.ready().await.map_err(lost)?;
+        let response = self.http.sender.send_request(request).await.map_err(lost)?;
         let status = response.status();
         let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
@@ -505,11 +592,11 @@ impl ApiSession {
             return Err(ServerError::permanent(format!(
                 "{}{PATH}?WSDL answered HTTP {status}: its contract cannot be checked, so \
                  nothing is sent to it",
-                self.origin
+                self.http.origin
             )));
         }
         let contract = Contract::shared(&body)
-            .map_err(|e| ServerError::permanent(format!("{}{PATH}?WSDL: {e}", self.origin)))?;
+            .map_err(|e| ServerError::permanent(format!("{}{PATH}?WSDL: {e}", self.http.origin)))?;
         self.contract = Some(Arc::clone(&contract));
         Ok(contract)
     }
@@ -716,7 +803,7 @@ impl WsusServer for ApiSession {
             })
         };
         Ok(Observed {
-            tls: self.tls.clone(),
+            tls: self.http.tls.clone(),
             sql_version: String::new(),
             schema_version: None,
             wsus_version,

@@ -150,6 +150,26 @@ pub(super) fn downstream(response: &Element) -> Result<Vec<Registered>, ServerEr
         .collect()
 }
 
+/// `ExecuteSPGetComputerTargetByName`'s rows (result sets of `GenericReadableRow`s), each row's
+/// cells as text. Its row layout is not public: a caller looks for a value in a row rather than
+/// trust a column.
+pub(super) fn computers(response: &Element) -> Vec<Vec<String>> {
+    response
+        .child("ExecuteSPGetComputerTargetByNameResult")
+        .map(|r| r.children.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|set| set.children.iter())
+        .map(|row| {
+            cells(row)
+                .iter()
+                .filter(|c| !c.nil)
+                .map(|c| c.text.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
 /// An `UpdateRevisionId`: `UpdateId` and `RevisionNumber`.
 pub(super) fn revision_id(name: &str, update: &str, revision: i32) -> Element {
     Element::with(

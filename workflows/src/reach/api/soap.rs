@@ -23,7 +23,7 @@ pub struct Element {
 }
 
 impl Element {
-    pub(super) fn text(name: &str, text: impl Into<String>) -> Element {
+    pub(crate) fn text(name: &str, text: impl Into<String>) -> Element {
         Element {
             name: name.into(),
             nil: false,
@@ -33,7 +33,7 @@ impl Element {
         }
     }
 
-    pub(super) fn with(name: &str, children: Vec<Element>) -> Element {
+    pub(crate) fn with(name: &str, children: Vec<Element>) -> Element {
         Element {
             name: name.into(),
             nil: false,
@@ -44,24 +44,30 @@ impl Element {
     }
 
     /// An attribute's value by local name.
-    pub(super) fn attribute(&self, name: &str) -> Option<&str> {
+    pub(crate) fn attribute(&self, name: &str) -> Option<&str> {
         self.attributes
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
 
-    pub(super) fn child(&self, name: &str) -> Option<&Element> {
+    pub(crate) fn child(&self, name: &str) -> Option<&Element> {
         self.children.iter().find(|c| c.name == name)
     }
 
-    pub(super) fn path(&self, names: &[&str]) -> Option<&Element> {
+    pub(crate) fn path(&self, names: &[&str]) -> Option<&Element> {
         names.iter().try_fold(self, |at, name| at.child(name))
     }
 }
 
 /// The SOAP 1.1 request for `operation`, written by an XML writer (every text escaped).
 pub(super) fn request_xml(operation: &str, params: &[Element]) -> Vec<u8> {
+    request_in(NS, operation, params)
+}
+
+/// The SOAP 1.1 request for `operation` of the service whose namespace is `ns`, its children
+/// qualified by that default namespace (document/literal, `elementFormDefault="qualified"`).
+pub(crate) fn request_in(ns: &str, operation: &str, params: &[Element]) -> Vec<u8> {
     fn write(w: &mut quick_xml::Writer<Vec<u8>>, e: &Element) -> std::io::Result<()> {
         let mut start = BytesStart::new(e.name.as_str());
         if e.nil {
@@ -86,7 +92,7 @@ pub(super) fn request_xml(operation: &str, params: &[Element]) -> Vec<u8> {
         w.write_event(Event::Start(env))?;
         w.write_event(Event::Start(BytesStart::new("soap:Body")))?;
         let mut op = BytesStart::new(operation);
-        op.push_attribute(("xmlns", NS));
+        op.push_attribute(("xmlns", ns));
         w.write_event(Event::Start(op))?;
         for p in params {
             write(&mut w, p)?;
@@ -100,7 +106,7 @@ pub(super) fn request_xml(operation: &str, params: &[Element]) -> Vec<u8> {
 }
 
 /// The whole document as a tree of elements by local name (responses are small).
-pub(super) fn parse_xml(body: &[u8]) -> Result<Element, String> {
+pub(crate) fn parse_xml(body: &[u8]) -> Result<Element, String> {
     let mut reader = quick_xml::Reader::from_reader(body);
     let mut stack = vec![Element::with("#document", Vec::new())];
     let mut buf = Vec::new();

@@ -1,0 +1,213 @@
+//! `verify --client`: a synthetic Windows Update client scans each server's client web service
+//! in the lab (which throws the KB 954960 fault as a WSUS 3.0 SP1 server would), before and
+//! after the repair, and leaves no computer record behind, even after a run that could not
+//! remove one.
+
+use serde_json::Value;
+
+use crate::repair::{LabProcess, text};
+use crate::web_service::MIXED;
+
+/// The mixed hierarchy on WSUS 3.0 SP1 without the hotfix, but r2b on SP2; server logs under
+/// `logs/`. hq and r2 have no `api`: no web site to scan.
+fn lab(faults: &str) -> LabProcess {
+    LabProcess::start_extra(
+        MIXED,
+        "broken",
+        faults,
+        0,
+        &[
+            "--api-listen",
+            "127.0.0.1:0",
+            "--server-log",
+            "logs",
+            "--wsus-version",
+            "3.0sp1",
+            "--wsus-version",
+            "r2b=3.0sp2",
+        ],
+    )
+}
+
+/// `verify --client --json`: the exit code and each server's client check, by name.
+fn verify_client(lab: &LabProcess) -> (Option<i32>, serde_json::Map<String, Value>) {
+    let out = lab.run(&["verify", "hierarchy.yaml", "--client", "--json"]);
+    let entries: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
+    let checks = entries
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|e| {
+            (
+                e["server"].as_str().expect("a name").to_string(),
+                e["client"].clone(),
+            )
+        })
+        .collect();
+    (out.status.code(), checks)
+}
+
+fn computers_left(lab: &LabProcess) -> Vec<(String, Value)> {
+    lab.servers()
+        .into_iter()
+        .filter_map(|(name, db)| {
+            db.get("computers")
+                .filter(|c| c.as_array().is_some_and(|a| !a.is_empty()))
+                .map(|c| (name, c.clone()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_client_scan_fails_each_broken_server_with_the_fault_and_passes_after_the_repair() {
+    let lab = lab("faults: []\n");
+    let (code, checks) = verify_client(&lab);
+    assert_eq!(code, Some(1), "{checks:?}");
+    let log = |server: &str| {
+        std::fs::read_to_string(lab.path(&format!("logs/{server}/SoftwareDistribution.log")))
+            .unwrap_or_default()
+    };
+    for server in ["r1", "r1a", "r2a"] {
+        let check = &checks[server]["check"];
+        assert_eq!(check["verdict"], "fault", "{server}: {check}");
+        // The fault on the retry too, each with its own ID, both in the server's log right
+        // after the ArgumentException of GetSyncInfo: what diagnose ties a client's fault to.
+        for fault in [&check["fault"], &check["first_fault"]] {
+            assert_eq!(fault["error_code"], "InternalServerError");
+            let id = fault["id"].as_str().expect("an ID");
+            let log = log(server);
+            let at = log
+                .find(&format!("ID={id}, ErrorCode=InternalServerError"))
+                .unwrap_or_else(|| panic!("{server}: {id} not in the log: {log}"));
+            assert!(
+                log[..at].contains("Item has already been added. Key in dictionary:"),
+                "{log}"
+            );
+        }
+        assert_eq!(
+            checks[server]["check"]["removal"]["record"], "removed",
+            "{server}"
+        );
+    }
+    // SP2 has the fix: it is not scanned (nothing registered there).
+    assert_eq!(checks["r2b"]["check"]["verdict"], "fixed");
+    assert!(checks["r2b"]["check"].get("removal").is_none());
+    for server in ["hq", "r2"] {
+        assert_eq!(checks[server]["check"]["verdict"], "skipped", "{server}");
+    }
+    let diagnosed = lab.run(&["diagnose", "--server-log", "logs"]);
+    let said = text(&diagnosed);
+    for server in ["r1", "r1a", "r2a"] {
+        assert!(said.contains(&format!("\n{server}: BROKEN\n")), "{said}");
+    }
+    assert!(
+        computers_left(&lab).is_empty(),
+        "{:?}",
+        computers_left(&lab)
+    );
+
+    let applied = lab.apply("state");
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
+    let (code, checks) = verify_client(&lab);
+    assert_eq!(code, Some(0), "{checks:?}");
+    for server in ["r1", "r1a", "r2a"] {
+        let check = &checks[server]["check"];
+        assert_eq!(check["verdict"], "can-scan", "{server}: {check}");
+        // Declined by the repair: never offered, while Office 2003 was claimed.
+        assert_eq!(check["update_in_scope"], false);
+        assert!(
+            check["describe"].as_str().is_some_and(
+                |d| d.starts_with("clients can scan (5 round trips; Office 2003 claimed")
+            ),
+            "{check}"
+        );
+    }
+    assert!(
+        computers_left(&lab).is_empty(),
+        "{:?}",
+        computers_left(&lab)
+    );
+}
+
+#[test]
+fn a_record_a_run_could_not_remove_is_named_with_its_manual_step_and_removed_by_the_next_run() {
+    // r1a's web service lacks the deletion: the record stays, the probe with it.
+    let mut lab = lab("faults:\n  - { server: r1a, operation: ExecuteSPDeleteComputer }\n");
+    let out = lab.run(&["verify", "hierarchy.yaml", "--client"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let name = said
+        .split_whitespace()
+        .find(|w| w.starts_with("wsus-reset-probe-") && w.ends_with(".invalid"))
+        .expect("the probe's name")
+        .to_string();
+    assert!(
+        said.contains(&format!(
+            "computer {name} LEFT on the server (r1a has no ExecuteSPDeleteComputer); remove it on r1a:"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("GetComputerTargetByName('{name}').Delete()")),
+        "{said}"
+    );
+    let left = computers_left(&lab);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, "r1a");
+    let probes: Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.path(".wsus-reset/client-probes.json")).expect("probes"),
+    )
+    .expect("JSON");
+    assert_eq!(probes[0]["server"], "r1a");
+    assert_eq!(probes[0]["dns_name"], name.as_str());
+
+    // The server gets the operation back; the next run removes the leftover first.
+    std::fs::write(lab.path("faults.yaml"), "faults: []\n").expect("faults");
+    lab = lab.kill_and_restart();
+    let out = lab.run(&["verify", "hierarchy.yaml", "--client"]);
+    let said = text(&out);
+    assert!(
+        said.contains(&format!("on r1a: computer {name} removed")),
+        "{said}"
+    );
+    assert!(
+        computers_left(&lab).is_empty(),
+        "{:?}",
+        computers_left(&lab)
+    );
+    let probes =
+        std::fs::read_to_string(lab.path(".wsus-reset/client-probes.json")).expect("probes");
+    assert_eq!(probes.trim(), "[]");
+}
+
+#[test]
+fn a_client_scan_through_a_lab_for_sql_alone_is_refused_before_anything_is_sent() {
+    // r2b reached through SQL, its web site known: the scan would go to that web site.
+    let lab = LabProcess::start_extra(
+        &MIXED.replace("transport: api", "transport: sql"),
+        "broken",
+        "faults: []\n",
+        0,
+        &["--api-listen", "127.0.0.1:0"],
+    );
+    let out = lab
+        .direct(&[
+            "verify",
+            "hierarchy.yaml",
+            "--only",
+            "r2b",
+            "--client",
+            "--connect-via",
+            &lab.addr,
+        ])
+        .output()
+        .expect("runs");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("add --api-via ADDR"), "{said}");
+    assert!(
+        !lab.path(".wsus-reset").exists(),
+        "nothing recorded, nothing sent"
+    );
+}
