@@ -146,6 +146,10 @@ pub enum Command {
         /// A server SoftwareDistribution.log: a file, a directory or a glob; repeatable.
         #[arg(long = "server-log", value_name = "PATH")]
         server_logs: Vec<PathBuf>,
+        /// What `verify --client --json` wrote: the synthetic client's faults, tied to the
+        /// server logs by their IDs as a real client's are; repeatable.
+        #[arg(long = "client-scan", value_name = "FILE")]
+        client_scans: Vec<PathBuf>,
         /// Also probe every server of this hierarchy (read-only) and place each logged key.
         #[arg(long, value_name = "FILE")]
         topology: Option<PathBuf>,

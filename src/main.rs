@@ -138,12 +138,14 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
         Command::Diagnose {
             client_logs,
             server_logs,
+            client_scans,
             topology,
             format,
             conn,
         } => commands::diagnose::run(
             &client_logs,
             &server_logs,
+            &client_scans,
             topology.as_deref(),
             format,
             &conn,

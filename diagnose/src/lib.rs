@@ -201,10 +201,21 @@ fn read_all<T: Send>(
 impl Diagnosis {
     /// Reads every log (files, directories, globs) and correlates them.
     pub fn run(client_paths: &[PathBuf], server_paths: &[PathBuf]) -> Diagnosis {
+        Self::run_with(client_paths, server_paths, Vec::new())
+    }
+
+    /// As [`Diagnosis::run`], with client evidence that is not a log file (a synthetic
+    /// client's scans, `verify --client`).
+    pub fn run_with(
+        client_paths: &[PathBuf],
+        server_paths: &[PathBuf],
+        extra_clients: Vec<ClientLog>,
+    ) -> Diagnosis {
         let (client_files, mut skipped) = input::expand(client_paths);
         let (server_files, more) = input::expand(server_paths);
         skipped.extend(more);
-        let (clients, more) = read_all(&client_files, scan_client);
+        let (mut clients, more) = read_all(&client_files, scan_client);
+        clients.extend(extra_clients);
         skipped.extend(more);
         let (servers, more) = read_all(&server_files, scan_server);
         skipped.extend(more);

@@ -44,10 +44,55 @@ async fn place_keys(
     keys
 }
 
+/// The synthetic client's scans in `path` (`verify --client --json`), one client per server
+/// scanned, each fault (the retry's and the first) a failure with its ID.
+fn scanned_clients(path: &Path) -> Result<Vec<::diagnose::ClientLog>, Failure> {
+    use ::diagnose::client::Failure as Logged;
+    let bad = |why: String| {
+        Failure::BadInput(format!(
+            "error: --client-scan {}: {why}: give the output of `verify --client --json`",
+            path.display()
+        ))
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let entries: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let entries = entries.as_array().ok_or_else(|| bad("not a list".into()))?;
+    let mut clients = Vec::new();
+    for entry in entries {
+        let client = &entry["client"];
+        let check = &client["check"];
+        if check.is_null() {
+            return Err(bad("a server without `client` (was --client given?)".into()));
+        }
+        let failures = ["first_fault", "fault"]
+            .iter()
+            .filter_map(|key| check.get(*key).filter(|f| f.is_object()))
+            .map(|f| Logged {
+                time: check["time"].as_str().unwrap_or_default().to_string(),
+                server_url: check["url"].as_str().map(str::to_string),
+                id: f["id"].as_str().map(str::to_string),
+                error_code: f["error_code"].as_str().map(str::to_string),
+            })
+            .collect();
+        clients.push(::diagnose::ClientLog {
+            client: format!(
+                "{} (verify --client, {})",
+                client["dns_name"].as_str().unwrap_or_default(),
+                entry["server"].as_str().unwrap_or_default()
+            ),
+            failures,
+            recovered: check["verdict"] == "can-scan",
+        });
+    }
+    Ok(clients)
+}
+
 /// `diagnose`: the logs, and with a topology the databases, side by side.
 pub(crate) fn run(
     client_logs: &[PathBuf],
     server_logs: &[PathBuf],
+    client_scans: &[PathBuf],
     topology_file: Option<&Path>,
     format: crate::cli::PlanFormat,
     conn: &ConnArgs,
@@ -56,13 +101,24 @@ pub(crate) fn run(
     use crate::cli::PlanFormat;
     use ::diagnose::{Diagnosis, host_key, names_host};
 
-    if client_logs.is_empty() && server_logs.is_empty() && topology_file.is_none() {
+    if client_logs.is_empty()
+        && server_logs.is_empty()
+        && client_scans.is_empty()
+        && topology_file.is_none()
+    {
         return Err(Failure::BadInput(
             "error: nothing to diagnose: give --client-log PATH, --server-log PATH and/or --topology FILE".into(),
         ));
     }
     let topology = topology_file.map(Topology::load).transpose()?;
-    let diagnosis = Diagnosis::run(client_logs, server_logs);
+    let scans = client_scans
+        .iter()
+        .map(|path| scanned_clients(path))
+        .collect::<Result<Vec<_>, Failure>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let diagnosis = Diagnosis::run_with(client_logs, server_logs, scans);
     // A log path that matches nothing is a typo, not "no evidence": refuse it, naming it.
     let unmatched: Vec<String> = diagnosis
         .skipped
@@ -76,7 +132,7 @@ pub(crate) fn run(
             unmatched.join(", ")
         )));
     }
-    let logs_given = !client_logs.is_empty() || !server_logs.is_empty();
+    let logs_given = !client_logs.is_empty() || !server_logs.is_empty() || !client_scans.is_empty();
     if logs_given && diagnosis.client_logs + diagnosis.server_logs == 0 {
         let why: Vec<String> = diagnosis
             .skipped

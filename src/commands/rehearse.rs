@@ -114,6 +114,16 @@ pub(crate) fn run(
         "wsus-reset rehearse (the lab is gone with this process)".into(),
     ))?;
     let after = rt.block_on(survey(&topology, &selection, &options, 16));
+    // The clients' side, after the repair: a synthetic client scans each server with `api`.
+    let clients = super::verify::run_clients(
+        &topology,
+        &selection,
+        &options,
+        None,
+        &run.state_dir,
+        16,
+        &rt,
+    )?;
     let after_lab = lab.snapshot();
     stop.cancel();
     if !json {
@@ -125,8 +135,9 @@ pub(crate) fn run(
                 report::rehearsal_table(&before, &after, &before_lab, &after_lab)
             ),
         )?;
+        crate::emit(out, &super::verify::client_table(&clients))?;
     }
-    let verified = after.iter().all(|s| s.ok);
+    let verified = after.iter().all(|s| s.ok) && clients.ok();
     Ok(match (report.outcome, verified) {
         (RunOutcome::Succeeded, true) => exit::OK,
         (RunOutcome::Unfinished, _) => exit::UNFINISHED,

@@ -8,14 +8,14 @@ use crate::cli::ClientArgs;
 
 /// What `--client` found: each server's check, and the records of earlier runs it removed (or
 /// could not).
-struct Clients {
+pub(crate) struct Clients {
     identity: Identity,
     checks: Vec<ClientCheck>,
     leftovers: Vec<(Probe, Removal)>,
 }
 
 impl Clients {
-    fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         let removed = |r: &Removal| !matches!(r, Removal::Left { .. });
         self.checks
             .iter()
@@ -114,9 +114,36 @@ fn scan_clients(
              scan would reach the servers' own web sites"
         )));
     }
-    let probes =
-        Probes::open(&args.state_dir).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
-    let identity = Identity::fresh(args.client_group.clone());
+    run_clients(
+        topology,
+        selection,
+        options,
+        args.client_group.clone(),
+        &args.state_dir,
+        conn.probe_parallel,
+        rt,
+    )
+}
+
+/// The client checks of `selection` (what `verify --client` and `rehearse` run), the probes kept
+/// in `state_dir`.
+pub(crate) fn run_clients(
+    topology: &Topology,
+    selection: &Selection,
+    options: &ConnectOptions,
+    group: Option<String>,
+    state_dir: &Path,
+    parallel: usize,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Clients, Failure> {
+    let servers: Vec<&topology::Server> = selection
+        .servers
+        .iter()
+        .map(|&id| topology.server(id))
+        .collect();
+    let scanned = servers.iter().filter(|s| s.api.is_some()).count();
+    let probes = Probes::open(state_dir).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    let identity = Identity::fresh(group);
     let group = identity
         .group
         .as_deref()
@@ -129,17 +156,13 @@ fn scan_clients(
          in {}. No events are reported.",
         identity.dns_name,
         identity.client_id,
-        args.state_dir.join(Probes::FILE).display()
+        state_dir.join(Probes::FILE).display()
     );
     let leftovers = rt.block_on(workflows::scan::remove_leftovers(
         &servers, &probes, options,
     ));
     let checks = rt.block_on(workflows::scan::check_all(
-        &servers,
-        &identity,
-        &probes,
-        options,
-        conn.probe_parallel,
+        &servers, &identity, &probes, options, parallel,
     ));
     Ok(Clients {
         identity,
@@ -148,7 +171,7 @@ fn scan_clients(
     })
 }
 
-fn client_table(clients: &Clients) -> String {
+pub(crate) fn client_table(clients: &Clients) -> String {
     let width = clients
         .checks
         .iter()

@@ -32,6 +32,7 @@ fn lab(faults: &str) -> LabProcess {
 /// `verify --client --json`: the exit code and each server's client check, by name.
 fn verify_client(lab: &LabProcess) -> (Option<i32>, serde_json::Map<String, Value>) {
     let out = lab.run(&["verify", "hierarchy.yaml", "--client", "--json"]);
+    std::fs::write(lab.path("scan.json"), &out.stdout).expect("scan saved");
     let entries: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
     let checks = entries
@@ -96,11 +97,30 @@ fn the_client_scan_fails_each_broken_server_with_the_fault_and_passes_after_the_
     for server in ["hq", "r2"] {
         assert_eq!(checks[server]["check"]["verdict"], "skipped", "{server}");
     }
-    let diagnosed = lab.run(&["diagnose", "--server-log", "logs"]);
+    // diagnose ties the synthetic client's faults to the server logs by their IDs, as a real
+    // client's.
+    let diagnosed = lab.run(&[
+        "diagnose",
+        "--client-scan",
+        "scan.json",
+        "--server-log",
+        "logs",
+    ]);
     let said = text(&diagnosed);
     for server in ["r1", "r1a", "r2a"] {
         assert!(said.contains(&format!("\n{server}: BROKEN\n")), "{said}");
+        assert!(
+            said.contains(&format!(
+                "(verify --client, {server}): 0x8024400E 2 time(s)"
+            )),
+            "{said}"
+        );
     }
+    assert_eq!(
+        said.matches("2 confirmed by the server log").count(),
+        3,
+        "{said}"
+    );
     assert!(
         computers_left(&lab).is_empty(),
         "{:?}",

@@ -691,6 +691,11 @@ pub async fn remove(server: &Server, probe: &probes::Probe, options: &ConnectOpt
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClientCheck {
     pub server: String,
+    /// The client web service scanned, as its server logs it (`actor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// When the scan ended (local time, as a client log has it).
+    pub time: String,
     #[serde(flatten)]
     pub verdict: Verdict,
     pub describe: String,
@@ -708,6 +713,11 @@ pub async fn check(
 ) -> ClientCheck {
     let finish = |verdict: Verdict, removal: Option<Removal>| ClientCheck {
         server: server.name.clone(),
+        url: server
+            .api
+            .as_ref()
+            .map(|api| format!("{}{CLIENT_PATH}", api.origin())),
+        time: chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string(),
         describe: verdict.describe(),
         verdict,
         removal,
