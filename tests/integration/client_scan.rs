@@ -231,3 +231,62 @@ fn a_client_scan_through_a_lab_for_sql_alone_is_refused_before_anything_is_sent(
         "nothing recorded, nothing sent"
     );
 }
+
+#[test]
+fn a_scan_killed_after_it_registered_leaves_its_probes_for_the_next_run_to_remove() {
+    // Each request waits 150 ms: the scans are under way when the run is killed.
+    let lab = LabProcess::start_extra(
+        MIXED,
+        "broken",
+        "faults: []\n",
+        150,
+        &["--api-listen", "127.0.0.1:0", "--wsus-version", "3.0sp1"],
+    );
+    let mut run = lab
+        .command(&["verify", "hierarchy.yaml", "--client"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("verify starts");
+    let registered = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        !computers_left(&lab).is_empty()
+    });
+    let _ = run.kill();
+    let _ = run.wait();
+    assert!(registered, "no computer was ever registered");
+    let left = computers_left(&lab);
+    assert!(
+        !left.is_empty(),
+        "the kill came after every record was removed"
+    );
+    // Every record on a server is a probe on record: written before the client named itself.
+    let probes: Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.path(".wsus-reset/client-probes.json")).expect("probes"),
+    )
+    .expect("JSON");
+    for (server, computers) in &left {
+        let id = &computers[0]["id"];
+        assert!(
+            probes
+                .as_array()
+                .expect("a list")
+                .iter()
+                .any(|p| &p["server"] == server && &p["client_id"] == id),
+            "{server}'s record {id} is not in {probes}"
+        );
+    }
+    let out = lab.run(&["verify", "hierarchy.yaml", "--client"]);
+    let said = text(&out);
+    for (server, _) in &left {
+        assert!(said.contains(&format!("on {server}: computer ")), "{said}");
+    }
+    assert!(
+        computers_left(&lab).is_empty(),
+        "{:?}",
+        computers_left(&lab)
+    );
+    let probes =
+        std::fs::read_to_string(lab.path(".wsus-reset/client-probes.json")).expect("probes");
+    assert_eq!(probes.trim(), "[]");
+}

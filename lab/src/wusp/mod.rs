@@ -62,6 +62,19 @@ pub(crate) enum Service {
     Client,
 }
 
+/// The operations the lab serves, per service. A real server has more (RefreshCache,
+/// GetExtendedUpdateInfo, ...), which a scan does not need; the lab answers them as ASP.NET
+/// answers an operation a service lacks.
+fn served(service: Service, operation: &str) -> bool {
+    match service {
+        Service::SimpleAuth => operation == "GetAuthorizationCookie",
+        Service::Client => matches!(
+            operation,
+            "GetConfig" | "GetCookie" | "RegisterComputer" | "SyncUpdates"
+        ),
+    }
+}
+
 pub(crate) fn service(path: &str) -> Option<Service> {
     if path.eq_ignore_ascii_case(CLIENT_PATH) {
         Some(Service::Client)
@@ -272,6 +285,7 @@ impl Lab {
         let Some(operation) = operation.filter(|op| {
             op.tag_name().namespace() == Some(ns)
                 && action == format!("{ns}/{}", op.tag_name().name())
+                && served(service, op.tag_name().name())
         }) else {
             return respond(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -328,12 +342,6 @@ impl Lab {
     ) -> Result<(Written, bool), Thrown> {
         let sealer = &self.shared.cookies;
         let now = now();
-        let unknown = || {
-            thrown(
-                ErrorCode::InvalidParameters,
-                format!("{operation} is not an operation this server has"),
-            )
-        };
         match (service, operation) {
             (Service::Client, "GetConfig") => {
                 let version = r.text(r.operation, "protocolVersion").unwrap_or_default();
@@ -601,7 +609,8 @@ impl Lab {
                     true,
                 ))
             }
-            _ => Err(unknown()),
+            // `served` lets no other operation through.
+            _ => Err(thrown(ErrorCode::InternalServerError, operation)),
         }
     }
 

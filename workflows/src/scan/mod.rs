@@ -217,6 +217,26 @@ enum Answered {
     Fault(Fault),
 }
 
+/// Why a step of the conversation got no answer: the server's fault, or no answer at all.
+enum Stop {
+    Fault(Fault),
+    Failed(ServerError),
+}
+
+impl From<ServerError> for Stop {
+    fn from(e: ServerError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// What authorization ends with.
+enum Authorized {
+    /// The cookie for `SyncUpdates` (registered, where the server requires it).
+    Cookie(Element),
+    /// The server protocol of a server with the fix: nothing more was sent.
+    Fixed(String),
+}
+
 fn text_of(at: &Element, name: &str) -> String {
     at.child(name)
         .map(|c| c.text.trim().to_string())
@@ -280,24 +300,22 @@ impl Conversation<'_> {
             .ok_or_else(|| ServerError::permanent(format!("{operation}: no {operation}Response")))
     }
 
-    /// A response, a fault being an error in words.
+    /// A response, or why there is none.
     async fn expect(
         &mut self,
         path: &str,
         ns: &str,
         operation: &str,
         params: &[Element],
-    ) -> Result<Element, Result<Fault, ServerError>> {
-        match self.call(path, ns, operation, params).await {
-            Ok(Answered::Response(r)) => Ok(r),
-            Ok(Answered::Fault(f)) => Err(Ok(f)),
-            Err(e) => Err(Err(e)),
+    ) -> Result<Element, Stop> {
+        match self.call(path, ns, operation, params).await? {
+            Answered::Response(r) => Ok(r),
+            Answered::Fault(f) => Err(Stop::Fault(f)),
         }
     }
 
-    /// GetConfig to GetCookie (and RegisterComputer): the cookie, or the protocol version of a
-    /// server with the fix. `Err(Ok(fault))` is a fault on the way.
-    async fn authorize(&mut self) -> Result<Result<Element, String>, Result<Fault, ServerError>> {
+    /// GetConfig to GetCookie, and RegisterComputer where the server requires it.
+    async fn authorize(&mut self) -> Result<Authorized, Stop> {
         let config = self
             .expect(
                 CLIENT_PATH,
@@ -308,7 +326,7 @@ impl Conversation<'_> {
             .await?;
         let result = config
             .child("GetConfigResult")
-            .ok_or_else(|| Err(ServerError::permanent("GetConfig: no GetConfigResult")))?;
+            .ok_or_else(|| ServerError::permanent("GetConfig: no GetConfigResult"))?;
         let property = |name: &str| {
             result
                 .child("Properties")
@@ -320,7 +338,7 @@ impl Conversation<'_> {
         let protocol = property("ProtocolVersion").unwrap_or_default();
         let version: Vec<u32> = protocol.split('.').map_while(|p| p.parse().ok()).collect();
         if version.as_slice() >= [3, 2].as_slice() {
-            return Ok(Err(protocol));
+            return Ok(Authorized::Fixed(protocol));
         }
         // SimpleAuth's URL, relative to the site's root (MS-WUSP 2.2.2.2.1).
         let service_url = result
@@ -329,7 +347,7 @@ impl Conversation<'_> {
             .map(|p| text_of(p, "ServiceUrl"))
             .unwrap_or_else(|| "SimpleAuthWebService/SimpleAuth.asmx".into());
         if service_url.contains("://") || service_url.contains("..") {
-            return Err(Err(ServerError::permanent(format!(
+            return Err(Stop::Failed(ServerError::permanent(format!(
                 "GetConfig names SimpleAuth at `{service_url}`, not a path on this site: refused"
             ))));
         }
@@ -349,7 +367,7 @@ impl Conversation<'_> {
             .await?;
         let issued = auth
             .child("GetAuthorizationCookieResult")
-            .ok_or_else(|| Err(ServerError::permanent("GetAuthorizationCookie: no result")))?;
+            .ok_or_else(|| ServerError::permanent("GetAuthorizationCookie: no result"))?;
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let cookie = self
             .expect(
@@ -375,15 +393,15 @@ impl Conversation<'_> {
             .await?;
         let cookie = cookie
             .child("GetCookieResult")
-            .ok_or_else(|| Err(ServerError::permanent("GetCookie: no GetCookieResult")))?;
+            .ok_or_else(|| ServerError::permanent("GetCookie: no GetCookieResult"))?;
         let cookie = Element::with("cookie", cookie.children.clone());
         if text_of(result, "IsRegistrationRequired") == "true" {
             self.register(&cookie).await?;
         }
-        Ok(Ok(cookie))
+        Ok(Authorized::Cookie(cookie))
     }
 
-    async fn register(&mut self, cookie: &Element) -> Result<(), Result<Fault, ServerError>> {
+    async fn register(&mut self, cookie: &Element) -> Result<(), Stop> {
         // A Windows XP SP3 client with the Windows Update Agent 7.2 (the era of Office 2003),
         // in the order of the WSDL's ComputerInfo sequence; no element Windows XP lacks
         // (MS-WUSP note 14).
@@ -424,15 +442,15 @@ impl Conversation<'_> {
         let mut restarts = 0;
         'conversation: loop {
             let mut cookie = match self.authorize().await {
-                Ok(Ok(cookie)) => cookie,
-                Ok(Err(protocol)) => return Ok(Ended::Fixed(protocol)),
-                Err(Ok(fault)) => {
+                Ok(Authorized::Cookie(cookie)) => cookie,
+                Ok(Authorized::Fixed(protocol)) => return Ok(Ended::Fixed(protocol)),
+                Err(Stop::Fault(fault)) => {
                     return Err(ServerError::permanent(format!(
                         "during authorization, {}",
                         fault.words()
                     )));
                 }
-                Err(Err(e)) => return Err(e),
+                Err(Stop::Failed(e)) => return Err(e),
             };
             let (mut installed, mut cached): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
             let (mut office_claimed, mut update_in_scope) = (false, false);
@@ -469,14 +487,14 @@ impl Conversation<'_> {
                             registered_again = true;
                             match self.register(&cookie).await {
                                 Ok(()) => continue,
-                                Err(Ok(fault)) => {
+                                Err(Stop::Fault(fault)) => {
                                     return Ok(Ended::Faulted {
                                         round_trips: round_trip,
                                         fault,
                                         office_claimed,
                                     });
                                 }
-                                Err(Err(e)) => return Err(e),
+                                Err(Stop::Failed(e)) => return Err(e),
                             }
                         }
                         "ConfigChanged" | "CookieExpired" | "InvalidCookie" | "ServerChanged"
@@ -570,7 +588,9 @@ async fn scan_once(
 pub async fn scan(server: &Server, identity: &Identity, options: &ConnectOptions) -> Verdict {
     if server.api.is_none() {
         return Verdict::Skipped {
-            reason: "no `api`: its WSUS web site is not in the topology".into(),
+            reason: "no `api`: give the server its web site as `api` (with `transport: sql` \
+                     to keep reaching its SUSDB); the scan and the removal of its record use it"
+                .into(),
         };
     }
     let judge = |ended: Ended, first_fault: Option<Fault>| match (ended, first_fault) {
