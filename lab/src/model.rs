@@ -581,7 +581,12 @@ pub(crate) fn server_id(name: &str) -> String {
         hash ^= u128::from(byte);
         hash = hash.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013B);
     }
-    let hex = format!("{hash:032x}");
+    guid(hash)
+}
+
+/// `n` written as a GUID (`8-4-4-4-12` lower-case hex digits).
+pub(crate) fn guid(n: u128) -> String {
+    let hex = format!("{n:032x}");
     format!(
         "{}-{}-{}-{}-{}",
         &hex[..8],

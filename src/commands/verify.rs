@@ -99,12 +99,11 @@ fn scan_clients(
     args: &ClientArgs,
     rt: &tokio::runtime::Runtime,
 ) -> Result<Clients, Failure> {
-    let servers: Vec<&topology::Server> = selection
+    let scanned = selection
         .servers
         .iter()
-        .map(|&id| topology.server(id))
-        .collect();
-    let scanned = servers.iter().filter(|s| s.api.is_some()).count();
+        .filter(|&&id| topology.server(id).api.is_some())
+        .count();
     // The scan goes to each server's web site whatever its transport: a lab for SQL alone would
     // send it to production.
     if conn.connect_via.is_some() && conn.api_via.is_none() && scanned > 0 {

@@ -49,6 +49,13 @@ fn verify_client(lab: &LabProcess) -> (Option<i32>, serde_json::Map<String, Valu
     (out.status.code(), checks)
 }
 
+/// The probes `verify --client` keeps on record in the lab's scratch directory.
+fn probes_on_record(lab: &LabProcess) -> Value {
+    let text = std::fs::read_to_string(lab.path(".wsus-reset/client-probes.json"))
+        .expect("the probe record");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
 fn computers_left(lab: &LabProcess) -> Vec<(String, Value)> {
     lab.servers()
         .into_iter()
@@ -175,10 +182,7 @@ fn a_record_a_run_could_not_remove_is_named_with_its_manual_step_and_removed_by_
     let left = computers_left(&lab);
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].0, "r1a");
-    let probes: Value = serde_json::from_str(
-        &std::fs::read_to_string(lab.path(".wsus-reset/client-probes.json")).expect("probes"),
-    )
-    .expect("JSON");
+    let probes = probes_on_record(&lab);
     assert_eq!(probes[0]["server"], "r1a");
     assert_eq!(probes[0]["dns_name"], name.as_str());
 
@@ -196,9 +200,7 @@ fn a_record_a_run_could_not_remove_is_named_with_its_manual_step_and_removed_by_
         "{:?}",
         computers_left(&lab)
     );
-    let probes =
-        std::fs::read_to_string(lab.path(".wsus-reset/client-probes.json")).expect("probes");
-    assert_eq!(probes.trim(), "[]");
+    assert_eq!(probes_on_record(&lab), serde_json::json!([]));
 }
 
 #[test]
@@ -261,10 +263,7 @@ fn a_scan_killed_after_it_registered_leaves_its_probes_for_the_next_run_to_remov
         "the kill came after every record was removed"
     );
     // Every record on a server is a probe on record: written before the client named itself.
-    let probes: Value = serde_json::from_str(
-        &std::fs::read_to_string(lab.path(".wsus-reset/client-probes.json")).expect("probes"),
-    )
-    .expect("JSON");
+    let probes = probes_on_record(&lab);
     for (server, computers) in &left {
         let id = &computers[0]["id"];
         assert!(
@@ -286,7 +285,5 @@ fn a_scan_killed_after_it_registered_leaves_its_probes_for_the_next_run_to_remov
         "{:?}",
         computers_left(&lab)
     );
-    let probes =
-        std::fs::read_to_string(lab.path(".wsus-reset/client-probes.json")).expect("probes");
-    assert_eq!(probes.trim(), "[]");
+    assert_eq!(probes_on_record(&lab), serde_json::json!([]));
 }

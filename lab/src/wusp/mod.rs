@@ -138,16 +138,7 @@ fn refused(r: Refused) -> Thrown {
 /// A fresh random GUID, as a fault's `ID` is (MS-WUSP 2.2.2.4).
 fn fresh_id() -> String {
     let n = fastrand::u128(..) & !(0xF000_u128 << 64) | (0x4000_u128 << 64);
-    let n = n & !(0xC000_u128 << 48) | (0x8000_u128 << 48);
-    let hex = format!("{n:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    crate::model::guid(n & !(0xC000_u128 << 48) | (0x8000_u128 << 48))
 }
 
 fn now() -> i64 {
