@@ -6,7 +6,8 @@
 #    import table holds only what Windows 7 has (scripts/pe_imports.py) and the Windows 10 exe's
 #    does not (so that check is not blind); each zip is unpacked and its exe is what runs.
 # 2. Each exe under Wine: --version, validate, and rehearse examples/contoso.yaml (SUSDB and web
-#    service servers, TLS on both, certificates validated). The Windows 7 exe runs as shipped; the
+#    service servers, TLS on both, certificates validated; then the client scan, its probe record
+#    on D:). The Windows 7 exe runs as shipped; the
 #    Windows 10 one needs bcryptprimitives.dll!ProcessPrng, which Wine 8 lacks (Windows 10 has
 #    it), so it gets a stand-in that forwards to RtlGenRandom.
 # 3. The named-pipe repair with the Windows 7 exe (scripts/wine-pipe-check.sh).
@@ -60,12 +61,18 @@ for dir in "$win7" "$win10"; do
     got=$(timeout 120 "$WINE" wsus-reset.exe --version | tr -d '\r')
     [ "$got" = "$version" ] || { echo "$name: --version printed '$got', expected '$version'"; exit 1; }
     timeout 120 "$WINE" wsus-reset.exe validate 'examples\contoso.yaml'
-    timeout 600 "$WINE" wsus-reset.exe rehearse 'examples\contoso.yaml' --state-dir 'D:\wsus-reset' > rehearse.out 2>&1 ||
+    # On WSUS 3.0 SP1, so that the client scan after the repair registers and deletes a computer
+    # on each web-service server, its probe record kept on D:.
+    timeout 600 "$WINE" wsus-reset.exe rehearse 'examples\contoso.yaml' --state-dir 'D:\wsus-reset' \
+      --wsus-version 3.0sp1 > rehearse.out 2>&1 ||
       { cat rehearse.out; echo "$name: rehearse failed"; exit 1; }
     grep -Eq "^([0-9]+) of \1 servers verified; clients of \1 of \1 servers can sync" rehearse.out ||
       { cat rehearse.out; echo "$name: not every server repaired"; exit 1; }
     ls "$work"/d-drive/wsus-reset/runs/*.journal > /dev/null ||
       { echo "$name: no journal under --state-dir D:\wsus-reset"; exit 1; }
+    [ "$(grep -c 'clients can scan (5 round trips; Office 2003 claimed.*; computer .* removed' rehearse.out)" = 4 ] &&
+      [ "$(tr -d ' \r\n' < "$work"/d-drive/wsus-reset/client-probes.json)" = "[]" ] ||
+      { cat rehearse.out; echo "$name: the client scan did not pass and clean up on every web-service server"; exit 1; }
     # Output read by cmd.exe or PowerShell: the tree drawn in ASCII (see topology/src/render.rs).
     timeout 120 "$WINE" wsus-reset.exe graph 'examples\contoso.yaml' > graph.out
     timeout 120 "$WINE" wsus-reset.exe diagnose --format json \
@@ -78,7 +85,7 @@ servers = json.load(open("diagnose.json"))["logs"]["servers"]
 emea = [s for s in servers if s["server"] == "wsus-emea"]
 assert emea and emea[0]["verdict"] == "broken" and emea[0]["logs"] == ["wsus-emea"], servers
 EOF
-    echo "$name: --version, validate, rehearse (state on D:), ASCII graph, diagnose over a UNC share under Wine: ok"
+    echo "$name: --version, validate, rehearse with the client scan (state on D:), ASCII graph, diagnose over a UNC share under Wine: ok"
   )
 done
 

@@ -109,9 +109,12 @@ impl Probes {
         }
         let text = serde_json::to_string_pretty(entries).unwrap_or_default();
         let temporary = self.path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&temporary).map_err(fail)?;
-        file.write_all(text.as_bytes()).map_err(fail)?;
-        file.sync_all().map_err(fail)?;
+        {
+            // Closed before the rename, which Windows refuses for a file still open elsewhere.
+            let mut file = std::fs::File::create(&temporary).map_err(fail)?;
+            file.write_all(text.as_bytes()).map_err(fail)?;
+            file.sync_all().map_err(fail)?;
+        }
         std::fs::rename(&temporary, &self.path).map_err(fail)?;
         // The rename itself is durable once the directory is (not on Windows, where a directory
         // cannot be opened as a file and NTFS journals the rename).
