@@ -107,7 +107,7 @@ pub(crate) fn run(
         && topology_file.is_none()
     {
         return Err(Failure::BadInput(
-            "error: nothing to diagnose: give --client-log PATH, --server-log PATH and/or --topology FILE".into(),
+            "error: nothing to diagnose: give --client-log PATH, --server-log PATH, --client-scan FILE and/or --topology FILE".into(),
         ));
     }
     let topology = topology_file.map(Topology::load).transpose()?;
