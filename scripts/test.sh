@@ -76,18 +76,25 @@ if ! rustup component list --installed | grep -q '^rust-src'; then
   rustup component add rust-src
 fi
 
-cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# Each step's time goes to stderr, so that the suite's time is known step by step.
+step() {
+  local start=$SECONDS
+  "$@"
+  echo "[test.sh] $(( SECONDS - start )) s: $*" >&2
+}
+
+step cargo fmt --all --check
+step cargo clippy --workspace --all-targets --locked -- -D warnings
 # The Windows-only code (the WID named pipe, SSPI logins, the TLS 1.0 path's OpenSSL built from
 # source) is compiled and linted on every change: a Windows-only break fails here.
-cargo clippy --target x86_64-pc-windows-gnu --workspace --all-targets --locked -- -D warnings
+step cargo clippy --target x86_64-pc-windows-gnu --workspace --all-targets --locked -- -D warnings
 # The fuzz target is not run here (see fuzz/README.md), but it must keep compiling.
-cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
-cargo test --workspace --locked
+step cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
+step cargo test --workspace --locked
 # Both Windows builds, zipped as shipped, their imports checked against Windows 7, run under
 # Wine: --version, validate, rehearse, and the named-pipe repair (after the tests: it runs the
 # debug build as its Linux peer).
-scripts/windows-check.sh
+step scripts/windows-check.sh
 # A slice of the soak (scripts/soak.sh): 50 interrupted applies on a mixed hierarchy, each
 # resumed and verified, seeded by the commit so that a failure replays with the same seed.
-scripts/soak.sh 50 "$((16#$(git rev-parse --short=7 HEAD 2>/dev/null || echo 5eed)))"
+step scripts/soak.sh 50 "$((16#$(git rev-parse --short=7 HEAD 2>/dev/null || echo 5eed)))"
