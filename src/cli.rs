@@ -90,8 +90,12 @@ pub enum Command {
         select: SelectArgs,
         #[command(flatten)]
         conn: ConnArgs,
-        /// One JSON document instead of the table.
-        #[arg(long)]
+        /// The report: the table, or one JSON document (each server's survey and, with
+        /// `--client`, its client check).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        /// Same as `--format json`.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
         #[command(flatten)]
         client: ClientArgs,
@@ -146,7 +150,7 @@ pub enum Command {
         /// A server SoftwareDistribution.log: a file, a directory or a glob; repeatable.
         #[arg(long = "server-log", value_name = "PATH")]
         server_logs: Vec<PathBuf>,
-        /// What `verify --client --json` wrote: the synthetic client's faults, tied to the
+        /// What `verify --client --format json` wrote: the synthetic client's faults, tied to the
         /// server logs by their IDs as a real client's are; repeatable.
         #[arg(long = "client-scan", value_name = "FILE")]
         client_scans: Vec<PathBuf>,
@@ -395,6 +399,13 @@ impl From<TransportArg> for topology::Transport {
             TransportArg::Api => topology::Transport::Api,
         }
     }
+}
+
+/// How `verify` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -115,9 +115,13 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<u8, Failure> {
             file,
             select,
             conn,
+            format,
             json,
             client,
-        } => commands::verify::run(&file, select, &conn, json, &client, out),
+        } => {
+            let json = json || format == cli::ReportFormat::Json;
+            commands::verify::run(&file, select, &conn, json, &client, out)
+        }
         Command::Discover {
             seed,
             out: path,

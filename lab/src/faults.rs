@@ -22,6 +22,10 @@
 //!     licence: not-accepted    # the update's licence agreement was never accepted there
 //!   - server: wsus-lima
 //!     expired: true            # the update is expired there (PublicationState 1)
+//!   - server: wsus-oslo
+//!     target: SyncUpdates      # a client web service operation (MS-WUSP) ...
+//!     nth: 2
+//!     client_error: CookieExpired   # ... answered with this ErrorCode's fault instead
 //! ```
 
 use std::collections::HashMap;
@@ -58,6 +62,9 @@ pub struct Fault {
     pub licence: Option<Licence>,
     #[serde(default)]
     pub expired: bool,
+    /// With `target` a client web service operation: its answer is this MS-WUSP fault (what the
+    /// server asks of a client: start over, register again; or its InternalServerError).
+    pub client_error: Option<crate::wusp::ErrorCode>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -79,6 +86,7 @@ pub struct Action {
     pub latency: Duration,
     pub drop: Option<Drop>,
     pub error: Option<i32>,
+    pub client_error: Option<crate::wusp::ErrorCode>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,12 +156,34 @@ impl Faults {
                 && !Self::TARGETS
                     .iter()
                     .chain(crate::api::wsdl::OPERATIONS)
+                    .chain(crate::wusp::OPERATIONS)
                     .any(|t| t.eq_ignore_ascii_case(target))
             {
                 return Err(invalid(format!(
-                    "has target `{target}`: one of {}, or a web service operation ({})",
+                    "has target `{target}`: one of {}, a web service operation ({}) or a client \
+                     web service operation ({})",
                     Self::TARGETS.join(", "),
-                    crate::api::wsdl::OPERATIONS.join(", ")
+                    crate::api::wsdl::OPERATIONS.join(", "),
+                    crate::wusp::OPERATIONS.join(", ")
+                )));
+            }
+            let client_target = f.target.as_deref().is_some_and(|target| {
+                crate::wusp::OPERATIONS
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(target))
+            });
+            if client_target && f.error.is_some() {
+                return Err(invalid(
+                    "has `error` (a SQL Server error) on a client web service operation: give \
+                     `client_error`, the ErrorCode that service answers with"
+                        .into(),
+                ));
+            }
+            if f.client_error.is_some() && !client_target {
+                return Err(invalid(format!(
+                    "has `client_error` without a client web service operation as its target \
+                     ({})",
+                    crate::wusp::OPERATIONS.join(", ")
                 )));
             }
             if f.nth == Some(0) {
@@ -219,11 +249,12 @@ impl Faults {
                 || f.expired
                 || f.latency_ms.is_some_and(|ms| ms > 0)
                 || f.drop.is_some()
-                || f.error.is_some();
+                || f.error.is_some()
+                || f.client_error.is_some();
             if !does_something {
                 return Err(invalid(
-                    "does nothing: give `latency_ms`, `drop`, `error`, `unreachable`, `signature`, \
-                     `operation`, `licence` or `expired`"
+                    "does nothing: give `latency_ms`, `drop`, `error`, `client_error`, \
+                     `unreachable`, `signature`, `operation`, `licence` or `expired`"
                         .into(),
                 ));
             }
@@ -338,6 +369,7 @@ impl Counter {
             action.latency += Duration::from_millis(f.latency_ms.unwrap_or(0));
             action.drop = action.drop.or(f.drop);
             action.error = action.error.or(f.error);
+            action.client_error = action.client_error.or(f.client_error);
         }
         action
     }
@@ -420,6 +452,19 @@ mod tests {
         assert_eq!(
             check("faults:\n  - { server: hq, target: login, latency_ms: 5 }\n"),
             Ok(())
+        );
+        assert_eq!(
+            check("faults:\n  - { target: SyncUpdates, nth: 2, client_error: CookieExpired }\n"),
+            Ok(())
+        );
+        let e = check("faults:\n  - { target: probe, client_error: CookieExpired }\n").unwrap_err();
+        assert!(
+            e.contains("`client_error` without a client web service"),
+            "{e}"
+        );
+        assert!(
+            serde_yaml::from_str::<Faults>("faults:\n  - { client_error: Tired }\n").is_err(),
+            "an ErrorCode the lab does not throw"
         );
     }
 }

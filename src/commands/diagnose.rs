@@ -44,13 +44,13 @@ async fn place_keys(
     keys
 }
 
-/// The synthetic client's scans in `path` (`verify --client --json`), one client per server
+/// The synthetic client's scans in `path` (`verify --client --format json`), one client per server
 /// scanned, each fault (the retry's and the first) a failure with its ID.
 fn scanned_clients(path: &Path) -> Result<Vec<::diagnose::ClientLog>, Failure> {
     use ::diagnose::client::Failure as Logged;
     let bad = |why: String| {
         Failure::BadInput(format!(
-            "error: --client-scan {}: {why}: give the output of `verify --client --json`",
+            "error: --client-scan {}: {why}: give the output of `verify --client --format json`",
             path.display()
         ))
     };

@@ -29,9 +29,9 @@ fn lab(faults: &str) -> LabProcess {
     )
 }
 
-/// `verify --client --json`: the exit code and each server's client check, by name.
+/// `verify --client --format json`: the exit code and each server's client check, by name.
 fn verify_client(lab: &LabProcess) -> (Option<i32>, serde_json::Map<String, Value>) {
-    let out = lab.run(&["verify", "hierarchy.yaml", "--client", "--json"]);
+    let out = lab.run(&["verify", "hierarchy.yaml", "--client", "--format", "json"]);
     std::fs::write(lab.path("scan.json"), &out.stdout).expect("scan saved");
     let entries: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
@@ -150,6 +150,91 @@ fn the_client_scan_fails_each_broken_server_with_the_fault_and_passes_after_the_
             "{check}"
         );
     }
+    assert!(
+        computers_left(&lab).is_empty(),
+        "{:?}",
+        computers_left(&lab)
+    );
+}
+
+#[test]
+fn a_server_that_sends_one_update_per_page_is_scanned_to_the_end() {
+    // Every SyncUpdates answer holds one update and says Truncated: the client pages on.
+    let lab = LabProcess::start_extra(
+        MIXED,
+        "broken",
+        "faults: []\n",
+        0,
+        &[
+            "--api-listen",
+            "127.0.0.1:0",
+            "--wsus-version",
+            "3.0sp1",
+            "--client-page",
+            "1",
+        ],
+    );
+    let (code, checks) = verify_client(&lab);
+    assert_eq!(code, Some(1), "{checks:?}");
+    for server in ["r1", "r1a", "r2a"] {
+        assert_eq!(checks[server]["check"]["verdict"], "fault", "{server}");
+    }
+    let applied = lab.apply("state");
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
+    let (code, checks) = verify_client(&lab);
+    assert_eq!(code, Some(0), "{checks:?}");
+    for server in ["r1", "r1a", "r2a"] {
+        let check = &checks[server]["check"];
+        assert_eq!(check["verdict"], "can-scan", "{server}: {check}");
+        // 5 round trips when the answers are not paged.
+        let trips = check["round_trips"].as_u64().expect("round trips");
+        assert!(trips > 5, "{server}: {check}");
+    }
+    assert!(
+        computers_left(&lab).is_empty(),
+        "{:?}",
+        computers_left(&lab)
+    );
+}
+
+#[test]
+fn a_client_told_to_start_over_starts_over_and_says_so() {
+    // On a repaired SP1 hierarchy, r1's second SyncUpdates says the cookie expired; r1a's say the
+    // configuration changed, every time.
+    let lab = LabProcess::start_extra(
+        MIXED,
+        "healthy",
+        "faults:\n  - { server: r1, target: SyncUpdates, nth: 2, client_error: CookieExpired }\n  \
+         - { server: r1a, target: SyncUpdates, client_error: ConfigChanged }\n",
+        0,
+        &["--api-listen", "127.0.0.1:0", "--wsus-version", "3.0sp1"],
+    );
+    let (code, checks) = verify_client(&lab);
+    assert_eq!(code, Some(1), "{checks:?}");
+    let r1 = &checks["r1"]["check"];
+    assert_eq!(r1["verdict"], "can-scan", "{r1}");
+    assert_eq!(
+        r1["started_over"],
+        serde_json::json!(["CookieExpired"]),
+        "{r1}"
+    );
+    // Two SyncUpdates before the cookie expired, five in the new conversation.
+    assert_eq!(r1["round_trips"], 7, "{r1}");
+    assert!(
+        r1["describe"]
+            .as_str()
+            .is_some_and(|d| d.contains("; started over after CookieExpired)")),
+        "{r1}"
+    );
+    let r1a = &checks["r1a"]["check"];
+    assert_eq!(r1a["verdict"], "error", "{r1a}");
+    assert!(
+        r1a["message"].as_str().is_some_and(|m| m.contains(
+            "(after starting over 3 time(s): ConfigChanged, ConfigChanged, ConfigChanged)"
+        )),
+        "{r1a}"
+    );
+    assert_eq!(checks["r2a"]["check"]["verdict"], "can-scan");
     assert!(
         computers_left(&lab).is_empty(),
         "{:?}",

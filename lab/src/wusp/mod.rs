@@ -85,9 +85,18 @@ pub(crate) fn service(path: &str) -> Option<Service> {
     }
 }
 
-/// MS-WUSP 2.2.2.4's ErrorCodes the lab throws.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ErrorCode {
+/// Every operation the lab serves, by name (what a fault's `target` may name).
+pub(crate) const OPERATIONS: &[&str] = &[
+    "GetAuthorizationCookie",
+    "GetConfig",
+    "GetCookie",
+    "RegisterComputer",
+    "SyncUpdates",
+];
+
+/// MS-WUSP 2.2.2.4's ErrorCodes the lab throws (a faults file's `client_error` names one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum ErrorCode {
     InvalidCookie,
     ConfigChanged,
     RegistrationRequired,
@@ -286,7 +295,19 @@ impl Lab {
         };
         let name = operation.tag_name().name().to_string();
         let request = Request { operation, ns };
-        let outcome = {
+        let injected =
+            lock(&self.shared.inner)
+                .counter
+                .on_call(&self.shared.config.faults, server, &name);
+        if !injected.latency.is_zero() {
+            tokio::time::sleep(injected.latency).await;
+        }
+        if injected.drop == Some(crate::faults::Drop::Before) {
+            return respond(StatusCode::BAD_GATEWAY, "text/plain", Vec::new());
+        }
+        let outcome = if let Some(code) = injected.client_error {
+            Err(thrown(code, "injected by the lab's faults file"))
+        } else {
             let mut inner = lock(&self.shared.inner);
             let Some(db) = inner.servers.get_mut(server) else {
                 return respond(StatusCode::NOT_FOUND, "text/plain", Vec::new());
@@ -301,6 +322,9 @@ impl Lab {
                         "text/xml; charset=utf-8",
                         crate::api::soap::fault_xml(false, "System.IO.IOException", &e.to_string()),
                     );
+                }
+                if injected.drop == Some(crate::faults::Drop::After) {
+                    return respond(StatusCode::BAD_GATEWAY, "text/plain", Vec::new());
                 }
                 let xml = envelope(|w| {
                     let mut response = BytesStart::new(format!("{name}Response"));

@@ -119,6 +119,10 @@ pub enum Verdict {
         /// synchronization fails but subsequent ones succeed").
         #[serde(skip_serializing_if = "Option::is_none")]
         first_fault: Option<Fault>,
+        /// The ErrorCodes with which the server asked the client to start over (ConfigChanged,
+        /// CookieExpired, ...), which it did.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        started_over: Vec<String>,
     },
     /// `SyncUpdates` threw InternalServerError with the prerequisites claimed: the KB's fault
     /// (the server log shows "Item has already been added" with this ID), on the retry too.
@@ -153,6 +157,7 @@ impl Verdict {
                 round_trips,
                 update_in_scope,
                 first_fault,
+                started_over,
             } => {
                 let scope = if *update_in_scope {
                     "the Office 2003 SP1 update in scope"
@@ -165,7 +170,12 @@ impl Verdict {
                         f.error_code, f.id
                     )
                 });
-                format!("clients can scan ({round_trips} round trips; {scope}{retry})")
+                let over = if started_over.is_empty() {
+                    String::new()
+                } else {
+                    format!("; started over after {}", started_over.join(", "))
+                };
+                format!("clients can scan ({round_trips} round trips; {scope}{over}{retry})")
             }
             Verdict::Fault {
                 fault, first_fault, ..
@@ -187,19 +197,22 @@ impl Verdict {
     }
 }
 
-/// What one conversation found.
+/// What one scan found. `round_trips` counts every `SyncUpdates`, over the conversations the
+/// server had the client start over (`started_over`: their ErrorCodes).
 #[derive(Debug)]
 enum Ended {
     Done {
         round_trips: usize,
         office_claimed: bool,
         update_in_scope: bool,
+        started_over: Vec<String>,
     },
     Faulted {
         round_trips: usize,
         fault: Fault,
         /// The Office 2003 product was claimed when it came.
         office_claimed: bool,
+        started_over: Vec<String>,
     },
     Fixed(String),
 }
@@ -439,7 +452,8 @@ impl Conversation<'_> {
 
     /// One scan: authorize, then SyncUpdates until nothing new comes.
     async fn scan(&mut self) -> Result<Ended, ServerError> {
-        let mut restarts = 0;
+        let mut started_over: Vec<String> = Vec::new();
+        let mut round_trips = 0;
         'conversation: loop {
             let mut cookie = match self.authorize().await {
                 Ok(Authorized::Cookie(cookie)) => cookie,
@@ -455,7 +469,8 @@ impl Conversation<'_> {
             let (mut installed, mut cached): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
             let (mut office_claimed, mut update_in_scope) = (false, false);
             let mut registered_again = false;
-            for round_trip in 1..=MAX_SYNCS {
+            for _ in 0..MAX_SYNCS {
+                round_trips += 1;
                 let ints = |name: &str, ids: &[String]| {
                     Element::with(
                         name,
@@ -489,25 +504,27 @@ impl Conversation<'_> {
                                 Ok(()) => continue,
                                 Err(Stop::Fault(fault)) => {
                                     return Ok(Ended::Faulted {
-                                        round_trips: round_trip,
+                                        round_trips,
                                         fault,
                                         office_claimed,
+                                        started_over,
                                     });
                                 }
                                 Err(Stop::Failed(e)) => return Err(e),
                             }
                         }
                         "ConfigChanged" | "CookieExpired" | "InvalidCookie" | "ServerChanged"
-                            if restarts < MAX_RESTARTS =>
+                            if started_over.len() < MAX_RESTARTS =>
                         {
-                            restarts += 1;
+                            started_over.push(fault.error_code);
                             continue 'conversation;
                         }
                         _ => {
                             return Ok(Ended::Faulted {
-                                round_trips: round_trip,
+                                round_trips,
                                 fault,
                                 office_claimed,
+                                started_over,
                             });
                         }
                     },
@@ -529,9 +546,10 @@ impl Conversation<'_> {
                     .unwrap_or_default();
                 if offered.is_empty() {
                     return Ok(Ended::Done {
-                        round_trips: round_trip,
+                        round_trips,
                         office_claimed,
                         update_in_scope,
+                        started_over,
                     });
                 }
                 for update in offered {
@@ -600,12 +618,14 @@ pub async fn scan(server: &Server, identity: &Identity, options: &ConnectOptions
                 round_trips,
                 office_claimed: true,
                 update_in_scope,
+                started_over,
             },
             first_fault,
         ) => Verdict::CanScan {
             round_trips,
             update_in_scope,
             first_fault,
+            started_over,
         },
         (Ended::Done { round_trips, .. }, _) => Verdict::NotProven {
             round_trips,
@@ -619,6 +639,7 @@ pub async fn scan(server: &Server, identity: &Identity, options: &ConnectOptions
                 round_trips,
                 fault,
                 office_claimed: true,
+                ..
             },
             Some(first_fault),
         ) if fault.error_code == "InternalServerError" => Verdict::Fault {
@@ -626,8 +647,24 @@ pub async fn scan(server: &Server, identity: &Identity, options: &ConnectOptions
             fault,
             first_fault,
         },
-        (Ended::Faulted { fault, .. }, _) => Verdict::Error {
-            message: fault.words(),
+        (
+            Ended::Faulted {
+                fault,
+                started_over,
+                ..
+            },
+            _,
+        ) => Verdict::Error {
+            message: if started_over.is_empty() {
+                fault.words()
+            } else {
+                format!(
+                    "{} (after starting over {} time(s): {})",
+                    fault.words(),
+                    started_over.len(),
+                    started_over.join(", ")
+                )
+            },
         },
     };
     match scan_once(server, identity, options).await {
