@@ -11,7 +11,7 @@
 # (scripts/pe_imports.py): nothing is packaged that Windows 7 would refuse to start.
 #
 #   scripts/dist.sh            the release builds, all three archives
-#   scripts/dist.sh --ci       the Windows zips only, from the lighter `windows-check` profile (what
+#   scripts/dist.sh --ci       the Windows zips only, from the lighter `windows-check` build (what
 #                              CI unpacks and runs under Wine: scripts/windows-check.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,8 @@ if [ "$linux" = yes ]; then
   cargo build --locked --release --bin wsus-reset
   native=target/release/wsus-reset
 else
-  cargo build --locked --bin wsus-reset
+  # (scripts/test.sh: cargo test has just built it)
+  [ -n "${WSUS_RESET_DEBUG_FRESH:-}" ] || cargo build --locked --bin wsus-reset
   native=target/debug/wsus-reset
 fi
 

@@ -16,7 +16,7 @@ seed="${2:-$(date +%s)}"
 profile="${SOAK_PROFILE:-debug}"
 if [ "$profile" = release ]; then
   cargo build --release --quiet --locked --bin wsus-reset
-else
+elif [ -z "${WSUS_RESET_DEBUG_FRESH:-}" ]; then # (scripts/test.sh: cargo test has just built it)
   cargo build --quiet --locked --bin wsus-reset
 fi
 exec python3 scripts/soak.py "target/$profile/wsus-reset" "$n" "$seed"

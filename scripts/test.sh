@@ -83,6 +83,11 @@ step() {
   echo "[test.sh] $(( SECONDS - start )) s: $*" >&2
 }
 
+# C in the Windows builds below (OpenSSL from source, ring, mimalloc) unoptimized and without
+# debug information: OpenSSL alone builds in 191 s so, 259 s with cc's -O2 -g (measured here);
+# nothing below measures their speed. scripts/dist.sh's release archives keep cc's flags.
+export CFLAGS_x86_64_pc_windows_gnu="-O0 -g0" CFLAGS_x86_64_win7_windows_gnu="-O0 -g0"
+
 step cargo fmt --all --check
 step cargo clippy --workspace --all-targets --locked -- -D warnings
 # The Windows-only code (the WID named pipe, SSPI logins, the TLS 1.0 path's OpenSSL built from
@@ -91,6 +96,9 @@ step cargo clippy --target x86_64-pc-windows-gnu --workspace --all-targets --loc
 # The fuzz target is not run here (see fuzz/README.md), but it must keep compiling.
 step cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 step cargo test --workspace --locked
+# That built target/debug/wsus-reset from this tree, with the tests' features: the scripts below
+# take it as it is rather than build it again with the binary's own features (41 s).
+export WSUS_RESET_DEBUG_FRESH=1
 # Both Windows builds, zipped as shipped, their imports checked against Windows 7, run under
 # Wine: --version, validate, rehearse, and the named-pipe repair (after the tests: it runs the
 # debug build as its Linux peer).
