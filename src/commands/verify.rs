@@ -187,6 +187,7 @@ pub(crate) fn client_table(clients: &Clients) -> String {
         client_id: clients.identity.client_id.clone(),
         dns_name: clients.identity.dns_name.clone(),
         since: String::new(),
+        left: None,
     };
     for check in &clients.checks {
         let mut line = check.describe.clone();

@@ -267,9 +267,20 @@ fn a_record_a_run_could_not_remove_is_named_with_its_manual_step_and_removed_by_
     let left = computers_left(&lab);
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].0, "r1a");
+    // The record says why it is there and how to remove it by hand.
     let probes = probes_on_record(&lab);
     assert_eq!(probes[0]["server"], "r1a");
     assert_eq!(probes[0]["dns_name"], name.as_str());
+    assert_eq!(
+        probes[0]["left"]["reason"], "r1a has no ExecuteSPDeleteComputer",
+        "{probes}"
+    );
+    assert!(
+        probes[0]["left"]["manual_step"]
+            .as_str()
+            .is_some_and(|s| s.contains(&format!("GetComputerTargetByName('{name}').Delete()"))),
+        "{probes}"
+    );
 
     // The server gets the operation back; the next run removes the leftover first.
     std::fs::write(lab.path("faults.yaml"), "faults: []\n").expect("faults");

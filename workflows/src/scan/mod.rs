@@ -787,6 +787,7 @@ pub async fn check(
         client_id: identity.client_id.clone(),
         dns_name: identity.dns_name.clone(),
         since: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        left: None,
     };
     if let Err(e) = probes.add(probe.clone()) {
         let message = format!("not scanned: the probe could not be recorded first ({e})");
@@ -796,7 +797,11 @@ pub async fn check(
     // A server with the fix was asked GetConfig only: nothing was recorded there.
     let removal = match verdict {
         Verdict::Fixed { .. } => None,
-        _ => Some(remove(server, &probe, options).await),
+        _ => Some(note_left(
+            probes,
+            remove(server, &probe, options).await,
+            &probe,
+        )),
     };
     if matches!(removal, None | Some(Removal::Removed | Removal::NotFound))
         && let Err(e) = probes.remove(&server.name, &identity.client_id)
@@ -811,6 +816,26 @@ pub async fn check(
         );
     }
     finish(verdict, removal)
+}
+
+/// A record left on its server is noted, with why and its manual step, on its probe.
+fn note_left(probes: &probes::Probes, removal: Removal, probe: &probes::Probe) -> Removal {
+    match removal {
+        Removal::Left {
+            reason,
+            manual_step,
+        } => {
+            let reason = match probes.mark_left(&probe.server, &probe.client_id, &reason) {
+                Ok(()) => reason,
+                Err(e) => format!("{reason}; the probe record could not say so ({e})"),
+            };
+            Removal::Left {
+                reason,
+                manual_step,
+            }
+        }
+        removal => removal,
+    }
 }
 
 /// Removes the records an earlier run left (`probes` on record), for servers of `servers`; each
@@ -836,6 +861,7 @@ pub async fn remove_leftovers(
                 manual_step: probe.manual_step(),
             }
         };
+        let removal = note_left(probes, removal, &probe);
         if matches!(removal, Removal::Removed | Removal::NotFound)
             && let Err(e) = probes.remove(&probe.server, &probe.client_id)
         {

@@ -18,6 +18,18 @@ pub struct Probe {
     pub dns_name: String,
     /// When the client first named itself there (UTC).
     pub since: String,
+    /// Set when a run could not remove the record: why, and how to remove it by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<Left>,
+}
+
+/// Why a run left a record, and the step that removes it by hand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Left {
+    pub reason: String,
+    pub manual_step: String,
+    /// When the run gave up on it (UTC).
+    pub at: String,
 }
 
 impl Probe {
@@ -86,8 +98,33 @@ impl Probes {
     /// Records `probe`, on disk before this returns.
     pub fn add(&self, probe: Probe) -> Result<(), ProbesError> {
         let mut entries = self.lock();
-        if !entries.contains(&probe) {
+        if !entries
+            .iter()
+            .any(|p| p.server == probe.server && p.client_id == probe.client_id)
+        {
             entries.push(probe);
+        }
+        self.write(&entries)
+    }
+
+    /// Notes on the probe of `client_id` on `server` why this run left its record, with the
+    /// step that removes it by hand; on disk before this returns.
+    pub fn mark_left(
+        &self,
+        server: &str,
+        client_id: &str,
+        reason: &str,
+    ) -> Result<(), ProbesError> {
+        let mut entries = self.lock();
+        for p in entries
+            .iter_mut()
+            .filter(|p| p.server == server && p.client_id == client_id)
+        {
+            p.left = Some(Left {
+                reason: reason.to_string(),
+                manual_step: p.manual_step(),
+                at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            });
         }
         self.write(&entries)
     }
@@ -138,6 +175,7 @@ mod tests {
             client_id: "0c1e57a1-0000-4000-8000-000000000001".into(),
             dns_name: "wsus-reset-probe-0c1e57a1.invalid".into(),
             since: "2026-12-05T00:00:00Z".into(),
+            left: None,
         }
     }
 
