@@ -11,7 +11,7 @@
 # (scripts/pe_imports.py): nothing is packaged that Windows 7 would refuse to start.
 #
 #   scripts/dist.sh            the release builds, all three archives
-#   scripts/dist.sh --ci       the Windows zips only, from the lighter `windows-check` build (what
+#   scripts/dist.sh --ci       the Windows zips only, from the lighter `windows-check` profile (what
 #                              CI unpacks and runs under Wine: scripts/windows-check.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."

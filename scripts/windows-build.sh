@@ -10,9 +10,8 @@
 #
 #   scripts/windows-build.sh [release|windows-check]     (default: release)
 #
-# windows-check is CI's: the Windows 7 build in that profile (optimized: unoptimized, it keeps an
-# import of combase.dll, which Windows 7 lacks; see Cargo.toml), the Windows 10 build in the
-# unoptimized windows-check-10.
+# windows-check is CI's: unoptimized but for windows-core (see Cargo.toml: an unoptimized
+# windows-core keeps an import of combase.dll, which Windows 7 lacks).
 #
 # Needs the x86_64-pc-windows-gnu target, rust-src and gcc-mingw-w64-x86-64 (scripts/test.sh
 # installs them). .cargo/config.toml holds the Windows 7 target's linker, C compiler and cfg.
@@ -20,8 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${1:-release}"
 case "$profile" in
-  release) win10=release ;;
-  windows-check) win10=windows-check-10 ;;
+  release | windows-check) dir=$profile ;;
   *) echo "usage: scripts/windows-build.sh [release|windows-check]" >&2; exit 2 ;;
 esac
 
@@ -30,9 +28,9 @@ esac
 # windows-check, by an earlier `cargo clippy --target x86_64-pc-windows-gnu`), and both builds
 # link that static library: the two targets share the MinGW-w64 C ABI.
 openssl_install() {
-  local dirs=("target/x86_64-pc-windows-gnu/$win10")
+  local dirs=("target/x86_64-pc-windows-gnu/$dir")
   # windows-check may link the lint's (dev) OpenSSL: it differs only in optimization.
-  [ "$profile" = release ] || dirs+=(target/x86_64-pc-windows-gnu/debug)
+  [ "$dir" = release ] || dirs+=(target/x86_64-pc-windows-gnu/debug)
   for d in "${dirs[@]}"; do ls -dt "$d"/build/openssl-sys-*/out/openssl-build/install 2>/dev/null; done |
     while read -r d; do [ -f "$d/lib/libcrypto.a" ] && { echo "$PWD/$d"; break; }; done
 }
@@ -42,7 +40,7 @@ use_openssl() { # TARGET_PREFIX INSTALL
 
 openssl=$(openssl_install)
 [ -n "$openssl" ] && use_openssl X86_64_PC_WINDOWS_GNU "$openssl"
-cargo build --locked --profile "$win10" --target x86_64-pc-windows-gnu --bin wsus-reset >&2
+cargo build --locked --profile "$profile" --target x86_64-pc-windows-gnu --bin wsus-reset >&2
 [ -n "$openssl" ] || openssl=$(openssl_install)
 [ -n "$openssl" ] || { echo "no OpenSSL built for x86_64-pc-windows-gnu under target/" >&2; exit 1; }
 
@@ -50,5 +48,5 @@ use_openssl X86_64_WIN7_WINDOWS_GNU "$openssl"
 RUSTC_BOOTSTRAP=1 cargo build --locked --profile "$profile" -Zbuild-std=std,panic_abort \
   --target x86_64-win7-windows-gnu --bin wsus-reset >&2
 
-echo "target/x86_64-pc-windows-gnu/$win10/wsus-reset.exe"
-echo "target/x86_64-win7-windows-gnu/$profile/wsus-reset.exe"
+echo "target/x86_64-pc-windows-gnu/$dir/wsus-reset.exe"
+echo "target/x86_64-win7-windows-gnu/$dir/wsus-reset.exe"
