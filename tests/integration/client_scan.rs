@@ -8,24 +8,21 @@ use serde_json::Value;
 use crate::repair::{LabProcess, text};
 use crate::web_service::MIXED;
 
-/// The mixed hierarchy on WSUS 3.0 SP1 without the hotfix, but r2b on SP2; server logs under
-/// `logs/`. hq and r2 have no `api`: no web site to scan.
+/// The mixed hierarchy on WSUS 3.0 SP1 without the hotfix, its web services (the client's
+/// too) served, in `seed`, with `faults` and more lab arguments. hq and r2 have no `api`: no web
+/// site to scan.
+fn sp1_lab(seed: &str, faults: &str, extra: &[&str]) -> LabProcess {
+    let mut args = vec!["--api-listen", "127.0.0.1:0", "--wsus-version", "3.0sp1"];
+    args.extend_from_slice(extra);
+    LabProcess::start_extra(MIXED, seed, faults, 0, &args)
+}
+
+/// A broken [`sp1_lab`] but r2b on SP2; server logs under `logs/`.
 fn lab(faults: &str) -> LabProcess {
-    LabProcess::start_extra(
-        MIXED,
+    sp1_lab(
         "broken",
         faults,
-        0,
-        &[
-            "--api-listen",
-            "127.0.0.1:0",
-            "--server-log",
-            "logs",
-            "--wsus-version",
-            "3.0sp1",
-            "--wsus-version",
-            "r2b=3.0sp2",
-        ],
+        &["--server-log", "logs", "--wsus-version", "r2b=3.0sp2"],
     )
 }
 
@@ -54,6 +51,11 @@ fn probes_on_record(lab: &LabProcess) -> Value {
     let text = std::fs::read_to_string(lab.path(".wsus-reset/client-probes.json"))
         .expect("the probe record");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn assert_no_computer_left(lab: &LabProcess) {
+    let left = computers_left(lab);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 fn computers_left(lab: &LabProcess) -> Vec<(String, Value)> {
@@ -128,11 +130,7 @@ fn the_client_scan_fails_each_broken_server_with_the_fault_and_passes_after_the_
         3,
         "{said}"
     );
-    assert!(
-        computers_left(&lab).is_empty(),
-        "{:?}",
-        computers_left(&lab)
-    );
+    assert_no_computer_left(&lab);
 
     let applied = lab.apply("state");
     assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
@@ -150,30 +148,13 @@ fn the_client_scan_fails_each_broken_server_with_the_fault_and_passes_after_the_
             "{check}"
         );
     }
-    assert!(
-        computers_left(&lab).is_empty(),
-        "{:?}",
-        computers_left(&lab)
-    );
+    assert_no_computer_left(&lab);
 }
 
 #[test]
 fn a_server_that_sends_one_update_per_page_is_scanned_to_the_end() {
     // Every SyncUpdates answer holds one update and says Truncated: the client pages on.
-    let lab = LabProcess::start_extra(
-        MIXED,
-        "broken",
-        "faults: []\n",
-        0,
-        &[
-            "--api-listen",
-            "127.0.0.1:0",
-            "--wsus-version",
-            "3.0sp1",
-            "--client-page",
-            "1",
-        ],
-    );
+    let lab = sp1_lab("broken", "faults: []\n", &["--client-page", "1"]);
     let (code, checks) = verify_client(&lab);
     assert_eq!(code, Some(1), "{checks:?}");
     for server in ["r1", "r1a", "r2a"] {
@@ -190,24 +171,18 @@ fn a_server_that_sends_one_update_per_page_is_scanned_to_the_end() {
         let trips = check["round_trips"].as_u64().expect("round trips");
         assert!(trips > 5, "{server}: {check}");
     }
-    assert!(
-        computers_left(&lab).is_empty(),
-        "{:?}",
-        computers_left(&lab)
-    );
+    assert_no_computer_left(&lab);
 }
 
 #[test]
 fn a_client_told_to_start_over_starts_over_and_says_so() {
     // On a repaired SP1 hierarchy, r1's second SyncUpdates says the cookie expired; r1a's say the
     // configuration changed, every time.
-    let lab = LabProcess::start_extra(
-        MIXED,
+    let lab = sp1_lab(
         "healthy",
         "faults:\n  - { server: r1, target: SyncUpdates, nth: 2, client_error: CookieExpired }\n  \
          - { server: r1a, target: SyncUpdates, client_error: ConfigChanged }\n",
-        0,
-        &["--api-listen", "127.0.0.1:0", "--wsus-version", "3.0sp1"],
+        &[],
     );
     let (code, checks) = verify_client(&lab);
     assert_eq!(code, Some(1), "{checks:?}");
@@ -235,11 +210,7 @@ fn a_client_told_to_start_over_starts_over_and_says_so() {
         "{r1a}"
     );
     assert_eq!(checks["r2a"]["check"]["verdict"], "can-scan");
-    assert!(
-        computers_left(&lab).is_empty(),
-        "{:?}",
-        computers_left(&lab)
-    );
+    assert_no_computer_left(&lab);
 }
 
 #[test]
@@ -291,11 +262,7 @@ fn a_record_a_run_could_not_remove_is_named_with_its_manual_step_and_removed_by_
         said.contains(&format!("on r1a: computer {name} removed")),
         "{said}"
     );
-    assert!(
-        computers_left(&lab).is_empty(),
-        "{:?}",
-        computers_left(&lab)
-    );
+    assert_no_computer_left(&lab);
     assert_eq!(probes_on_record(&lab), serde_json::json!([]));
 }
 
@@ -376,10 +343,6 @@ fn a_scan_killed_after_it_registered_leaves_its_probes_for_the_next_run_to_remov
     for (server, _) in &left {
         assert!(said.contains(&format!("on {server}: computer ")), "{said}");
     }
-    assert!(
-        computers_left(&lab).is_empty(),
-        "{:?}",
-        computers_left(&lab)
-    );
+    assert_no_computer_left(&lab);
     assert_eq!(probes_on_record(&lab), serde_json::json!([]));
 }
