@@ -462,6 +462,8 @@ mod tests {
             e.contains("`client_error` without a client web service"),
             "{e}"
         );
+        let e = check("faults:\n  - { target: GetCookie, error: 1205 }\n").unwrap_err();
+        assert!(e.contains("give `client_error`"), "{e}");
         assert!(
             serde_yaml::from_str::<Faults>("faults:\n  - { client_error: Tired }\n").is_err(),
             "an ErrorCode the lab does not throw"
