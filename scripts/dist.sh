@@ -64,9 +64,9 @@ Which zip to use where:
   operator's workstation or a management server). Reaches every server over the network.
 - wsus-reset-$version-windows7-x86_64.zip: Windows 7 and Windows Server 2008 R2, and later. Use it
   on a WSUS 3.0 host itself to reach its WID or SSEE database over the local named pipe
-  (sql.pipe in the topology). Not tested on Windows Server 2008 (not R2).
-- Windows Server 2003 (and 2003 R2): no build runs there (Rust's standard library needs Windows 7
-  at least). Reach those servers from another machine through their administration web service
+  (sql.pipe in the topology).
+- Windows Server 2003 (and 2003 R2) and Windows Server 2008 (not R2): no build runs there (Rust's
+  standard library needs Windows 7 or Server 2008 R2 at least). Reach those servers from another machine through their administration web service
   (api in the topology), or generate a reviewed T-SQL script with "wsus-reset export-sql" and run
   it there with sqlcmd.
 

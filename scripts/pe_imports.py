@@ -14,6 +14,9 @@ exe imports:
 - a DLL not in WINDOWS_7_DLLS: a new dependency whose DLL nobody has checked yet.
 With --expect-newer it checks the checker instead: the tier-1 build (Windows 10 and later) must be
 refused, or the check could pass on anything.
+
+A build that passes is also said to start, or not, on Windows Server 2008 (not R2, Vista's kernel),
+from the functions of WINDOWS_7_NEW it imports: WSUS 3.0 runs there too.
 """
 import subprocess
 import sys
@@ -48,6 +51,13 @@ NEWER = {
     "GetCurrentPackageFullName": "Windows 8 (appmodel/nf-appmodel-getcurrentpackagefullname)",
     "GetCurrentPackageId": "Windows 8 (appmodel/nf-appmodel-getcurrentpackageid)",
     "GetFileInformationByName": "Windows 11 24H2 (winbase/nf-winbase-getfileinformationbyname)",
+}
+
+# Functions Windows 7 and Server 2008 R2 introduced, which Server 2008 (Vista's kernel) lacks; the
+# first is Rust's standard library's, for the win7 target's Mutex::try_lock.
+WINDOWS_7_NEW = {
+    "TryAcquireSRWLockExclusive": "synchapi/nf-synchapi-tryacquiresrwlockexclusive",
+    "TryAcquireSRWLockShared": "synchapi/nf-synchapi-tryacquiresrwlockshared",
 }
 
 # DLLs Windows 7 and Server 2008 R2 ship in System32, each one this build has been seen to import
@@ -119,6 +129,12 @@ def main():
             print(f"  {line}", file=sys.stderr)
         sys.exit(1)
     print(f"{exe}: {len(pairs)} imports from {dlls} DLLs, all present on Windows 7 / Server 2008 R2")
+    vista = sorted({f for _, f in pairs if f in WINDOWS_7_NEW})
+    if vista:
+        print(f"{exe}: does not start on Windows Server 2008 (not R2): it imports "
+              + ", ".join(f"{f} (Windows 7 / Server 2008 R2: {WINDOWS_7_NEW[f]})" for f in vista))
+    else:
+        print(f"{exe}: none of the functions Windows 7 introduced: may start on Windows Server 2008")
 
 
 if __name__ == "__main__":
