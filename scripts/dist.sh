@@ -66,9 +66,9 @@ Which zip to use where:
   on a WSUS 3.0 host itself to reach its WID or SSEE database over the local named pipe
   (sql.pipe in the topology).
 - Windows Server 2003 (and 2003 R2) and Windows Server 2008 (not R2): no build runs there (Rust's
-  standard library needs Windows 7 or Server 2008 R2 at least). Reach those servers from another machine through their administration web service
-  (api in the topology), or generate a reviewed T-SQL script with "wsus-reset export-sql" and run
-  it there with sqlcmd.
+  standard library needs Windows 7 or Server 2008 R2 at least). Reach those servers from another
+  machine through their administration web service (api in the topology), or generate a reviewed
+  T-SQL script with "wsus-reset export-sql" and run it there with sqlcmd.
 
 Install: unzip anywhere, then in cmd.exe or PowerShell:
   wsus-reset.exe --version

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 WINE=${WINE:-/usr/lib/wine/wine64}
 
 scripts/dist.sh --ci
-echo "[windows-check] the builds: $SECONDS s" >&2
+echo "[windows-check] the builds done after $SECONDS s" >&2
 work=$(mktemp -d)
 export WINEPREFIX="$work/prefix" WINEDEBUG=-all
 cleanup() {
@@ -90,5 +90,5 @@ EOF
   )
 done
 
-echo "[windows-check] both exes under Wine: $SECONDS s" >&2
+echo "[windows-check] both exes run under Wine after $SECONDS s" >&2
 bash scripts/wine-pipe-check.sh "$win7/wsus-reset.exe" target/debug/wsus-reset

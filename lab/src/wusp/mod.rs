@@ -62,16 +62,23 @@ pub(crate) enum Service {
     Client,
 }
 
-/// The operations the lab serves, per service. A real server has more (RefreshCache,
-/// GetExtendedUpdateInfo, ...), which a scan does not need; the lab answers them as ASP.NET
-/// answers an operation a service lacks.
+/// The operations the lab serves (also what a fault's `target` may name): SimpleAuth's one, then
+/// the client web service's. A real server has more (RefreshCache, GetExtendedUpdateInfo, ...),
+/// which a scan does not need; the lab answers them as ASP.NET answers an operation a service
+/// lacks.
+pub(crate) const OPERATIONS: &[&str] = &[
+    SIMPLE_AUTH_OPERATION,
+    "GetConfig",
+    "GetCookie",
+    "RegisterComputer",
+    "SyncUpdates",
+];
+const SIMPLE_AUTH_OPERATION: &str = "GetAuthorizationCookie";
+
 fn served(service: Service, operation: &str) -> bool {
     match service {
-        Service::SimpleAuth => operation == "GetAuthorizationCookie",
-        Service::Client => matches!(
-            operation,
-            "GetConfig" | "GetCookie" | "RegisterComputer" | "SyncUpdates"
-        ),
+        Service::SimpleAuth => operation == SIMPLE_AUTH_OPERATION,
+        Service::Client => operation != SIMPLE_AUTH_OPERATION && OPERATIONS.contains(&operation),
     }
 }
 
@@ -84,15 +91,6 @@ pub(crate) fn service(path: &str) -> Option<Service> {
         None
     }
 }
-
-/// Every operation the lab serves, by name (what a fault's `target` may name).
-pub(crate) const OPERATIONS: &[&str] = &[
-    "GetAuthorizationCookie",
-    "GetConfig",
-    "GetCookie",
-    "RegisterComputer",
-    "SyncUpdates",
-];
 
 /// MS-WUSP 2.2.2.4's ErrorCodes the lab throws (a faults file's `client_error` names one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

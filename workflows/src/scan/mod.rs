@@ -513,6 +513,10 @@ impl Conversation<'_> {
                                 Err(Stop::Failed(e)) => return Err(e),
                             }
                         }
+                        // 2.2.2.4 asks for GetConfig (not after CookieExpired), the two
+                        // cookie calls, and RefreshCache after ServerChanged/InvalidCookie. The
+                        // whole conversation again covers each, GetConfig being a SHOULD-not, and
+                        // needs no RefreshCache: the cache it would renew is dropped.
                         "ConfigChanged" | "CookieExpired" | "InvalidCookie" | "ServerChanged"
                             if started_over.len() < MAX_RESTARTS =>
                         {
